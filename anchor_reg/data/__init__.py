@@ -1,0 +1,1 @@
+"""Data preparation: folders of speakers, VoxCeleb, noise/RIR CSVs and the synthetic default corpus."""
