@@ -1,0 +1,196 @@
+"""The three trainers: stage 1, stage 2 (fixed anchors) and the joint baseline.
+
+All three share one forward path (:meth:`SpeakerBrain.compute_embeddings`)::
+
+    wavs (B, T) -> [Augmenter: clean + K noisy copies] -> Fbank -> InputNormalization
+         -> embedding_model -> emb (B', 1, D) -> classifier -> AAM-softmax
+
+and differ only in the extra term added to the AAM loss (:meth:`extra_objective`):
+
+- :class:`SpeakerBrain` (stage 1): none.
+- :class:`AnchorRegBrain` (stage 2): ``λ(t) · d(emb, fixed anchor of the row)``.
+- :class:`JointBrain` (baseline): ``λ · d(noisy emb, clean emb of the same crop)``,
+  the clean embedding computed online by the same network.
+"""
+import logging
+
+import speechbrain as sb
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class SpeakerBrain(sb.core.Brain):
+    """Stage 1: a speaker-embedding model trained with AAM-softmax.
+
+    Expected ``modules``: ``compute_features``, ``mean_var_norm``,
+    ``embedding_model``, ``classifier``. Expected ``hparams``: ``compute_cost``,
+    ``error_stats``, ``lr_annealing``, ``epoch_counter``, ``train_logger``;
+    optional ``wav_augment`` (an ``Augmenter``) and ``frozen_parameters``
+    (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``).
+    """
+
+    def compute_embeddings(self, wavs, lens):
+        """Embeds waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (B, T) waveforms.
+        lens : torch.Tensor
+            (B,) relative lengths.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, 1, D) embeddings.
+        """
+        feats = self.modules.compute_features(wavs)
+        feats = self.modules.mean_var_norm(feats, lens)
+        return self.modules.embedding_model(feats, lens)
+
+    @property
+    def augmenter(self):
+        """The training ``Augmenter`` or None."""
+        return getattr(self.hparams, "wav_augment", None)
+
+    def replicate(self, rows, stage):
+        """Aligns per-row tensors (labels, anchors) with the augmented batch."""
+        if stage == sb.Stage.TRAIN and self.augmenter is not None:
+            return self.augmenter.replicate_labels(rows)
+        return rows
+
+    def compute_forward(self, batch, stage):
+        """Returns ``{"emb": (B', 1, D), "logits": (B', 1, S), "lens": (B',)}``."""
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+        if stage == sb.Stage.TRAIN and self.augmenter is not None:
+            wavs, lens = self.augmenter(wavs, lens)
+        emb = self.compute_embeddings(wavs, lens)
+        return {"emb": emb, "logits": self.modules.classifier(emb), "lens": lens}
+
+    def compute_objectives(self, predictions, batch, stage):
+        """AAM-softmax plus the subclass's extra term."""
+        spkid, _ = batch.spk_id_encoded
+        spkid = self.replicate(spkid, stage)
+        loss = self.hparams.compute_cost(predictions["logits"], spkid, predictions["lens"])
+        self._accumulate("aam", loss)
+        if stage == sb.Stage.TRAIN:
+            extra = self.extra_objective(predictions, batch)
+            if extra is not None:
+                self._accumulate(self.extra_name, extra)
+                loss = loss + extra
+        else:
+            self.error_metrics.append(batch.id, predictions["logits"], spkid, predictions["lens"])
+        return loss
+
+    extra_name = "extra"
+
+    def extra_objective(self, predictions, batch):
+        """Extra training term; None for stage 1."""
+        return None
+
+    def _accumulate(self, name, value):
+        total, count = self.loss_terms.get(name, (0.0, 0))
+        self.loss_terms[name] = (total + float(value.detach()), count + 1)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the per-epoch statistics."""
+        self.loss_terms = {}
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics = self.hparams.error_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs train/valid statistics, anneals the learning rate, checkpoints."""
+        terms = {name: round(total / max(count, 1), 4) for name, (total, count) in self.loss_terms.items()}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss, **{f"loss_{k}": v for k, v in terms.items()}}
+            return
+        stage_stats = {"loss": stage_loss, "ErrorRate": self.error_metrics.summarize("average")}
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_annealing(epoch)
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": old_lr},
+                train_stats=self.train_stats,
+                valid_stats=stage_stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, **getattr(self, "checkpoint_meta", {})},
+                num_to_keep=getattr(self.hparams, "keep_checkpoints", 1),
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
+            )
+
+    def init_optimizers(self):
+        """Optimises every parameter except those matching ``frozen_parameters``."""
+        frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
+        if frozen:
+            names = [n for n, _ in self.modules.named_parameters()]
+            for prefix in frozen:
+                if not any(n.startswith(prefix) for n in names):
+                    raise ValueError(
+                        f"frozen_parameters: '{prefix}' matches no parameter "
+                        f"(names look like {names[:2]})"
+                    )
+            for name, param in self.modules.named_parameters():
+                if name.startswith(frozen):
+                    param.requires_grad_(False)
+            logger.info("frozen parameters: %s", ", ".join(frozen))
+        super().init_optimizers()
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """Brain's loader; records the number of training batches per epoch."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.batches_per_epoch = len(loader)
+        return loader
+
+
+class AnchorRegBrain(SpeakerBrain):
+    """Stage 2: fine-tunes a copy of the base model towards fixed anchors.
+
+    Extra ``hparams``: ``anchors`` (an :class:`anchor_reg.anchors.AnchorStore`),
+    ``anchor_type`` (``utterance`` | ``speaker``), ``anchor_loss`` (an
+    :class:`anchor_reg.losses.AnchorDistanceLoss`) and ``anchor_weight_schedule``
+    (a :class:`anchor_reg.losses.WeightSchedule`).
+    """
+
+    extra_name = "anchor"
+
+    def extra_objective(self, predictions, batch):
+        """``λ(t) · mean d(emb, anchor)`` over clean and noisy copies alike."""
+        anchors = self.hparams.anchors.lookup(batch.id, self.hparams.anchor_type, self.device)
+        anchors = self.replicate(anchors, sb.Stage.TRAIN)
+        progress = min(1.0, self.step / max(1, getattr(self, "batches_per_epoch", 1)))
+        scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)
+        return self.hparams.anchor_loss(predictions["emb"], anchors, scale)
+
+
+class JointBrain(SpeakerBrain):
+    """Conventional joint optimisation: clean + noisy copies from scratch.
+
+    The ``Augmenter`` must keep the clean batch first (``concat_original``);
+    the extra term pulls each noisy embedding towards the clean embedding of
+    the same crop computed in the same forward pass. Extra ``hparams``:
+    ``consistency_loss`` (an ``AnchorDistanceLoss``; with
+    ``detach_target: False`` the gradient flows through both branches, as in
+    conventional joint training).
+    """
+
+    extra_name = "consistency"
+
+    def extra_objective(self, predictions, batch):
+        """``λ · mean d(noisy emb, clean emb)``; None when the batch was not augmented."""
+        augmenter = self.augmenter
+        if augmenter is None or not augmenter.do_augment or augmenter.skip_concat:
+            return None
+        emb = predictions["emb"]
+        batch_size = len(batch.id)
+        clean, noisy = emb[:batch_size], emb[batch_size:]
+        if noisy.shape[0] == 0:
+            return None
+        target = clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1)))
+        return self.hparams.consistency_loss(noisy, target)

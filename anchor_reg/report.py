@@ -1,0 +1,83 @@
+"""The short verification table printed at the end of ``train.py``.
+
+Each system (a stage folder) is exported to SpeechBrain's inference format,
+reloaded through ``EncoderClassifier`` (so the table measures exactly what
+users will download), and scored on the prepared trials: clean, and each
+evaluation noise type at ``eval_snrs``. The full grid lives in
+``hparams/verify.yaml`` / :mod:`anchor_reg.evaluate`.
+"""
+import logging
+import pathlib
+
+from anchor_reg.corruption import default_conditions
+from anchor_reg.evaluate import evaluate_model, load_encoder
+from anchor_reg.export import export_model
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_types, snrs,
+                   batch_size=16, device="cpu", with_reverb=False, seed=1234):
+    """Exports a stage folder into ``out_folder/export`` and evaluates it there.
+
+    Returns
+    -------
+    dict
+        :func:`anchor_reg.evaluate.evaluate_model`'s results (also in
+        ``out_folder/results.json``).
+    """
+    prep, out = pathlib.Path(prep_folder), pathlib.Path(out_folder)
+    export = export_model(stage_folder, out / "export")
+    conditions = [c.name for c in default_conditions(noise_types, snrs, reverb=with_reverb)]
+    results = evaluate_model(
+        load_encoder(export, device),
+        enrol_csv=prep / "enrol.csv",
+        test_csv=prep / "test.csv",
+        trials=prep / "trials.txt",
+        noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in noise_types},
+        rir_csv=prep / "eval_rir.csv",
+        snrs=snrs,
+        conditions=conditions,
+        batch_size=batch_size,
+        seed=seed,
+        output_folder=out,
+        system_name=system_name,
+    )
+    export_model(stage_folder, export, results=results)  # model card with the measured table
+    return results
+
+
+def verification_table(results_by_system, noise_types, snrs):
+    """Markdown table: one row per system, EER (%) clean and per noise type/SNR."""
+    columns = [c.name for c in default_conditions(noise_types, snrs, reverb=False)]
+    lines = [
+        "| system | " + " | ".join(columns) + " | mean noisy |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for name, results in results_by_system.items():
+        eers = [results["conditions"][c]["EER"] for c in columns]
+        noisy = eers[1:]
+        mean_noisy = sum(noisy) / len(noisy) if noisy else float("nan")
+        lines.append(f"| {name} | " + " | ".join(f"{e:.2f}" for e in eers) + f" | {mean_noisy:.2f} |")
+    return "\n".join(lines) + "\n\nEER (%) on the prepared trials; noisy = test side corrupted.\n"
+
+
+def verification_report(hparams, systems, device="cpu"):
+    """Evaluates each ``{name: stage_folder}`` and returns the Markdown table.
+
+    Results go to ``<output_folder>/verification/<name>/``; the table is also
+    written to ``<output_folder>/verification/table.md``.
+    """
+    out_root = pathlib.Path(hparams["output_folder"]) / "verification"
+    results = {}
+    for name, stage_folder in systems.items():
+        slug = name.split(" ")[0].replace("/", "_")
+        logger.info("verification: evaluating %s (%s)", name, stage_folder)
+        results[name] = evaluate_stage(
+            stage_folder, hparams["prep_folder"], out_root / slug,
+            system_name=name, noise_types=hparams["eval_noise_types"], snrs=hparams["eval_snrs"],
+            batch_size=hparams["eval_batch_size"], device=device, seed=hparams["data_seed"],
+        )
+    table = verification_table(results, hparams["eval_noise_types"], hparams["eval_snrs"])
+    (out_root / "table.md").write_text(table, encoding="utf-8")
+    return table

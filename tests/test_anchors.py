@@ -1,0 +1,122 @@
+"""AnchorStore: lookup, centroids, Augmenter alignment, save/load, and the checks stage 2 relies on."""
+import pytest
+import torch
+import torch.nn.functional as F
+from speechbrain.augment.augmenter import Augmenter
+from speechbrain.augment.time_domain import DropChunk
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, speaker_centroids
+
+
+def make_store(n=12, dim=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = [f"spk{i % 3}--s1--u{i:02d}_0_48000" for i in range(n)][::-1]  # unsorted on purpose
+    speakers = [i.split("--")[0] for i in ids]
+    emb = torch.randn(n, dim, generator=gen)
+    return AnchorStore.from_embeddings(ids, speakers, emb, {"base_fingerprint": "abc"}), ids, speakers, emb
+
+
+def test_lookup_returns_each_rows_normalised_anchor():
+    store, ids, _, emb = make_store()
+    query = [ids[5], ids[0], ids[5]]
+    expected = F.normalize(emb[[5, 0, 5]], dim=-1)
+    assert torch.allclose(store.lookup(query), expected, atol=1e-6)
+    assert not store.lookup(query).requires_grad
+
+
+def test_speaker_centroids_are_renormalised_means():
+    store, ids, speakers, emb = make_store()
+    normed = F.normalize(emb, dim=-1)
+    for spk in set(speakers):
+        rows = [k for k, s in enumerate(speakers) if s == spk]
+        expected = F.normalize(normed[rows].mean(0), dim=0)
+        got = store.lookup([ids[rows[0]]], anchor_type="speaker")[0]
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert torch.allclose(got.norm(), torch.tensor(1.0))
+    assert store.centroids.shape == (3, 8)
+
+
+def test_speaker_centroids_function():
+    emb = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, -3.0]])
+    cent = speaker_centroids(emb, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(cent, torch.tensor([[0.7071, 0.7071], [0.0, -1.0]]), atol=1e-4)
+
+
+def test_anchors_stay_aligned_with_augmenter_replicated_batch():
+    store, ids, _, _ = make_store()
+    batch_ids = ids[:4]
+    augment = Augmenter(
+        concat_original=True, repeat_augment=2, min_augmentations=1, max_augmentations=1,
+        augmentations=[DropChunk(drop_length_low=10, drop_length_high=20)],
+    )
+    wavs = torch.randn(4, 1600)
+    out, _ = augment(wavs, torch.ones(4))
+    anchors = augment.replicate_labels(store.lookup(batch_ids))
+    assert out.shape[0] == anchors.shape[0] == 12  # clean + 2 noisy copies
+    for copy in range(3):  # every copy block lines up with the original row order
+        assert torch.equal(anchors[copy * 4:(copy + 1) * 4], store.lookup(batch_ids))
+    assert torch.equal(out[:4], wavs)  # the clean originals come first
+
+
+def test_unknown_ids_are_counted_and_named():
+    store, ids, _, _ = make_store()
+    with pytest.raises(AnchorStoreError, match=r"2 of 3 IDs have no anchor.*nope"):
+        store.lookup([ids[0], "nope", "a-much-longer-id-than-any-stored-one-in-the-index-xxxxxxxx"])
+    with pytest.raises(AnchorStoreError, match="2 of 14 training rows have no anchor"):
+        store.check_compatible(row_ids=ids + ["x", "y"])
+
+
+def test_fingerprint_and_dim_mismatch_are_refused():
+    store, ids, _, _ = make_store()
+    store.check_compatible(base_fingerprint="abc", row_ids=ids, emb_dim=8)
+    with pytest.raises(AnchorStoreError, match="stale.*re-extract"):
+        store.check_compatible(base_fingerprint="def")
+    with pytest.raises(AnchorStoreError, match="embedding size 8.*emb_dim is 192"):
+        store.check_compatible(emb_dim=192)
+
+
+def test_save_load_roundtrip_and_provenance(tmp_path):
+    store, ids, _, _ = make_store()
+    store.save(tmp_path / "anchors.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["anchors.pt"]  # no temp file left
+    loaded = AnchorStore.from_file(tmp_path / "anchors.pt")
+    assert torch.equal(loaded.embeddings, store.embeddings)
+    assert torch.equal(loaded.lookup(ids, "speaker"), store.lookup(ids, "speaker"))
+    assert loaded.provenance["num_rows"] == 12 and loaded.provenance["num_speakers"] == 3
+    assert loaded.provenance["emb_dim"] == 8 and loaded.provenance["base_fingerprint"] == "abc"
+    assert loaded.embeddings.is_contiguous() and loaded.embeddings.dtype == torch.float32
+
+
+def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
+    store, _, _, _ = make_store()
+    path = tmp_path / "anchors.pt"
+    store.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AnchorStoreError, match="unreadable or corrupt.*re-extract"):
+        AnchorStore.from_file(path)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(AnchorStoreError, match=str(path)):
+        AnchorStore.from_file(path)
+    with pytest.raises(AnchorStoreError, match="does not exist"):
+        AnchorStore.from_file(tmp_path / "missing.pt")
+
+
+def test_store_is_a_checkpointable_recoverable(tmp_path):
+    store, ids, _, _ = make_store()
+    ckpt = Checkpointer(tmp_path / "save", recoverables={"anchors": store})
+    ckpt.save_checkpoint()
+    fresh = AnchorStore()
+    Checkpointer(tmp_path / "save", recoverables={"anchors": fresh}).recover_if_possible()
+    assert torch.equal(fresh.lookup(ids), store.lookup(ids))
+
+
+def test_checkpoint_fingerprint_tracks_model_files(tmp_path):
+    for name in ("embedding_model", "classifier", "normalizer"):
+        (tmp_path / f"{name}.ckpt").write_bytes(name.encode())
+    first = checkpoint_fingerprint(tmp_path)
+    (tmp_path / "optimizer.ckpt").write_bytes(b"ignored")
+    assert checkpoint_fingerprint(tmp_path) == first
+    (tmp_path / "classifier.ckpt").write_bytes(b"changed")
+    assert checkpoint_fingerprint(tmp_path) != first
