@@ -80,6 +80,7 @@ def dataio_prep(hparams, label_encoder_source=None):
         label_encoder.load_or_create(
             path=str(encoder_file), from_didatasets=[datasets["train"]], output_key="spk_id"
         )
+    label_encoder.expect_len(hparams["num_train_speakers"])
     sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "spk_id", "spk_id_encoded"])
     return datasets["train"], datasets["dev"], label_encoder
 

@@ -142,9 +142,12 @@ def test_reverb_is_deterministic_and_level_matched(corruptor_setup):
     corrupt = Corruptor(noise_csvs, rir_csv, seed=5)
     clean = _speech(4)
     wet = corrupt(clean, "spk2/s1/utt1", Condition("reverb"))
-    assert torch.equal(wet, Corruptor(noise_csvs, rir_csv, seed=5)(clean, "spk2/s1/utt1", Condition("reverb")))
+    again = Corruptor(noise_csvs, rir_csv, seed=5)(clean, "spk2/s1/utt1", Condition("reverb"))
+    assert torch.equal(wet, again)
     assert wet.shape == clean.shape
-    assert wet.pow(2).mean().sqrt().item() == pytest.approx(clean.pow(2).mean().sqrt().item(), rel=1e-4)
+    assert wet.pow(2).mean().sqrt().item() == pytest.approx(
+        clean.pow(2).mean().sqrt().item(), rel=1e-4
+    )
     assert not torch.allclose(wet, clean, atol=1e-3)
     # Aligned on the direct path: the cross-correlation with the clean signal
     # peaks at lag 0 (lags kept below the pitch period).
@@ -181,7 +184,8 @@ def test_wrong_sample_rate_is_an_error(tmp_path):
     soundfile.write(path, np.zeros(4800), 48000)
     noise_csv = _write_noise_csv(tmp_path / "n.csv", [path], "noise")
     with pytest.raises(ValueError, match="48000"):
-        Corruptor({"noise": noise_csv}, None, seed=1)(_speech(7), "u", additive_condition("noise", 0))
+        corrupt = Corruptor({"noise": noise_csv}, None, seed=1)
+        corrupt(_speech(7), "u", additive_condition("noise", 0))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "noise").is_dir(), reason=f"no shared data at {SHARED_DATA}")

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import random
 import re
 from collections import Counter, defaultdict
 
@@ -236,9 +237,12 @@ def test_crash_midway_is_redone(tree, tmp_path, monkeypatch, caplog):
 
 def test_short_utterances_and_verification_list(tree, tmp_path):
     out = prepare_folder_of_speakers(
-        tree, tmp_path / "p", verification_speakers=["a0", "a1", "b0", "b1"],
-        min_utt_dur=1.4, dev_ratio=0,
-    )  # fmt: skip
+        tree,
+        tmp_path / "p",
+        verification_speakers=["a0", "a1", "b0", "b1"],
+        min_utt_dur=1.4,
+        dev_ratio=0,
+    )
     train = read_rows(out["train"])
     assert read_rows(out["dev"]) == []
     assert {r["spk_id"] for r in train} == {"a2", "a3", "b2"}
@@ -304,6 +308,27 @@ def test_given_trial_list(tree, tmp_path):
         prepare_folder_of_speakers(tree, tmp_path / "q", trial_list=trial_list)
     assert "2 file(s) named in" in str(error.value)
     assert "a0/s1/009" in str(error.value) and "zz/s1/000" in str(error.value)
+
+
+def test_given_trial_list_with_skipped_bad_file(
+    tree, tmp_path, bad_audio_files, caplog
+):
+    bad = tree[0] / "a0" / "s1" / "bad.wav"
+    bad.write_bytes(bad_audio_files["nan"].read_bytes())
+    trial_list = tmp_path / "trials.txt"
+    trial_list.write_text(
+        "1 a0/s1/000.wav a0/s1/bad.wav\n0 a0/s1/000.wav b0/s1/000.wav\n"
+    )
+    with pytest.raises(AudioError, match="bad.wav: NaN"):
+        prepare_folder_of_speakers(tree, tmp_path / "p", trial_list=trial_list)
+    out = prepare_folder_of_speakers(
+        tree, tmp_path / "p", trial_list=trial_list, skip_bad_files=True
+    )
+    assert read_trials(out["trials"]) == [
+        ("0", "a0/s1/000.wav", "b0/s1/000.wav")
+    ]
+    assert "Dropped 1 of 2 trials" in caplog.text
+    assert open(out["bad_files"]).read().startswith(f"{bad}\tNaN")
 
 
 def test_bad_files_at_preparation(tree, tmp_path, bad_audio_files):
@@ -392,8 +417,6 @@ def test_generate_trials_balanced_and_capped():
         for spk, n in (("x", 3), ("y", 10), ("z", 1))
         for i in range(n)
     ]
-    import random
-
     trials = generate_trials(rows, 5, random.Random(0))
     by_enrol_spk = Counter((label, e[0]) for label, e, _ in trials)
     # x: only 3 distinct target pairs; z: no pair at all.

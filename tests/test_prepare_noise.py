@@ -67,9 +67,11 @@ def check_add_noise(csv_file):
     )
     added = noisy - clean / 2
     assert noisy.shape == clean.shape and torch.isfinite(noisy).all()
-    rms = lambda x: x.pow(2).mean(dim=1).sqrt()  # noqa: E731
     assert torch.allclose(rms(added), rms(clean) / 2, rtol=0.02)
-    return added
+
+
+def rms(batch):
+    return batch.pow(2).mean(dim=1).sqrt()
 
 
 def check_add_reverb(csv_file):

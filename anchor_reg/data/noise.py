@@ -430,9 +430,6 @@ def find_audio_files(folder):
     )
 
 
-# Kept until anchor_reg/data/prepare.py imports prepare_noise_files instead.
-_prepare_noise_csv = prepare_noise_files
-
 
 def _noise_row(row_id, path, n_samples, sample_rate, noise_type):
     """One noise CSV row (a dict keyed by NOISE_FIELDS)."""

@@ -29,7 +29,7 @@ from anchor_reg.data.noise import (
     merge_noise_csvs,
     prepare_babble,
     prepare_musan,
-    _prepare_noise_csv,
+    prepare_noise_files,
     prepare_rirs_noises,
 )
 from anchor_reg.data.synthetic import generate_corpus
@@ -295,13 +295,6 @@ def split_noise_csv(csv_file, train_csv, eval_csv, seed, eval_fraction=0.5):
         eval_csv,
         NOISE_FIELDS,
     )
-
-
-def prepare_noise_files(root, files, save_csv, noise_type, *, seg_dur=5.0, min_dur=1.0, sample_rate=16000,
-                        skip_bad_files=False):  # TEMP until noise.py exposes it
-    return _prepare_noise_csv(root, files, save_csv, noise_type, seg_dur=seg_dur, segment_folder=None,
-                              min_dur=min_dur, sample_rate=sample_rate, skip_bad_files=skip_bad_files,
-                              first_channel=False)
 
 
 def copy_csv(src, dst):

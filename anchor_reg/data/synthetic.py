@@ -1,23 +1,26 @@
-"""A small multi-speaker corpus, noises and RIRs synthesised offline, so the recipe runs with no data.
+"""A small multi-speaker corpus, noises and RIRs, synthesised offline.
 
-Speech comes from a source-filter synthesiser: a Rosenberg glottal pulse train (with jitter, shimmer,
-aspiration) drives a cascade of time-varying formant resonators; fricatives and bursts are shaped noise.
-Each speaker draws a voice (F0 range, vocal-tract length, speaking rate, voice quality, formant
-offsets), each session a small channel and mood change, each utterance a random phone sequence.
-Noises are coloured/hum/modulated noise, music-like tones and babble of speakers outside the corpus;
-RIRs are exponentially decaying noise with early reflections.
+The default recipe runs on it with no data and no network. Speech comes from a
+source-filter synthesiser: a Rosenberg glottal pulse train (with jitter,
+shimmer, aspiration) drives a cascade of time-varying formant resonators;
+fricatives and bursts are shaped noise. Each speaker draws a voice (F0 range,
+vocal-tract length, speaking rate, voice quality, formant offsets), each
+session a small channel and mood change, each utterance a random phone
+sequence. Noises are coloured/hum/modulated noise, music-like tones and babble
+of speakers outside the corpus; RIRs are exponentially decaying noise with
+early reflections.
 
 Layout written under ``out_folder``::
 
     speech/spk0001/sess1/utt00.wav   (folder of speakers, 16-bit mono wav)
     noise/{noise,music,babble}/*.wav
     rir/rir000.wav
-    manifest.json                    (written last; a complete one with the same options is reused)
+    manifest.json       (written last; reused when complete with same options)
 
 Example
 -------
->>> info = generate_corpus(getfixture("tmp_path"), num_speakers=2, utts_per_speaker=2,
-...                        num_noises=1, num_rirs=1, num_workers=1)
+>>> info = generate_corpus(getfixture("tmp_path"), num_speakers=2,
+...     utts_per_speaker=2, num_noises=1, num_rirs=1, num_workers=1)
 >>> info["counts"]["utterances"]
 4
 """
@@ -47,9 +50,10 @@ IN_PROGRESS = ".synthetic_in_progress"
 NOISE_TYPES = ("noise", "music", "babble")
 NOISE_KINDS = ("white", "pink", "brown", "band", "hum", "modulated")
 
-# Seed domains: every random stream is keyed by (seed, domain, indices), so results do not
-# depend on worker scheduling or on how many other speakers/files are generated. Keys of one
-# domain have one length: SeedSequence([1, 2]) equals SeedSequence([1, 2, 0]).
+# Seed domains: every random stream is keyed by (seed, domain, indices), so
+# results depend neither on worker scheduling nor on how many other speakers or
+# files are generated. Keys of one domain have one length:
+# SeedSequence([1, 2]) equals SeedSequence([1, 2, 0]).
 (
     _VOICE,
     _SESSION,
@@ -63,7 +67,7 @@ NOISE_KINDS = ("white", "pink", "brown", "band", "hum", "modulated")
 ) = range(9)
 
 _BLOCK = 0.005  # seconds per formant-filter update
-# Adult-male reference formants F1-F4 in Hz (Peterson & Barney 1952; F4 nominal).
+# Adult-male reference formants F1-F4 in Hz (Peterson & Barney 1952; F4 nominal)
 _VOWELS = np.array(
     [
         (270, 2290, 3010, 3700),
@@ -81,7 +85,7 @@ _VOWELS = np.array(
 )
 _BANDWIDTHS = np.array([80.0, 100.0, 150.0, 250.0, 300.0])
 _F5 = 4500.0
-# Consonants: kind, formant locus (F1-F4), voiced, noise band (Hz) and noise level.
+# Consonants: kind, formant locus (F1-F4), voiced, noise band (Hz), noise level
 _CONSONANTS = {
     "p": ("stop", (250, 900, 2200, 3400), False, (400, 2500), 0.5),
     "b": ("stop", (250, 900, 2200, 3400), True, (400, 2500), 0.3),
@@ -103,32 +107,12 @@ _CONSONANTS = {
     "j": ("approximant", (270, 2200, 3000, 3600), True, None, 0.0),
 }
 _ONSETS = tuple(_CONSONANTS)
-_CODAS = (
-    "p",
-    "b",
-    "t",
-    "d",
-    "k",
-    "g",
-    "f",
-    "v",
-    "s",
-    "z",
-    "sh",
-    "m",
-    "n",
-    "l",
-    "r",
+_CODAS = tuple("p b t d k g f v s z sh m n l r".split())
+_CLUSTERS = tuple(
+    tuple(pair.split("-")) for pair in "p-r t-r k-r b-l k-l s-t s-p".split()
 )
-_CLUSTERS = (
-    ("p", "r"),
-    ("t", "r"),
-    ("k", "r"),
-    ("b", "l"),
-    ("k", "l"),
-    ("s", "t"),
-    ("s", "p"),
-)
+# (F0 Hz, formant scale) centres of male, female and child voices
+_VOICE_GROUPS = ((115.0, 0.92), (205.0, 1.08), (265.0, 1.2))
 
 
 @dataclass
@@ -155,11 +139,9 @@ class Voice:
 
 
 def sample_voice(rng):
-    """Draws a speaker's voice from realistic, overlapping ranges (male, female or child)."""
+    """Draws a voice from realistic, overlapping male/female/child ranges."""
     group = rng.choice(3, p=[0.45, 0.45, 0.1])
-    f0_centre, scale_centre = [(115.0, 0.92), (205.0, 1.08), (265.0, 1.2)][
-        group
-    ]
+    f0_centre, scale_centre = _VOICE_GROUPS[group]
     return Voice(
         f0_mean=float(
             np.clip(f0_centre * np.exp(rng.normal(0, 0.13)), 85.0, 300.0)
@@ -187,14 +169,12 @@ def sample_voice(rng):
 
 @dataclass
 class Session:
-    """A recording session: a mood (F0, rate) and a channel (high-pass, tilt, level)."""
+    """A recording session: mood (F0, rate), channel (high-pass, tilt, gain)."""
 
     f0_shift: float  # semitones
     rate: float
     highpass: float  # Hz
-    channel_tilt: (
-        float  # first-order pre-emphasis coefficient, negative = darker
-    )
+    channel_tilt: float  # 1st-order pre-emphasis, negative = darker
     gain_db: float
 
 
@@ -229,7 +209,7 @@ class _Segment:
 
 
 def _plan_syllable(rng, stressed):
-    """Returns the segments of one (C)(C)V(C) syllable (durations at a neutral rate)."""
+    """The segments of one (C)(C)V(C) syllable (durations at a neutral rate)."""
     vowel = rng.integers(len(_VOWELS))
     target = _VOWELS[vowel]
     nucleus = _Segment(
@@ -252,7 +232,7 @@ def _plan_syllable(rng, stressed):
 
 
 def _consonant(rng, name, vowel_target):
-    """The segments of one consonant next to a vowel with formants ``vowel_target``."""
+    """The segments of one consonant next to a vowel with ``vowel_target``."""
     kind, locus, voiced, band, level = _CONSONANTS[name]
     if kind == "aspirate":
         return [_Segment(rng.uniform(0.05, 0.08), vowel_target, aspiration=0.3)]
@@ -285,7 +265,7 @@ def _consonant(rng, name, vowel_target):
 
 
 def _plan_utterance(rng, seconds, duration_scale):
-    """Random words filling ``seconds`` (leftover time becomes leading/trailing silence)."""
+    """Random words filling ``seconds``; leftover time becomes silence."""
     lead = min(rng.uniform(0.05, 0.2), 0.25 * seconds)
     segments, used = [], lead
     while True:
@@ -319,7 +299,7 @@ def _plan_utterance(rng, seconds, duration_scale):
 
 
 def _smooth(values, width):
-    """Moving average of ``values`` (time, ...) over ``width`` samples along time, same length."""
+    """Centred moving average of ``values`` (time, ...) over ``width`` steps."""
     if width <= 1:
         return values
     padded = np.concatenate(
@@ -379,33 +359,32 @@ def _glottal_source(rng, voice, f0, sample_rate):
 
 
 def _vocal_tract(excitation, formants, bandwidths, block, sample_rate):
-    """All-pole vocal tract (a cascade of 2nd-order resonators) whose formants change every ``block`` samples.
+    """All-pole vocal tract: resonators updated every ``block`` samples.
 
     Arguments
     ---------
     excitation : np.ndarray (blocks * block,)
     formants, bandwidths : np.ndarray (blocks, resonators) in Hz.
 
-    The resonators of a block are multiplied into one polynomial (one lfilter call per block) and the
-    state is rebuilt from the last outputs with the new coefficients (y[n] = g x[n] - sum_k a_k(n) y[n-k]),
-    so formant changes cause no clicks.
+    The resonators of a block are multiplied into one polynomial (one lfilter
+    call per block) and the state is rebuilt from the last outputs with the new
+    coefficients, y[n] = g x[n] - sum_k a_k(n) y[n-k], so formant changes cause
+    no clicks.
     """
     radius = np.exp(-np.pi * bandwidths / sample_rate)
     a1 = -2 * radius * np.cos(2 * np.pi * formants / sample_rate)
     a2 = radius**2
     n_blocks, order = formants.shape[0], 2 * formants.shape[1]
-    poly = np.zeros(
-        (n_blocks, 2 * order + 1)
-    )  # zero-padded so that poly[:, i + 1 + m] is defined
+    # A(z) per block, zero-padded so that poly[:, i + 1 + m] is defined
+    poly = np.zeros((n_blocks, 2 * order + 1))
     poly[:, 0] = 1.0
     for section in range(formants.shape[1]):
         previous = poly.copy()
         poly[:, 1:] += a1[:, section, None] * previous[:, :-1]
         poly[:, 2:] += a2[:, section, None] * previous[:, :-2]
     gain = poly[:, : order + 1].sum(1)  # unit gain at 0 Hz
-    state_taps = (
-        np.arange(order)[:, None] + np.arange(order)[None, :] + 1
-    )  # z_i = -sum_m a_(i+1+m) y[n-m]
+    # lfilter state after output y[n]: z_i = -sum_m a_(i+1+m) y[n-m]
+    state_taps = np.arange(order)[:, None] + np.arange(order)[None, :] + 1
     out = np.empty_like(excitation)
     state = np.zeros(order)
     for b in range(n_blocks):
@@ -442,7 +421,7 @@ def synthesize_utterance(
     n_blocks = -(-num_samples // block)
     padded = n_blocks * block
 
-    # Formant tracks: speaker-scaled segment targets per block, smoothed into transitions.
+    # Formant tracks: speaker-scaled targets per block, smoothed transitions
     targets = np.empty((len(segments), 5))
     for i, s in enumerate(segments):
         targets[i, :4] = s.formants * voice.formant_offsets
@@ -469,7 +448,7 @@ def synthesize_utterance(
         np.repeat([s.aspiration for s in segments], lengths), ramp
     )
 
-    # Intonation: declination, pitch accents on stressed vowels, slow wander, per-utterance offset.
+    # Intonation: declination, accents on stressed vowels, slow wander, offsets
     t = np.arange(padded) / sample_rate
     total = num_samples / sample_rate
     semitones = (
@@ -506,7 +485,7 @@ def synthesize_utterance(
     voiced = voicing > 0.5
     reference = np.sqrt(np.mean(speech[voiced] ** 2)) if voiced.any() else 1.0
 
-    # Frication and bursts: band-passed noise with a trapezoid window per segment.
+    # Frication and bursts: band-passed noise, a trapezoid window per segment
     frication = rng.standard_normal(num_samples)
     for i, s in enumerate(segments):
         if not s.noise:
@@ -560,7 +539,7 @@ def _active_rms(x, sample_rate):
 
 
 def _finish(x, rng, level_db, sample_rate):
-    """Scales to an active level in dBFS, limits peaks, adds a -75 dBFS noise floor."""
+    """Scales to an active level (dBFS), limits peaks, adds a -75 dBFS floor."""
     x = x * 10 ** (level_db / 20) / _active_rms(x, sample_rate)
     peak = np.max(np.abs(x))
     if peak > 0.95:
@@ -569,7 +548,7 @@ def _finish(x, rng, level_db, sample_rate):
 
 
 def _colored_noise(rng, n, exponent, sample_rate):
-    """Gaussian noise with a power spectrum ~ 1/f**exponent (flat below 20 Hz)."""
+    """Gaussian noise with power spectrum ~ 1/f**exponent (flat below 20 Hz)."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.maximum(np.fft.rfftfreq(n, 1 / sample_rate), 20.0)
     x = np.fft.irfft(spectrum * freqs ** (-exponent / 2), n)
@@ -577,7 +556,7 @@ def _colored_noise(rng, n, exponent, sample_rate):
 
 
 def synthesize_noise(rng, kind, num_samples, sample_rate=16000):
-    """Stationary or modulated noise of ``kind`` in NOISE_KINDS; returns (num_samples,) float64."""
+    """Noise of ``kind`` (in NOISE_KINDS); returns (num_samples,) float64."""
     n = num_samples
     if kind == "white":
         return rng.standard_normal(n)
@@ -676,7 +655,7 @@ def _hz(midi_note):
 
 
 def synthesize_music(rng, num_samples, sample_rate=16000):
-    """Music-like audio: a chord progression, a melody and (often) drums in a random key and tempo."""
+    """Music-like audio: chords, melody, often drums; random key and tempo."""
     out = np.zeros(num_samples + sample_rate * 3)
     beat = 60.0 / rng.uniform(70, 160)
     root = rng.integers(45, 57)
@@ -733,11 +712,11 @@ def synthesize_music(rng, num_samples, sample_rate=16000):
 
 
 def synthesize_rir(rng, rt60, sample_rate=16000):
-    """Room impulse response: direct path, sparse early reflections and an exponential noise tail.
+    """Room impulse response: direct path, early reflections, exponential tail.
 
     Returns
     -------
-    np.ndarray (rt60 + a few ms of samples,) with its peak (the direct path) at 1.
+    np.ndarray (rt60 + a few ms of samples,), peak (the direct path) at 1.
     """
     direct = int(rng.uniform(0.001, 0.004) * sample_rate)
     n = direct + int(rt60 * sample_rate)
@@ -769,7 +748,7 @@ def _write_wav(path, x, sample_rate):
 
 
 def _speaker_job(out, options, speaker):
-    """Writes all utterances of corpus speaker ``speaker``; returns their total seconds."""
+    """Writes all utterances of corpus speaker ``speaker``; returns seconds."""
     seed, sr = options["seed"], options["sample_rate"]
     voice = sample_voice(_rng(seed, _VOICE, speaker))
     sessions = [
@@ -783,21 +762,16 @@ def _speaker_job(out, options, speaker):
         n = int(round(rng.uniform(options["min_dur"], options["max_dur"]) * sr))
         speech = synthesize_utterance(rng, voice, n, sr, sessions[s])
         level = -23.0 + sessions[s].gain_db + rng.uniform(-2.0, 2.0)
+        folder = out / SPEECH_DIR / f"spk{speaker + 1:04d}" / f"sess{s + 1}"
         _write_wav(
-            out
-            / SPEECH_DIR
-            / f"spk{speaker + 1:04d}"
-            / f"sess{s + 1}"
-            / f"utt{u:02d}.wav",
-            _finish(speech, rng, level, sr),
-            sr,
+            folder / f"utt{u:02d}.wav", _finish(speech, rng, level, sr), sr
         )
         seconds += n / sr
     return seconds
 
 
 def _noise_job(out, options, noise_type, index):
-    """Writes noise file ``index`` of ``noise_type`` (noise, music or babble)."""
+    """Writes file ``index`` of ``noise_type`` (noise, music or babble)."""
     seed, sr = options["seed"], options["sample_rate"]
     n = int(round(options["noise_dur"] * sr))
     if noise_type == "noise":
@@ -816,9 +790,8 @@ def _noise_job(out, options, noise_type, index):
             speech = synthesize_utterance(
                 _rng(seed, _BABBLE_UTTERANCE, index, k), voice, n, sr
             )
-            audio += 10 ** (rng.uniform(-6, 0) / 20) * np.roll(
-                speech, rng.integers(n)
-            )  # pauses do not align
+            shift = rng.integers(n)  # so that the talkers' pauses do not align
+            audio += 10 ** (rng.uniform(-6, 0) / 20) * np.roll(speech, shift)
         name = f"babble{talkers}_{index:03d}"
     _write_wav(
         out / NOISE_DIR / noise_type / f"{name}.wav",
@@ -829,7 +802,7 @@ def _noise_job(out, options, noise_type, index):
 
 
 def _rir_job(out, options, index):
-    """Writes RIR ``index``; RT60s are spread evenly over 0.2-0.8 s. Returns (name, rt60)."""
+    """Writes RIR ``index`` (RT60 within 0.2-0.8 s); returns (name, RT60)."""
     rng = _rng(options["seed"], _RIR, index)
     rt60 = 0.2 + 0.6 * (index + rng.random()) / options["num_rirs"]
     name = f"rir{index:03d}.wav"
@@ -880,23 +853,28 @@ def _check_options(options):
     for key, low in minimum.items():
         if not isinstance(options[key], int) or options[key] < low:
             raise ValueError(
-                f"generate_corpus: {key} must be an integer >= {low}, got {options[key]!r}"
+                f"generate_corpus: {key} must be an integer >= {low}, "
+                f"got {options[key]!r}"
             )
     if options["sessions_per_speaker"] > options["utts_per_speaker"]:
         raise ValueError(
-            "generate_corpus: sessions_per_speaker must not exceed utts_per_speaker"
+            "generate_corpus: sessions_per_speaker must not exceed "
+            "utts_per_speaker"
         )
     if not 0 < options["noise_dur"]:
         raise ValueError(
-            f"generate_corpus: noise_dur must be > 0, got {options['noise_dur']}"
+            "generate_corpus: noise_dur must be > 0, "
+            f"got {options['noise_dur']}"
         )
     if not 0 < options["min_dur"] <= options["max_dur"]:
         raise ValueError(
-            f"generate_corpus: need 0 < min_dur <= max_dur, got {options['min_dur']}, {options['max_dur']}"
+            "generate_corpus: need 0 < min_dur <= max_dur, "
+            f"got {options['min_dur']}, {options['max_dur']}"
         )
     if options["sample_rate"] < 16000:
         raise ValueError(
-            f"generate_corpus: sample_rate must be >= 16000, got {options['sample_rate']}"
+            "generate_corpus: sample_rate must be >= 16000, "
+            f"got {options['sample_rate']}"
         )
 
 
@@ -915,19 +893,20 @@ def generate_corpus(
     noise_dur=6.0,
     num_workers=None,
 ):
-    """Generates (or reuses) the synthetic speech, noise and RIR corpus in ``out_folder``.
+    """Generates (or reuses) the synthetic speech, noises and RIRs.
 
     Arguments
     ---------
     out_folder : str or Path
     num_speakers, utts_per_speaker, sessions_per_speaker : int
-        Utterances are split over sessions in order (utt00-05 in sess1, utt06-11 in sess2 by default).
+        Utterances are split over sessions in order (by default utt00-05 in
+        sess1, utt06-11 in sess2).
     seed : int
         Every file is a deterministic function of the seed and its own indices.
     min_dur, max_dur : float
         Utterance durations are uniform in this range (seconds).
     num_noises : int
-        Files per noise type (noise, music, babble), each ``noise_dur`` seconds long.
+        Files per noise type (noise, music, babble), ``noise_dur`` s each.
     num_rirs : int
         RIRs with RT60 spread over 0.2-0.8 s.
     num_workers : int or None
@@ -935,7 +914,8 @@ def generate_corpus(
 
     Returns
     -------
-    dict: the manifest (version, options, counts of files per kind, speech_seconds, rir_rt60).
+    dict: the manifest (version, options, counts of files per kind,
+    speech_seconds, rir_rt60).
     """
     options = dict(
         num_speakers=num_speakers,
@@ -971,7 +951,8 @@ def generate_corpus(
         and any(p.exists() for p in ours)
     ):
         raise FileExistsError(
-            f"{out} already holds speech/, noise/ or rir/ that generate_corpus did not make; "
+            f"{out} already holds speech/, noise/ or rir/ that "
+            "generate_corpus did not make; "
             "use an empty folder for the synthetic corpus"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -995,20 +976,14 @@ def generate_corpus(
     jobs += [(_rir_job, (out, options, i)) for i in range(num_rirs)]
     workers = num_workers or os.cpu_count() or 1
     if workers > 1:
-        start = (
-            "fork"
-            if "fork" in multiprocessing.get_all_start_methods()
-            else "spawn"
+        # fork: workers need not re-import the caller's __main__ (train.py)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context(
+            "fork" if "fork" in methods else "spawn"
         )
-        with ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(start)
-        ) as pool:
-            results = [
-                f.result()
-                for f in [
-                    pool.submit(function, *args) for function, args in jobs
-                ]
-            ]
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(function, *args) for function, args in jobs]
+            results = [future.result() for future in futures]
     else:
         results = [function(*args) for function, args in jobs]
 
@@ -1028,12 +1003,14 @@ def generate_corpus(
 
 
 def main(argv=None):
-    """Command line: ``python -m anchor_reg.data.synthetic OUT_FOLDER [--num_speakers N ...]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Command line; ``python -m anchor_reg.data.synthetic --help``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m anchor_reg.data.synthetic",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("out_folder")
-    for name, parameter in inspect.signature(
-        generate_corpus
-    ).parameters.items():
+    options = inspect.signature(generate_corpus).parameters
+    for name, parameter in options.items():
         if parameter.kind == parameter.KEYWORD_ONLY:
             default = parameter.default
             parser.add_argument(

@@ -1,0 +1,100 @@
+"""The whole chain on tiny configs: stage 1 -> anchors -> stage 2, the joint baseline, resume, fork."""
+import hashlib
+import pathlib
+
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.anchors import AnchorStore
+from tiny import run_train
+
+
+def digest_tree(folder):
+    """sha256 of every file under folder (relative path -> digest)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def last_epoch(stage_folder):
+    ckpt = Checkpointer(pathlib.Path(stage_folder) / "save").find_checkpoint()
+    return ckpt.meta["epoch"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Runs `train.py hparams/stage2.yaml` once from nothing (tiny sizes)."""
+    tmp = tmp_path_factory.mktemp("chain")
+    run_train("stage2.yaml", tmp)
+    root = tmp / "results" / "default" / "1986"
+    return tmp, root
+
+
+def test_stage2_runs_every_prerequisite(chain):
+    _, root = chain
+    for stage in ("stage1", "stage2"):
+        assert (root / stage / "train_log.txt").read_text().count("epoch: 1") == 1
+        assert (root / stage / "hyperparams.yaml").is_file()
+        assert (root / stage / "save" / "label_encoder.txt").is_file()
+    store = AnchorStore.from_file(root / "anchors" / "anchors.pt")
+    train_ids = [line.split(",")[0] for line in (root.parent / "prepared" / "train.csv").read_text().splitlines()[1:]]
+    store.check_compatible(row_ids=train_ids, emb_dim=32)
+    assert len(store) == len(train_ids) and store.provenance["num_speakers"] == 4
+    log = (root / "stage2" / "train_log.txt").read_text()
+    assert "loss_anchor" in log and "loss_aam" in log
+
+
+def test_stage2_starts_from_a_copy_of_the_base(chain):
+    _, root = chain
+    base = Checkpointer(root / "stage1" / "save").find_checkpoint()
+    tuned = Checkpointer(root / "stage2" / "save").find_checkpoint()
+    base_w = torch.load(base.paramfiles["embedding_model"])
+    tuned_w = torch.load(tuned.paramfiles["embedding_model"])
+    assert base_w.keys() == tuned_w.keys()
+    assert any(not torch.equal(base_w[k], tuned_w[k]) for k in base_w)  # fine-tuned ...
+    diff = max((base_w[k].float() - tuned_w[k].float()).abs().max() for k in base_w)
+    assert diff < 1.0  # ... from the base weights, not from scratch
+    assert tuned.meta["base_fingerprint"]
+
+
+def test_rerun_reuses_stage1_and_anchors_and_keeps_them_identical(chain):
+    tmp, root = chain
+    stage1_before = digest_tree(root / "stage1" / "save")
+    anchors_before = digest_tree(root / "anchors")
+    run_train("stage2.yaml", tmp, number_of_epochs=2)  # stage 2 resumes for one more epoch
+    assert digest_tree(root / "stage1" / "save") == stage1_before
+    assert digest_tree(root / "anchors") == anchors_before
+    assert last_epoch(root / "stage2") == 2
+    assert last_epoch(root / "stage1") == 1
+    log = (root / "stage2" / "train_log.txt").read_text()
+    assert "epoch: 2" in log and log.count("epoch: 1,") == 1  # continued, not restarted
+    # the anchors saved inside the stage-2 checkpoint are the extracted ones
+    ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint()
+    kept = AnchorStore.from_file(ckpt.paramfiles["anchors"])
+    assert torch.equal(kept.embeddings, AnchorStore.from_file(root / "anchors" / "anchors.pt").embeddings)
+
+
+def test_joint_baseline_runs_with_its_consistency_term(tmp_path):
+    run_train("joint.yaml", tmp_path, stage1_epochs=1, stage2_epochs=1)
+    folder = tmp_path / "results" / "default" / "1986" / "joint"
+    log = (folder / "train_log.txt").read_text()
+    assert "epoch: 2" in log and "loss_consistency" in log
+    assert last_epoch(folder) == 2  # stage1_epochs + stage2_epochs updates budget
+    assert not (folder.parent / "stage1").exists()  # from scratch, no base model
+
+
+def test_backbone_swap_needs_no_code_change(tmp_path):
+    resnet = (
+        "!new:speechbrain.lobes.models.ResNet.ResNet {input_size: 80, channels: [8, 8, 16, 16], "
+        "block_sizes: [1, 1, 1, 1], strides: [1, 2, 2, 2], lin_neurons: 32}"
+    )
+    run_train("stage2.yaml", tmp_path, embedding_model=resnet)
+    root = tmp_path / "results" / "default" / "1986"
+    ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint()
+    weights = torch.load(ckpt.paramfiles["embedding_model"])
+    assert any("resnet" in k or "layer" in k or "conv" in k for k in weights)
+    assert "ResNet" in (root / "stage1" / "hyperparams.yaml").read_text()
+    assert AnchorStore.from_file(root / "anchors" / "anchors.pt").emb_dim == 32
