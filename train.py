@@ -157,7 +157,11 @@ def ensure_base_and_anchors(hparams, overrides, run_opts):
         ``label_encoder`` (stage 1's label file) and ``anchors_file``.
     """
     stage1_file = hparams["stage1_hparams"]
-    stage1_overrides = overrides_for(stage1_file, overrides)
+    stage1_overrides = {
+        key: value for key, value in overrides_for(stage1_file, overrides).items()
+        if key not in hparams["not_passed_to_stage1"]
+    }
+    stage1_overrides.update(hparams["stage1_overrides"])
     stage1 = load_hparams(stage1_file, stage1_overrides)
     if pathlib.Path(stage1["output_folder"]).resolve() != pathlib.Path(hparams["stage1_folder"]).resolve():
         raise ConfigError(

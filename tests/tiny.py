@@ -1,39 +1,54 @@
 """Overrides that turn the recipe YAMLs into seconds-long CPU runs (C=32, 6 speakers)."""
 import pathlib
+import re
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_overrides(tmp_path, **extra):
+def stage_of(yaml_path):
+    """The ``stage:`` a YAML file names (stage1 | stage2 | joint)."""
+    return re.search(r"^stage: *(\w+)", pathlib.Path(yaml_path).read_text(), re.M).group(1)
+
+
+def tiny_overrides(tmp_path, yaml_path, **extra):
     """Command-line overrides for a tiny synthetic run under ``tmp_path``."""
     options = {
         "data_folder": str(tmp_path / "corpus"),
         "output_base": str(tmp_path / "results"),
-        "synthetic_noises": 4,
         "synthetic_speakers": 6,
         "synthetic_utts_per_speaker": 4,
+        "synthetic_noises": 4,
         "verification_speakers": 2,
         "babble_mixtures": 4,
         "seg_dur": 1.5,
         "channels": 32,
         "emb_dim": 32,
         "batch_size": 4,
-        "anchor_batch_size": 4,
         "eval_batch_size": 4,
         "num_workers": 0,
-        "number_of_epochs": 1,
         "evaluate_after_training": False,
     }
+    stage = stage_of(yaml_path)
+    if stage == "stage2":
+        options.update(anchor_batch_size=4, number_of_epochs=1, stage1_overrides="{number_of_epochs: 1}")
+    elif stage == "joint":
+        options.update(stage1_epochs=1, stage2_epochs=1)
+    else:
+        options.update(number_of_epochs=1)
     options.update(extra)
     return [f"--{key}={value}" for key, value in options.items()]
 
 
-def run_train(yaml_name, tmp_path, *flags, **extra):
-    """Runs train.main on hparams/<yaml_name> with tiny overrides."""
-    import sys
+def tiny_command(yaml_name, tmp_path, *flags, **extra):
+    """argv for train.py: hparams/<yaml_name> (or a forked YAML's path) with tiny overrides."""
+    yaml_path = REPO / "hparams" / yaml_name
+    return [str(yaml_path), *tiny_overrides(tmp_path, yaml_path, **extra), "--device=cpu", "--noprogressbar", *flags]
 
+
+def run_train(yaml_name, tmp_path, *flags, **extra):
+    """Runs train.main in this process with tiny overrides."""
     sys.path.insert(0, str(REPO))
     import train
 
-    return train.main([str(REPO / "hparams" / yaml_name), *tiny_overrides(tmp_path, **extra), "--device=cpu",
-                       "--noprogressbar", *flags])
+    return train.main(tiny_command(yaml_name, tmp_path, *flags, **extra))

@@ -654,6 +654,13 @@ def _hz(midi_note):
     return 440.0 * 2 ** ((midi_note - 69) / 12)
 
 
+def _mix_into(out, start, sound):
+    """Adds ``sound`` into ``out`` at ``start``, dropping what falls past the end."""
+    n = min(len(sound), len(out) - start)
+    if n > 0:
+        out[start : start + n] += sound[:n]
+
+
 def synthesize_music(rng, num_samples, sample_rate=16000):
     """Music-like audio: chords, melody, often drums; random key and tempo."""
     out = np.zeros(num_samples + sample_rate * 3)
@@ -682,7 +689,7 @@ def synthesize_music(rng, num_samples, sample_rate=16000):
                 chord_timbre,
                 sample_rate,
             )
-            out[i : i + len(tone)] += 0.3 * tone
+            _mix_into(out, i, 0.3 * tone)
         position = 0.0
         while position < 4:
             length = beat * rng.choice([0.5, 1, 1, 2])
@@ -697,7 +704,7 @@ def synthesize_music(rng, num_samples, sample_rate=16000):
                     melody_timbre,
                     sample_rate,
                 )
-                out[i : i + len(tone)] += 0.5 * tone
+                _mix_into(out, i, 0.5 * tone)
             position += length / beat
         for k in range(8 if drums else 0):
             hits = ["hihat"] + (
@@ -706,7 +713,7 @@ def synthesize_music(rng, num_samples, sample_rate=16000):
             for hit in hits:
                 i = int((start + k * beat / 2) * sample_rate)
                 sound = _drum(rng, hit, sample_rate)
-                out[i : i + len(sound)] += 0.4 * sound
+                _mix_into(out, i, 0.4 * sound)
         bar, start = bar + 1, start + 4 * beat
     return out[:num_samples]
 

@@ -1,0 +1,123 @@
+"""recipes/RealSpeech/run_experiment.py end to end on a tiny subset of the shared data."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
+SYSTEMS = ("base", "stage2")
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("realspeech_recipe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+def tiny_argv(shared_data, out):
+    """3 speakers x 3 utterances per corpus, C=32, 1 epoch per stage, 1 seed, 2 systems."""
+    overrides = {"emb_dim": 32, "batch_size": 8, "anchor_batch_size": 8, "num_workers": 0,
+                 "babble_mixtures": 4, "seg_dur": 1.5}
+    return [
+        f"--shared_data={shared_data}", f"--output_folder={out}", "--seeds", "1", "--systems", *SYSTEMS,
+        "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--max_speakers=4", "--max_utterances=3",
+        *(f"--override={key}={value}" for key, value in overrides.items()),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(recipe, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("realspeech")
+    recipe.main(tiny_argv(shared_data, out))
+    return recipe, shared_data, out
+
+
+def test_leaves_exports_results_table_and_plot(tiny_run):
+    recipe, _, out = tiny_run
+    expected = {c.name for c in recipe.default_conditions(recipe.NOISE_TYPES, recipe.SNRS, reverb=True)}
+    assert len(expected) == 12  # clean, noise and babble at 5 SNRs, reverb
+    for system in SYSTEMS:
+        export = out / system / "export"
+        assert (export / "hyperparams.yaml").is_file() and (export / "embedding_model.ckpt").is_file()
+        results = json.loads((out / system / "seed1" / "results.json").read_text())
+        assert results["system"] == system and set(results["conditions"]) == expected
+        assert all(0 <= cond["EER"] <= 100 for cond in results["conditions"].values())
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {system} |" in table for system in SYSTEMS)
+    assert "noise EER" in table and "babble EER" in table and "music" not in table
+    assert (out / "eer_vs_snr.png").stat().st_size > 1000
+    by_condition = (out / "eer_by_condition.md").read_text()
+    assert "babble_20dB" in by_condition and "| stage2 | 1 |" in by_condition
+
+
+def test_trials_stay_within_held_out_speakers_of_each_corpus(tiny_run):
+    _, _, out = tiny_run
+    prep = out / "runs" / "realspeech" / "prepared"
+    train_speakers = {line.split(",")[-1] for line in (prep / "train.csv").read_text().split()[1:]}
+    corpus_of = {}
+    for line in (prep / "test.csv").read_text().split()[1:]:
+        wav, spk = line.split(",")[2], line.split(",")[-1]
+        corpus_of[spk] = pathlib.Path(wav).parents[2].name
+    assert corpus_of and not train_speakers & set(corpus_of)
+    assert set(corpus_of.values()) == {"librispeech-train", "dsp", "asc"}
+    enrol_and_test_spk = {}
+    for line in (prep / "enrol.csv").read_text().split()[1:] + (prep / "test.csv").read_text().split()[1:]:
+        fields = line.split(",")
+        enrol_and_test_spk[fields[0]] = fields[-1]
+    for line in (prep / "trials.txt").read_text().splitlines():
+        label, enrol, test = line.split()
+        spk_e = enrol_and_test_spk[recipe_id(enrol)]
+        spk_t = enrol_and_test_spk[recipe_id(test)]
+        assert corpus_of[spk_e] == corpus_of[spk_t]
+        assert (label == "1") == (spk_e == spk_t)
+
+
+def recipe_id(entry):
+    """Trial entry -> CSV row ID (strip the audio extension)."""
+    return entry.rsplit(".", 1)[0] if entry.endswith((".wav", ".flac")) else entry
+
+
+def test_rerun_skips_evaluated_systems(tiny_run):
+    recipe, shared_data, out = tiny_run
+    before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
+    runner = recipe.main(tiny_argv(shared_data, out))
+    assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
+    for system in SYSTEMS:
+        assert (out / "logs" / f"1-{system}.log").read_text().count("$ ") == 1  # trained once
+    assert runner.timing["1/train/base"] > 0
+
+
+def test_variants_share_stage1_through_links(recipe, tmp_path):
+    root = tmp_path / "1"
+    assert recipe.variant_root(root, "stage2") == {}
+    overrides = recipe.variant_root(root, "speaker_lambda3")
+    variant = pathlib.Path(overrides["output_root"])
+    assert (variant / "stage1").resolve() == (root / "stage1").resolve()
+    assert (variant / "anchors").resolve() == (root / "anchors").resolve()
+
+
+def test_rejects_bad_options(recipe):
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--stage1_epochs=2", "--stage2_epochs=3"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--override=no_such_key=1"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--variant", "joint anchor_weight=2"])
+    args = recipe.parse_args(["--sweep", "--variant", "slow lr=0.0001 frozen_parameters=[classifier]"])
+    assert args.extra_variants["slow"] == {"lr": "0.0001", "frozen_parameters": "[classifier]"}
+    assert len(args.extra_variants) == 6 and "utterance_lambda1" not in args.extra_variants
+
+
+def test_missing_shared_data_skips_or_fails_clearly(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(recipe, "DEFAULT_SHARED_DATA", tmp_path / "absent")
+    assert recipe.main([f"--output_folder={tmp_path / 'out'}"]) is None
+    assert "no shared data" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="no shared data"):
+        recipe.main([f"--shared_data={tmp_path / 'absent'}"])
