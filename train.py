@@ -18,6 +18,7 @@ import csv
 import logging
 import pathlib
 import sys
+import traceback
 
 import speechbrain as sb
 import torch
@@ -27,7 +28,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, extract_anchors
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
 from anchor_reg.config import ConfigError, check_writable, load_hparams, overrides_for, parse_overrides
-from anchor_reg.data.audio import read_audio_checked
+from anchor_reg.data.audio import AudioError, read_audio_checked
 from anchor_reg.data.prepare import prepare_data
 from anchor_reg.report import verification_report
 
@@ -55,10 +56,20 @@ def dataio_prep(hparams, label_encoder_source=None):
         for name in ("train", "dev")
     }
 
+    skip_report = pathlib.Path(hparams["output_folder"]) / "skipped_audio.txt"
+
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav, start, stop):
-        return read_audio_checked(wav, sample_rate, int(start), int(stop))
+        try:
+            return read_audio_checked(wav, sample_rate, int(start), int(stop))
+        except AudioError as err:
+            if not hparams["skip_bad_files"]:
+                raise
+            logger.warning("skipping bad audio: %s (listed in %s)", err, skip_report)
+            with open(skip_report, "a", encoding="utf-8") as report:
+                report.write(f"{err}\n")
+            return None
 
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
@@ -83,6 +94,14 @@ def dataio_prep(hparams, label_encoder_source=None):
     label_encoder.expect_len(hparams["num_train_speakers"])
     sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "spk_id", "spk_id_encoded"])
     return datasets["train"], datasets["dev"], label_encoder
+
+
+def collate_skipping_bad_audio(examples):
+    """PaddedBatch of the examples whose audio could be read (``sig`` not None)."""
+    good = [ex for ex in examples if ex["sig"] is not None]
+    if not good:
+        raise AudioError("every file of a batch is bad: see skipped_audio.txt in the output folder")
+    return sb.dataio.batch.PaddedBatch(good)
 
 
 def read_column(csv_file, column):
@@ -136,7 +155,9 @@ def train_stage(hparams_file, overrides, run_opts):
         logger.info("%s: reusing the finished training in %s", stage, hparams["output_folder"])
     else:
         logger.info("%s: training in %s", stage, hparams["output_folder"])
-    loader_options = hparams["dataloader_options"]
+    loader_options = dict(hparams["dataloader_options"])
+    if hparams["skip_bad_files"]:
+        loader_options["collate_fn"] = collate_skipping_bad_audio
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
@@ -182,7 +203,20 @@ def ensure_base_and_anchors(hparams, overrides, run_opts):
         "anchors_file": pathlib.Path(hparams["anchors_folder"]) / "anchors.pt",
     }
     ensure_anchors(hparams, stage1, base, run_opts)
+    check_own_checkpoints(hparams, base["fingerprint"])
     return base
+
+
+def check_own_checkpoints(hparams, base_fingerprint):
+    """Refuses to resume stage-2 checkpoints that were trained from another base model."""
+    for ckpt in sb.utils.checkpoints.Checkpointer(hparams["save_folder"]).list_checkpoints():
+        made_from = ckpt.meta.get("base_fingerprint")
+        if made_from not in (None, base_fingerprint):
+            raise AnchorStoreError(
+                f"stage-2 checkpoints in {hparams['save_folder']} were trained from another base model "
+                f"(fingerprint {made_from[:12]}, now {base_fingerprint[:12]}): move them away, "
+                "or set another output_folder for this stage 2"
+            )
 
 
 def ensure_anchors(hparams, stage1, base, run_opts):
@@ -192,7 +226,8 @@ def ensure_anchors(hparams, stage1, base, run_opts):
     if anchors_file.is_file() and not hparams["reextract_anchors"]:
         store = AnchorStore.from_file(anchors_file)
         store.check_compatible(
-            base_fingerprint=base["fingerprint"], row_ids=row_ids, emb_dim=hparams["emb_dim"], source=str(anchors_file)
+            base_fingerprint=base["fingerprint"], row_ids=None if hparams["skip_bad_files"] else row_ids,
+            emb_dim=hparams["emb_dim"], source=str(anchors_file),
         )
         logger.info("anchors: reusing %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
         return
@@ -212,6 +247,7 @@ def ensure_anchors(hparams, stage1, base, run_opts):
     loader = sb.dataio.dataloader.make_dataloader(
         train_data, batch_size=hparams["anchor_batch_size"], shuffle=False, sampler=sampler,
         num_workers=hparams["num_workers"],
+        **({"collate_fn": collate_skipping_bad_audio} if hparams["skip_bad_files"] else {}),
     )
 
     def embed(wavs, lens):
@@ -229,7 +265,7 @@ def ensure_anchors(hparams, stage1, base, run_opts):
         },
         progressbar=not getattr(base_brain, "noprogressbar", False),
     )
-    store.check_compatible(row_ids=row_ids, emb_dim=hparams["emb_dim"])
+    store.check_compatible(row_ids=None if hparams["skip_bad_files"] else row_ids, emb_dim=hparams["emb_dim"])
     if if_main_process():
         anchors_file.parent.mkdir(parents=True, exist_ok=True)
         store.save(anchors_file)
@@ -248,12 +284,6 @@ def start_from_base(hparams, base):
     anchors.check_compatible(base_fingerprint=base["fingerprint"], emb_dim=hparams["emb_dim"], source=str(base["anchors_file"]))
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:
-        if own.meta.get("base_fingerprint") not in (None, base["fingerprint"]):
-            raise AnchorStoreError(
-                f"stage-2 checkpoints in {hparams['save_folder']} were trained from another base model "
-                f"(fingerprint {own.meta['base_fingerprint'][:12]}, now {base['fingerprint'][:12]}): "
-                "move them away or use another experiment_name"
-            )
         logger.info("stage 2: resuming from %s", own.path)
         return
     reader = sb.utils.checkpoints.Checkpointer(
@@ -272,7 +302,12 @@ def start_from_base(hparams, base):
 def main(argv=None):
     """Runs the stage the YAML names, then prints the verification table."""
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:  # until create_experiment_directory sets up SpeechBrain's logging
+        logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")
     overrides = parse_overrides(overrides)
+    if not str(run_opts.get("device", "cpu")).startswith("cuda") and run_opts.get("precision", "fp32") != "fp32":
+        logger.warning("--precision=%s has no effect on CPU: training in fp32", run_opts["precision"])
+        run_opts["precision"] = "fp32"
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams = train_stage(hparams_file, overrides, run_opts)
     if hparams["evaluate_after_training"] and if_main_process():
@@ -283,9 +318,21 @@ def main(argv=None):
         print(verification_report(hparams, systems, run_opts.get("device", "cpu")))
 
 
+EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, FileNotFoundError)
+
+
+def error_message(err):
+    """One clear line for an expected error (DataLoader workers wrap theirs in a traceback)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith(type(err).__name__ + ":"):
+        return lines[-1].split(":", 1)[1].strip()
+    return str(err).strip()
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, AnchorStoreError) as err:
-        logger.error("%s", err)
-        sys.exit(f"error: {err}")
+    except EXPECTED_ERRORS as err:
+        logger.debug("".join(traceback.format_exception(err)))
+        sys.exit(f"error: {error_message(err)}\n(checkpoints and results already written are kept; "
+                 "fix the problem and run the same command to resume)")

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -283,9 +284,9 @@ class TrainingSetup:
             "train_rir_csv": noise_csvs["rir"],
             "output_base": str(work_folder or tempfile.gettempdir()),
         }
-        folder = pathlib.Path(hparams_folder)
-        self.hparams = load_hparams(folder / "stage2.yaml", overrides)
-        self.stage1_augmenter = load_hparams(folder / "stage1.yaml", overrides)["wav_augment"]
+        self.hparams_folder = pathlib.Path(hparams_folder)
+        self.overrides = overrides
+        self.hparams = load_hparams(self.hparams_folder / "stage2.yaml", overrides)
         self.device = device
         self.num_speakers = num_speakers
         self.modules = torch.nn.ModuleDict(
@@ -296,6 +297,11 @@ class TrainingSetup:
         self.precision = precision
         self.scaler = torch.amp.GradScaler(enabled=precision == "fp16" and torch.device(device).type == "cuda")
 
+    @functools.cached_property
+    def stage1_augmenter(self):
+        """stage1.yaml's Augmenter (half of the batches get one DropFreq/DropChunk copy)."""
+        return load_hparams(self.hparams_folder / "stage1.yaml", self.overrides)["wav_augment"]
+
     def autocast(self):
         """Mixed-precision context of forward passes (a no-op for fp32)."""
         if self.precision == "fp32":
@@ -305,7 +311,7 @@ class TrainingSetup:
 
     def embed(self, wavs, lens, modules=None):
         """(B, T) waveforms -> (B, 1, D), as ``SpeakerBrain.compute_embeddings``."""
-        modules = modules or self.modules
+        modules = self.modules if modules is None else modules
         feats = modules["compute_features"](wavs)
         feats = modules["mean_var_norm"](feats, lens)
         return modules["embedding_model"](feats, lens)
@@ -387,7 +393,7 @@ def voxceleb2_ids(num_rows, seed=0, speakers=VOXCELEB2_SPEAKERS):
     ]
 
 
-def random_store(ids, speakers=VOXCELEB2_SPEAKERS, seed=0):
+def random_store(ids, seed=0):
     """An AnchorStore of random unit anchors for ``ids`` (speaker = the ``idXXXXX`` prefix)."""
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(len(ids), EMB_DIM, generator=generator)
@@ -453,6 +459,7 @@ def bench_batched_embedding(setup, waveforms, batch_size, repeats=1):
 
     encoder = setup.encoder()
     ids = sorted(waveforms)
+    embed_utterances(encoder, waveforms, ids[:2], batch_size)  # warm-up
     results = {}
     timings = interleaved(
         {
@@ -521,6 +528,7 @@ def bench_noisy_evaluation(setup, eval_set, noise_csvs, batch_size):
                                 batch_size=batch_size, conditions=conditions)
         counts[len(output["conditions"])] = output["settings"]
 
+    run(["clean"])  # warm-up
     all_conditions = None  # evaluate_model's default grid: clean, 3 types x 5 SNRs, reverb
     timings = interleaved({"clean_only": lambda: run(["clean"]), "all_conditions": lambda: run(all_conditions)},
                           1, setup.device, warmup=0)
@@ -570,8 +578,8 @@ def bench_data_loading(setup, train_folder, batch_size, steps, num_workers=2):
 
     train = load_train_module()
     ids, speakers = (train.read_column(train_folder / "train.csv", column) for column in ("ID", "spk_id"))
-    hparams = {"prep_folder": str(train_folder), "save_folder": str(train_folder / "save"),
-               "sample_rate": SAMPLE_RATE, "num_train_speakers": len(set(speakers))}
+    hparams = dict(setup.hparams, prep_folder=str(train_folder), output_folder=str(train_folder),
+                   save_folder=str(train_folder / "save"), num_train_speakers=len(set(speakers)))
     (train_folder / "save").mkdir(exist_ok=True)
     train_data, _, _ = train.dataio_prep(hparams)
     loader = sb.dataio.dataloader.make_dataloader(
@@ -604,15 +612,6 @@ def bench_data_loading(setup, train_folder, batch_size, steps, num_workers=2):
     )
 
 
-def resident_bytes():
-    """Current resident set size of this process (Linux), else None."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as stream:
-            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
-
-
 def bench_anchor_store(num_rows, folder, lookups, batch=512):
     """Figure 6: the anchor store at VoxCeleb2 scale: memory, save, load, lookup."""
     ids = voxceleb2_ids(num_rows)
@@ -623,17 +622,20 @@ def bench_anchor_store(num_rows, folder, lookups, batch=512):
     path = pathlib.Path(folder) / "anchors.pt"
     save_s = timed(lambda: store.save(path), "cpu")
     del store
-    before = resident_bytes()
     loaded = {}
     load_s = timed(lambda: loaded.__setitem__("store", AnchorStore.from_file(path)), "cpu")
     store = loaded["store"]
-    resident = None if before is None else resident_bytes() - before
     rng = np.random.default_rng(0)
     queries = [[ids[k] for k in rng.integers(0, num_rows, size=batch)] for _ in range(lookups)]
     times = [timed(lambda q=q: store.lookup(q), "cpu") for q in queries]
     lookup_ms = 1000 * statistics.median(times)
-    details = {"rows": num_rows, "raw_bytes": raw, "store_nbytes": store.nbytes(),
-               "resident_growth_on_load_bytes": resident, "file_bytes": path.stat().st_size,
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # index_select is parallelised: on a busy machine waking a thread dominates
+    try:
+        one_thread_ms = 1000 * statistics.median(timed(lambda q=q: store.lookup(q), "cpu") for q in queries)
+    finally:
+        torch.set_num_threads(threads)
+    details = {"rows": num_rows, "raw_bytes": raw, "store_nbytes": store.nbytes(), "file_bytes": path.stat().st_size,
                "build_s": round(build_s, 2), "example_id": ids[0]}
     path.unlink()
     return [
@@ -642,7 +644,8 @@ def bench_anchor_store(num_rows, folder, lookups, batch=512):
         figure("anchor_store_save_s", save_s, "AnchorStore.save seconds (atomic temp file + rename)", rows=num_rows),
         figure("anchor_store_load_s", load_s, "AnchorStore.from_file seconds (file in the page cache)", rows=num_rows),
         figure("anchor_store_lookup_ms", lookup_ms, f"lookup of {batch} IDs, median ms over {lookups}",
-               rows=num_rows, p90_ms=1000 * float(np.percentile(times, 90))),
+               rows=num_rows, torch_threads=threads, p90_ms=1000 * float(np.percentile(times, 90)),
+               one_thread_median_ms=one_thread_ms),
     ]
 
 
@@ -652,10 +655,9 @@ def memory_probe(kind, noise_csvs, channels, batch_size, crop, device, precision
     The batch is augmented by the stage-2 Augmenter (clean + noisy: 2B rows)
     for both kinds, so the same number of rows goes through the network;
     ``stage1`` adds no anchor term, ``stage2`` adds lookup + replication +
-    anchor distance. One warm-up step allocates the optimizer state first.
-    CPU: peak RSS during the step (``VmHWM`` after resetting it through
-    ``/proc/self/clear_refs``; ``ru_maxrss`` if that is unavailable) minus the
-    RSS before it. GPU: ``max_memory_allocated`` minus the allocated bytes before.
+    anchor distance. One warm-up step allocates the optimizer state first,
+    then the second step is measured: CPU with :func:`cpu_peak`, GPU with
+    ``max_memory_allocated`` minus the bytes allocated before.
     """
     setup = TrainingSetup(noise_csvs, channels, num_speakers, device, precision)
     batch = setup.batch(SpeechSource(), batch_size, crop)
@@ -669,27 +671,39 @@ def memory_probe(kind, noise_csvs, channels, batch_size, crop, device, precision
         torch.cuda.reset_peak_memory_stats(device)
         setup.step(wavs, lens, batch["labels"], target)
         torch.cuda.synchronize(device)
-        peak, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+        peak, method = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
     else:
-        before = resident_bytes()
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
-                stream.write("5")  # resets VmHWM to the current RSS
-            method = "VmHWM after clear_refs"
-        except OSError:
-            method = "ru_maxrss"
-        setup.step(wavs, lens, batch["labels"], target)
-        peak = peak_resident_bytes() if method != "ru_maxrss" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"kind": kind, "rows": int(wavs.shape[0]), "step_peak_bytes": peak - before, "method": method}
+        peak, method = cpu_peak(lambda: setup.step(wavs, lens, batch["labels"], target))
+    return {"kind": kind, "rows": int(wavs.shape[0]), "step_peak_bytes": peak, "method": method}
 
 
-def peak_resident_bytes():
-    """VmHWM (peak RSS since the last reset) of this process, in bytes."""
+def cpu_peak(function):
+    """(bytes, method): how far the resident memory rises above its level before ``function()``.
+
+    Linux: reset the peak (``VmHWM``) through ``/proc/self/clear_refs``, read it
+    after the call, subtract the RSS before. Elsewhere: growth of ``ru_maxrss``
+    (0 when the call stays below an earlier peak).
+    """
+    try:
+        before = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+            stream.write("5")
+    except OSError:
+        unit = 1 if sys.platform == "darwin" else 1024
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+        function()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit - before, "ru_maxrss growth"
+    function()
+    return _proc_status_bytes("VmHWM") - before, "VmHWM (reset by clear_refs) minus VmRSS before"
+
+
+def _proc_status_bytes(field):
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status", encoding="ascii") as stream:
         for line in stream:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 MMAP_THRESHOLD = 1 << 17  # bytes; glibc serves larger blocks with mmap and unmaps them on free
@@ -700,7 +714,8 @@ def bench_peak_memory(noise_csvs, channels, batch_size, crop, device, precision,
     probes = {}
     for kind in ("stage1", "stage2"):
         args = json.dumps([kind, noise_csvs, channels, batch_size, crop, device, precision, num_speakers])
-        code = f"import json; from anchor_reg.benchmark import memory_probe; print(json.dumps(memory_probe(*json.loads({args!r}))))"
+        code = ("import json; from anchor_reg.benchmark import memory_probe; "
+                f"print(json.dumps(memory_probe(*json.loads({args!r}))))")
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -713,7 +728,8 @@ def bench_peak_memory(noise_csvs, channels, batch_size, crop, device, precision,
     ratio = probes["stage2"]["step_peak_bytes"] / max(1, probes["stage1"]["step_peak_bytes"])
     return figure(
         "peak_memory_ratio", ratio, f"step peak memory, stage 2 / stage 1, {probes['stage1']['rows']} rows each",
-        method=probes["stage1"]["method"] + ", each kind in a fresh subprocess, after one warm-up step",
+        method=probes["stage1"]["method"] + f"; each kind in a fresh subprocess with MALLOC_MMAP_THRESHOLD_="
+        f"{MMAP_THRESHOLD}, second step measured",
         stage1_bytes=probes["stage1"]["step_peak_bytes"], stage2_bytes=probes["stage2"]["step_peak_bytes"],
     )
 
@@ -744,11 +760,22 @@ def bench_throughput(setup, batch, store, steps):
 
 
 # -------------------------------------------------------------------- run ----
-QUICK = {"steps": 4, "embed_utterances": 24, "store_rows": VOXCELEB2_ROWS, "lookups": 100, "loader_steps": 5}
-FULL = {"steps": 10, "embed_utterances": 64, "store_rows": VOXCELEB2_ROWS, "lookups": 500, "loader_steps": 12}
+QUICK = {
+    "steps": 4,  # timed training steps per variant (figures 1, 2; half for 8)
+    "embed_utterances": 24,  # figure 3
+    "utterance_seconds": (2.0, 6.0),
+    "eval_speakers": 6,  # figure 4: speakers x utterances (half enrol, half test), all-pairs trials
+    "eval_utterances": 4,
+    "eval_seconds": 3.0,
+    "loader_steps": 5,  # figure 5
+    "store_rows": VOXCELEB2_ROWS,  # figure 6
+    "lookups": 100,
+}
+FULL = dict(QUICK, steps=10, embed_utterances=64, utterance_seconds=(4.0, 12.0), eval_speakers=10,
+            eval_utterances=6, loader_steps=12, lookups=500)
 
 
-def run_benchmarks(options, work_folder, log=print):
+def run_benchmarks(options, work_folder, sizes=None, log=print):
     """Runs every figure; returns the results dict written as JSON.
 
     Arguments
@@ -757,10 +784,12 @@ def run_benchmarks(options, work_folder, log=print):
         See :func:`parse_args`.
     work_folder : pathlib.Path
         Scratch folder for generated audio and the store file.
+    sizes : dict, optional
+        Replaces entries of :data:`QUICK` / :data:`FULL`.
     log : callable
         Progress messages.
     """
-    sizes = dict(QUICK if options.quick else FULL)
+    sizes = dict(QUICK if options.quick else FULL, **(sizes or {}))
     if options.store_rows:
         sizes["store_rows"] = options.store_rows
     if options.steps:
@@ -783,15 +812,15 @@ def run_benchmarks(options, work_folder, log=print):
 
     add("1 anchor term", lambda: bench_anchor_term(setup, batch, store, sizes["steps"]))
     add("2 live teacher", lambda: bench_live_teacher(setup, batch, store, sizes["steps"]))
-    lengths = (2, 6) if options.quick else (4, 12)
     rng = np.random.default_rng(1)
     waveforms = {
         f"utt{i:03d}": torch.from_numpy(np.ascontiguousarray(
-            source.utterance(None if source.real else int(rng.uniform(*lengths) * SAMPLE_RATE))))
+            source.utterance(None if source.real else int(rng.uniform(*sizes["utterance_seconds"]) * SAMPLE_RATE))))
         for i in range(sizes["embed_utterances"])
     }
     add("3 batched embeddings", lambda: bench_batched_embedding(setup, waveforms, options.eval_batch_size))
-    eval_set = write_eval_set(work_folder / "eval", source)
+    eval_set = write_eval_set(work_folder / "eval", source, sizes["eval_speakers"], sizes["eval_utterances"],
+                              sizes["eval_seconds"])
     add("4 noisy evaluation", lambda: bench_noisy_evaluation(setup, eval_set, noise_csvs, options.eval_batch_size))
     train_folder = write_training_set(work_folder / "train", source, options.batch_size * sizes["loader_steps"],
                                       options.crop)
@@ -800,20 +829,24 @@ def run_benchmarks(options, work_folder, log=print):
     add("7 peak memory", lambda: bench_peak_memory(noise_csvs, options.channels, options.batch_size, options.crop,
                                                   options.device, options.precision, options.speakers))
     add("8 throughput", lambda: bench_throughput(setup, batch, store, max(2, sizes["steps"] // 2)))
+    device_name = (torch.cuda.get_device_name(options.device) if torch.device(options.device).type == "cuda"
+                   else platform.processor() or platform.machine())
     return {
         "settings": {
             "mode": "quick" if options.quick else "full",
             "device": options.device,
-            "device_name": torch.cuda.get_device_name(options.device) if "cuda" in options.device else platform.processor() or platform.machine(),
+            "device_name": device_name,
             "precision": options.precision,
             "channels": options.channels,
             "batch_size": options.batch_size,
             "crop_s": options.crop,
+            "eval_batch_size": options.eval_batch_size,
             "speakers": options.speakers,
             "speech": str(options.data) if options.data else "generated",
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
+            "load_average": [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             **sizes,
         },
         "figures": figures,
@@ -828,7 +861,8 @@ def format_table(results):
     lines = [
         f"anchor-reg benchmark ({s['mode']}): {s['device']} ({s['device_name']}), {s['precision']}, "
         f"ECAPA C={s['channels']}, batch {s['batch_size']} x {s['crop_s']} s, torch {s['torch']}, "
-        f"{s['torch_threads']} threads; speech: {s['speech']}",
+        f"{s['torch_threads']} threads, {s['cpu_count']} CPUs, load average {s['load_average']}; "
+        f"speech: {s['speech']}",
         "",
         "| figure | description | measured | target | result |",
         "|---|---|---:|---|---|",

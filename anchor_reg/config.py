@@ -21,7 +21,10 @@ def _read_yaml(text, source):
     try:
         return ruamel.yaml.YAML(typ="rt").load(text)
     except ruamel.yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from err
 
 
 def parse_overrides(overrides):
@@ -107,6 +110,11 @@ def load_hparams(hparams_file, overrides=None):
         return load_hyperpyyaml(text, overrides)
     except ConfigError:
         raise
+    except OSError as err:  # e.g. the Checkpointer creating an output folder it cannot write
+        raise ConfigError(
+            f"output_folder: cannot write to {err.filename} ({err.strerror}); "
+            f"check output_base / output_folder in {path} or on the command line"
+        ) from err
     except (ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
         raise ConfigError(f"{path}: cannot build the hyperparameters: {type(err).__name__}: {err}") from err
 

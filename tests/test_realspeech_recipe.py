@@ -91,7 +91,7 @@ def test_rerun_skips_evaluated_systems(tiny_run):
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
     for system in SYSTEMS:
         assert (out / "logs" / f"1-{system}.log").read_text().count("$ ") == 1  # trained once
-    assert runner.timing["1/train/base"] > 0
+    assert runner.timing["1/train/base"]["wall_s"] > 0 and runner.timing["total"]["cpu_s"] > 0
 
 
 def test_variants_share_stage1_through_links(recipe, tmp_path):
@@ -104,8 +104,6 @@ def test_variants_share_stage1_through_links(recipe, tmp_path):
 
 
 def test_rejects_bad_options(recipe):
-    with pytest.raises(SystemExit):
-        recipe.parse_args(["--stage1_epochs=2", "--stage2_epochs=3"])
     with pytest.raises(SystemExit):
         recipe.parse_args(["--override=no_such_key=1"])
     with pytest.raises(SystemExit):

@@ -11,8 +11,8 @@ def stage_of(yaml_path):
     return re.search(r"^stage: *(\w+)", pathlib.Path(yaml_path).read_text(), re.M).group(1)
 
 
-def tiny_overrides(tmp_path, yaml_path, **extra):
-    """Command-line overrides for a tiny synthetic run under ``tmp_path``."""
+def tiny_options(tmp_path, yaml_path, **extra):
+    """Override values (a dict) for a tiny synthetic run under ``tmp_path``."""
     options = {
         "data_folder": str(tmp_path / "corpus"),
         "output_base": str(tmp_path / "results"),
@@ -37,7 +37,12 @@ def tiny_overrides(tmp_path, yaml_path, **extra):
     else:
         options.update(number_of_epochs=1)
     options.update(extra)
-    return [f"--{key}={value}" for key, value in options.items()]
+    return options
+
+
+def tiny_overrides(tmp_path, yaml_path, **extra):
+    """Command-line overrides (``--key=value``) for a tiny synthetic run under ``tmp_path``."""
+    return [f"--{key}={value}" for key, value in tiny_options(tmp_path, yaml_path, **extra).items()]
 
 
 def tiny_command(yaml_name, tmp_path, *flags, **extra):

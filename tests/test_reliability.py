@@ -1,0 +1,177 @@
+"""Bad inputs, stale anchors, interrupted runs: clear errors and nothing lost."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.anchors import AnchorStoreError
+from anchor_reg.config import ConfigError
+from tiny import REPO, run_train, tiny_command, tiny_options
+
+sys.path.insert(0, str(REPO))
+import train  # noqa: E402
+
+
+def run_cli(args, timeout=240):
+    """`python train.py args` in a subprocess; returns (returncode, stdout + stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def tree_digest(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny stage1 -> anchors -> stage2 chain (batch 2, so epochs have many steps)."""
+    tmp = tmp_path_factory.mktemp("reliable")
+    run_train("stage2.yaml", tmp, batch_size=2)
+    return tmp, tmp / "results" / "default" / "1986"
+
+
+# ------------------------------------------------------------------ config
+def test_unknown_override_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'numbr_of_epochs'"):
+        train.main(tiny_command("stage1.yaml", tmp_path, numbr_of_epochs=3))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="key 'number_of_epochs' expects a float.*'three'"):
+        train.main(tiny_command("stage1.yaml", tmp_path, number_of_epochs="three"))
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stage: stage1\nseed: [1\nlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml.*line"):
+        train.main([str(broken)])
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_folders: .*nowhere.* not found"):
+        train.main(tiny_command("stage1.yaml", tmp_path, dataset="folder", data_folder=str(tmp_path / "nowhere")))
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="output_folder: cannot write to"):
+        train.main(tiny_command("stage1.yaml", tmp_path, output_base=str(tmp_path / "a_file" / "results")))
+    assert not (tmp_path / "corpus").exists()  # nothing was prepared or trained
+
+
+def test_cli_prints_one_clear_line_not_a_traceback(tmp_path):
+    code, out = run_cli(tiny_command("stage1.yaml", tmp_path, numbr_of_epochs=3), timeout=120)
+    assert code != 0
+    assert "error: " in out and "unknown key 'numbr_of_epochs'" in out
+    assert "Traceback" not in out
+
+
+# ------------------------------------------------------------------- audio
+def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
+    tmp, root = trained
+    prep = root.parent / "prepared"
+    row = (prep / "train.csv").read_text().splitlines()[1].split(",")
+    wav = pathlib.Path(row[2])
+    original = wav.read_bytes()
+    try:
+        wav.write_bytes(b"XXXX" + original[4:])  # same size: the preparation is reused, loading fails
+        stage1 = REPO / "hparams" / "stage1.yaml"
+        hparams, _ = train.load_stage(stage1, tiny_options(tmp, stage1))
+        train_data, _, _ = train.dataio_prep(hparams)
+        with pytest.raises(Exception, match=f"{wav}.*unreadable"):
+            for i in range(len(train_data)):
+                train_data[i]
+        hparams["skip_bad_files"] = True
+        train_data, _, _ = train.dataio_prep(hparams)
+        examples = [train_data[i] for i in range(len(train_data))]
+        rows_of_bad_file = (prep / "train.csv").read_text().count(f",{wav},")
+        assert rows_of_bad_file >= 1
+        assert sum(ex["sig"] is None for ex in examples) == rows_of_bad_file
+        batch = train.collate_skipping_bad_audio(examples[:8])
+        assert len(batch.id) == sum(ex["sig"] is not None for ex in examples[:8])
+        assert str(wav) in (pathlib.Path(hparams["output_folder"]) / "skipped_audio.txt").read_text()
+    finally:
+        wav.write_bytes(original)
+
+
+# ----------------------------------------------------------------- anchors
+def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
+    run_train("stage2.yaml", tmp_path)
+    root = tmp_path / "results" / "default" / "1986"
+    anchors = root / "anchors" / "anchors.pt"
+    # stage 1 trained further -> a new base: the anchors are stale
+    with pytest.raises(AnchorStoreError, match="stale.*reextract_anchors=True"):
+        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}")
+    stage2_before = tree_digest(root / "stage2" / "save")
+    # re-extracting works, but stage 2's own checkpoints came from the old base: refused, nothing deleted
+    with pytest.raises(AnchorStoreError, match="trained from another base model"):
+        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}", reextract_anchors=True)
+    assert tree_digest(root / "stage2" / "save") == stage2_before
+    # a truncated store gives a clear error naming the file
+    data = anchors.read_bytes()
+    anchors.write_bytes(data[: len(data) // 3])
+    with pytest.raises(AnchorStoreError, match=f"{anchors}.*corrupt"):
+        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}",
+                  output_folder=str(root / "stage2_new"))
+
+
+def test_kill_during_extraction_leaves_no_store_and_next_run_extracts(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        if "anchors" in str(f):
+            with open(f, "wb") as partial:
+                partial.write(b"half written")
+            raise KeyboardInterrupt("killed during the write")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_train("stage2.yaml", tmp_path)
+    anchors_folder = tmp_path / "results" / "default" / "1986" / "anchors"
+    assert list(anchors_folder.iterdir()) == []  # neither a store nor a temp file
+    monkeypatch.setattr(torch, "save", real_save)
+    run_train("stage2.yaml", tmp_path)
+    assert (anchors_folder / "anchors.pt").is_file()
+
+
+# ------------------------------------------------------------ interruption
+def test_sigkill_mid_epoch_then_same_command_resumes(trained):
+    tmp, root = trained
+    stage1_before = tree_digest(root / "stage1" / "save")
+    anchors_before = tree_digest(root / "anchors")
+    args = tiny_command("stage2.yaml", tmp, batch_size=2, number_of_epochs=3, ckpt_interval_steps=1)
+    save = root / "stage2" / "save"
+    before = {p.name for p in save.iterdir()}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    killed_mid_epoch = False
+    while time.time() < deadline and proc.poll() is None:
+        fresh = [p for p in save.glob("CKPT+*") if p.name not in before and (p / "CKPT.yaml").is_file()]
+        if any("brain_intra_epoch_ckpt" in (p / "CKPT.yaml").read_text() for p in fresh):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_mid_epoch = True
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_mid_epoch, "no intra-epoch checkpoint appeared before the run ended"
+    code, out = run_cli(args)
+    assert code == 0, out
+    assert "stage 2: resuming from" in out and "stage 1: reusing" in out and "anchors: reusing" in out
+    ckpt = Checkpointer(save).find_checkpoint()
+    assert ckpt.meta["epoch"] == 3
+    assert {"optimizer", "counter", "anchors", "embedding_model"} <= set(ckpt.paramfiles)
+    assert tree_digest(root / "stage1" / "save") == stage1_before
+    assert tree_digest(root / "anchors") == anchors_before
+    log = (root / "stage2" / "train_log.txt").read_text()
+    assert log.count("epoch: 3,") == 1 and log.count("epoch: 1,") == 1
