@@ -134,6 +134,12 @@ def interleaved(variants, repeats, device, warmup=1):
     return {name: {"median_s": statistics.median(t), "times_s": [round(x, 5) for x in t]} for name, t in times.items()}
 
 
+def paired_ratio(timings, numerator, denominator):
+    """Median of the per-round ratios of two interleaved variants (robust to load drift)."""
+    pairs = zip(timings[numerator]["times_s"], timings[denominator]["times_s"])
+    return statistics.median(a / b for a, b in pairs)
+
+
 # ------------------------------------------------------------------ audio ----
 def voice(rng, num_samples):
     """A speech-like waveform (T,): harmonic source, gliding f0, syllable-rate envelope."""
@@ -418,9 +424,19 @@ def bench_anchor_term(setup, batch, store, steps):
         setup.device,
     )
     ratio = timings["with_anchor"]["median_s"] / timings["without_anchor"]["median_s"]
+    emb = torch.randn(wavs.shape[0], 1, EMB_DIM, device=setup.device, requires_grad=True)
+
+    def anchor_term_alone():  # lookup + replication + distance, forward and backward
+        anchors = setup.augmenter.replicate_labels(lookup())
+        setup.hparams["anchor_loss"](emb, anchors).backward()
+
+    alone = interleaved({"anchor_term": anchor_term_alone}, max(20, steps), setup.device)["anchor_term"]
     return figure(
         "anchor_term_overhead", ratio, "stage-2 step time, with / without the anchor term",
-        rows_through_net=int(wavs.shape[0]), store_rows=len(store), timings=timings,
+        rows_through_net=int(wavs.shape[0]), store_rows=len(store),
+        paired_ratio=paired_ratio(timings, "with_anchor", "without_anchor"),
+        anchor_term_alone_ms=1000 * alone["median_s"],
+        anchor_term_alone_over_step=alone["median_s"] / timings["without_anchor"]["median_s"], timings=timings,
     )
 
 
@@ -449,7 +465,8 @@ def bench_live_teacher(setup, batch, store, steps):
     return figure(
         "live_teacher_cost", ratio,
         "stage-2 step time, live teacher (frozen copy re-embeds the clean crop) / fixed anchors",
-        rows_through_net=int(wavs.shape[0]), teacher_rows=len(batch["ids"]), timings=timings,
+        rows_through_net=int(wavs.shape[0]), teacher_rows=len(batch["ids"]),
+        paired_ratio=paired_ratio(timings, "live_teacher", "fixed_anchors"), timings=timings,
     )
 
 

@@ -123,3 +123,37 @@ def test_backbone_swap_needs_no_code_change(tmp_path):
     assert not any(k.startswith("blocks.1.res2net") for k in weights)  # not an ECAPA
     assert "ResNet" in (root / "stage1" / "hyperparams.yaml").read_text()
     assert AnchorStore.from_file(root / "anchors" / "anchors.pt").emb_dim == 32
+
+
+def test_exported_stage2_embeds_like_training(chain):
+    """The exported folder loads offline in both inference interfaces and matches training-time embeddings."""
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
+
+    from anchor_reg.export import export_model
+    from anchor_reg.data.audio import read_audio_checked
+
+    tmp, root = chain
+    out = export_model(root / "stage2", tmp / "export")
+    test_rows = (root.parent / "prepared" / "test.csv").read_text().splitlines()[1:3]
+    wav_files = [row.split(",")[2] for row in test_rows]
+    wavs = [read_audio_checked(f) for f in wav_files]
+    length = min(len(w) for w in wavs)
+    batch = torch.stack([w[:length] for w in wavs])
+    lens = torch.ones(len(wavs))
+
+    with open(root / "stage2" / "hyperparams.yaml") as f:
+        trained = load_hyperpyyaml(f, {"num_train_speakers": 4})
+    reader = Checkpointer(root / "stage2" / "save", recoverables={
+        "embedding_model": trained["embedding_model"], "normalizer": trained["mean_var_norm"]})
+    reader.load_checkpoint(reader.find_checkpoint())
+    trained["embedding_model"].eval()
+    with torch.no_grad():
+        feats = trained["mean_var_norm"](trained["compute_features"](batch), lens)
+        expected = trained["embedding_model"](feats, lens)
+
+    encoder = EncoderClassifier.from_hparams(source=str(out), savedir=str(out), run_opts={"device": "cpu"})
+    assert torch.allclose(encoder.encode_batch(batch, lens), expected, atol=1e-5)
+    verifier = SpeakerRecognition.from_hparams(source=str(out), savedir=str(out), run_opts={"device": "cpu"})
+    score, decision = verifier.verify_files(wav_files[0], wav_files[1])
+    assert -1.0 <= float(score) <= 1.0 and decision.dtype == torch.bool
