@@ -11,13 +11,13 @@ and never modified after extraction.
 """
 import hashlib
 import logging
-import os
 import pathlib
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from anchor_reg.atomic import atomic_path
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -243,13 +243,8 @@ class AnchorStore:
             "centroids": self.centroids,
             "provenance": dict(self.provenance),
         }
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     @mark_as_loader
     def load(self, path, end_of_epoch=False):

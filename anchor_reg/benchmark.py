@@ -25,6 +25,10 @@ A training step is built as the brains build it (``anchor_reg.brains``):
 Fbank -> InputNormalization -> embedding_model -> classifier -> AAM-softmax,
 plus ``AnchorStore.lookup`` + ``Augmenter.replicate_labels`` +
 ``AnchorDistanceLoss`` for stage 2, on the modules of ``hparams/stage2.yaml``.
+Timed variants alternate (A B, B A, ...) and report medians; CPU timings
+still move with whatever else runs on the machine (the table prints the load
+average), so compare figures from quiet runs. Memory is compared in fresh
+subprocesses (peak RSS on CPU, ``max_memory_allocated`` on GPU).
 
 Authors
  * anchor-reg contributors

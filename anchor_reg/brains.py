@@ -15,7 +15,6 @@ and differ only in the extra term added to the AAM loss (:meth:`extra_objective`
 import logging
 
 import speechbrain as sb
-import torch
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,13 @@ interrupted save leaves a folder that is not a checkpoint, and recovery picks
 the previous complete one (which ``save_and_keep_only`` only deletes after the
 new save finished).
 """
-import os
 import time
 
 import yaml
-from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
+from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process
+
+from anchor_reg.atomic import write_text_atomic
 
 
 class AtomicCheckpointer(Checkpointer):
@@ -32,9 +33,5 @@ class AtomicCheckpointer(Checkpointer):
         checkpoint = super().save_checkpoint(*args, **kwargs)
         if if_main_process() and self._pending_meta is not None:
             fpath, meta = self._pending_meta
-            tmp = fpath.with_name(f".{METAFNAME}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fo:
-                fo.write("# yamllint disable\n")
-                fo.write(yaml.dump(meta))
-            os.replace(tmp, fpath)
+            write_text_atomic(fpath, "# yamllint disable\n" + yaml.dump(meta))
         return checkpoint

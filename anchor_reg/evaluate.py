@@ -29,10 +29,8 @@ import argparse
 import csv
 import json
 import logging
-import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 import speechbrain as sb
@@ -40,6 +38,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from anchor_reg import plots
+from anchor_reg.atomic import write_text_atomic
 from anchor_reg.corruption import (
     Corruptor,
     default_conditions,
@@ -409,8 +408,8 @@ def evaluate_model(
 def write_results(results, output_folder):
     """Writes ``results.json`` and ``results.md`` (atomically)."""
     folder = pathlib.Path(output_folder)
-    _write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
-    _write_text(folder / "results.md", results_table(results))
+    write_text_atomic(folder / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(folder / "results.md", results_table(results))
 
 
 def results_table(results):
@@ -490,7 +489,7 @@ def compare_systems(systems, output_folder):
         "",
     ]
     folder = pathlib.Path(output_folder)
-    _write_text(folder / "comparison.md", "\n".join(lines))
+    write_text_atomic(folder / "comparison.md", "\n".join(lines))
     plots.plot_eer_vs_snr(runs, folder / "eer_vs_snr.png")
     return summary
 
@@ -705,20 +704,6 @@ def _format_cell(values, column):
     if present == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {sd:.{digits}f} (n={present})"
-
-
-def _write_text(path, text):
-    """Writes text to ``path`` atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ Authors
  * anchor-reg contributors
 """
 
-import os
 import pathlib
-import tempfile
 
 import matplotlib
 
@@ -19,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from anchor_reg.atomic import atomic_path  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
 
 DET_TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
@@ -26,18 +25,12 @@ DET_TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
 
 def save_figure(figure, path):
     """Saves ``figure`` as PNG at ``path`` atomically and closes it."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(handle)
     try:
-        figure.savefig(tmp_path, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp_path, path)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return path
+    return pathlib.Path(path)
 
 
 def plot_eer_vs_snr(systems, path):

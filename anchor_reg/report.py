@@ -9,6 +9,7 @@ evaluation noise type at ``eval_snrs``. The full grid lives in
 import logging
 import pathlib
 
+from anchor_reg.atomic import write_text_atomic
 from anchor_reg.corruption import default_conditions
 from anchor_reg.evaluate import evaluate_model, load_encoder
 from anchor_reg.export import export_model
@@ -79,5 +80,5 @@ def verification_report(hparams, systems, device="cpu"):
             batch_size=hparams["eval_batch_size"], device=device, seed=hparams["data_seed"],
         )
     table = verification_table(results, hparams["eval_noise_types"], hparams["eval_snrs"])
-    (out_root / "table.md").write_text(table, encoding="utf-8")
+    write_text_atomic(out_root / "table.md", table)
     return table

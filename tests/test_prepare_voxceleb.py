@@ -5,7 +5,6 @@ import csv
 import os
 from collections import Counter
 
-import numpy as np
 import pytest
 import soundfile as sf
 

@@ -18,11 +18,12 @@ torch.Size([100])
 import logging
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from anchor_reg.atomic import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -173,24 +174,10 @@ def validate_audio_files(
     return durations
 
 
-def write_text_atomic(path, text):
-    """Writes ``text`` to ``path`` through a temporary file and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp_path, "w", encoding="utf-8", newline="") as tmp_file:
-        tmp_file.write(text)
-    os.replace(tmp_path, path)
-
-
 def write_audio_atomic(path, samples, sample_rate):
     """Writes float samples ``(T,)`` as a 16-bit wav file, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    samples = np.clip(samples, -1.0, 1.0)
-    sf.write(tmp_path, samples, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp_path, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def _listing(problems):

@@ -40,7 +40,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from anchor_reg.data.audio import validate_audio_files, write_text_atomic
+from anchor_reg.atomic import write_text_atomic
+from anchor_reg.data.audio import validate_audio_files
 
 logger = logging.getLogger(__name__)
 
