@@ -15,6 +15,7 @@ and differ only in the extra term added to the AAM loss (:meth:`extra_objective`
 import logging
 
 import speechbrain as sb
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ class SpeakerBrain(sb.core.Brain):
     Expected ``modules``: ``compute_features``, ``mean_var_norm``,
     ``embedding_model``, ``classifier``. Expected ``hparams``: ``compute_cost``,
     ``error_stats``, ``lr_annealing``, ``epoch_counter``, ``train_logger``;
-    optional ``wav_augment`` (an ``Augmenter``) and ``frozen_parameters``
-    (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``).
+    optional ``wav_augment`` (an ``Augmenter``), ``frozen_parameters``
+    (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
+    ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
     """
 
     def compute_embeddings(self, wavs, lens):
@@ -122,6 +124,13 @@ class SpeakerBrain(sb.core.Brain):
             self.hparams.train_logger.log_stats(
                 {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
             )
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Keeps BatchNorm statistics at their loaded values when ``freeze_norm_stats`` is set."""
+        if getattr(self.hparams, "freeze_norm_stats", False):
+            for module in self.modules.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def init_optimizers(self):
         """Optimises every parameter except those matching ``frozen_parameters``."""

@@ -1,0 +1,104 @@
+"""The three Brains on one hand-made batch: what each trains, freezes and adds to the loss."""
+import pytest
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.batch import PaddedBatch
+
+from anchor_reg.anchors import AnchorStore
+from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
+from tiny import REPO
+
+IDS = [f"spk{k % 2}--s1--u{k}_0_8000" for k in range(4)]
+
+
+def make_hparams(yaml_name, tmp_path, **overrides):
+    options = {
+        "output_base": str(tmp_path), "channels": 16, "emb_dim": 8, "num_train_speakers": 2,
+        "train_noise_csv": "unused.csv", "train_babble_csv": "unused.csv", "train_rir_csv": "unused.csv",
+    }
+    options.update(overrides)
+    with open(REPO / "hparams" / yaml_name) as f:
+        hparams = load_hyperpyyaml(f, options)
+    hparams["wav_augment"] = sb.augment.augmenter.Augmenter(
+        concat_original=True, min_augmentations=1, max_augmentations=1,
+        augmentations=[sb.augment.time_domain.DropChunk(drop_length_low=100, drop_length_high=200)],
+    )
+    return hparams
+
+
+def make_batch():
+    gen = torch.Generator().manual_seed(0)
+    return PaddedBatch([
+        {"id": i, "sig": torch.randn(8000, generator=gen), "spk_id_encoded": torch.tensor([k % 2])}
+        for k, i in enumerate(IDS)
+    ])
+
+
+def make_brain(cls, hparams):
+    brain = cls(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                run_opts={"device": "cpu", "noprogressbar": True})
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    brain.modules.train()
+    return brain
+
+
+def store_for(hparams):
+    return AnchorStore.from_embeddings(IDS, [i[:4] for i in IDS], torch.randn(4, 8), {"base_fingerprint": "x"})
+
+
+def test_stage1_loss_is_aam_only(tmp_path):
+    brain = make_brain(SpeakerBrain, make_hparams("stage1.yaml", tmp_path))
+    brain.fit_batch(make_batch())
+    assert set(brain.loss_terms) == {"aam"}
+
+
+def test_stage2_adds_the_anchor_term_aligned_with_the_augmented_batch(tmp_path):
+    hparams = make_hparams("stage2.yaml", tmp_path, anchor_weight=2.0)
+    hparams["anchors"] = store_for(hparams)
+    brain = make_brain(AnchorRegBrain, hparams)
+    batch = make_batch()
+    predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+    assert predictions["emb"].shape[0] == 8  # clean + 1 augmented copy
+    term = brain.extra_objective(predictions, batch)
+    anchors = hparams["anchors"].lookup(IDS).repeat(2, 1)
+    expected = 2.0 * (1 - torch.nn.functional.cosine_similarity(predictions["emb"].squeeze(1), anchors)).mean()
+    assert torch.allclose(term, expected, atol=1e-6)
+    brain.fit_batch(batch)
+    assert set(brain.loss_terms) == {"aam", "anchor"}
+
+
+def test_frozen_parameters_and_norm_stats_do_not_move(tmp_path):
+    hparams = make_hparams("stage2.yaml", tmp_path, frozen_parameters=["classifier"], freeze_norm_stats=True)
+    hparams["anchors"] = store_for(hparams)
+    brain = make_brain(AnchorRegBrain, hparams)
+    classifier = hparams["classifier"].weight.detach().clone()
+    bn = [m for m in hparams["embedding_model"].modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    running = bn.running_mean.clone()
+    first_conv = next(hparams["embedding_model"].parameters()).detach().clone()
+    brain.fit_batch(make_batch())
+    assert torch.equal(hparams["classifier"].weight, classifier)
+    assert torch.equal(bn.running_mean, running)
+    assert not torch.equal(next(hparams["embedding_model"].parameters()), first_conv)
+
+
+def test_unknown_frozen_prefix_is_named(tmp_path):
+    hparams = make_hparams("stage2.yaml", tmp_path, frozen_parameters=["clasifier"])
+    with pytest.raises(ValueError, match="frozen_parameters: 'clasifier' matches no parameter"):
+        make_brain(AnchorRegBrain, hparams)
+
+
+def test_joint_pulls_noisy_towards_online_clean_embedding(tmp_path):
+    hparams = make_hparams("joint.yaml", tmp_path, consistency_weight=1.0)
+    brain = make_brain(JointBrain, hparams)
+    batch = make_batch()
+    predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+    term = brain.extra_objective(predictions, batch)
+    emb = predictions["emb"].squeeze(1)
+    expected = (1 - torch.nn.functional.cosine_similarity(emb[4:], emb[:4])).mean()
+    assert torch.allclose(term, expected, atol=1e-6)
+    term.backward()  # the gradient reaches the clean branch too (not detached)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hparams["embedding_model"].parameters())
+    flat = {"emb": predictions["emb"].squeeze(1).detach()}  # (B, D) backbones such as ResNet
+    assert brain.extra_objective(flat, batch).shape == ()
