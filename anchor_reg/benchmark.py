@@ -56,6 +56,7 @@ import soundfile
 import torch
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.atomic import write_text_atomic
 from anchor_reg.config import load_hparams
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -897,17 +898,7 @@ def format_table(results):
 
 def write_json(results, path):
     """Writes ``results`` to ``path`` atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(results, stream, indent=2)
-            stream.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 def parse_args(argv=None):

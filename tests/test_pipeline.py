@@ -157,3 +157,20 @@ def test_exported_stage2_embeds_like_training(chain):
     verifier = SpeakerRecognition.from_hparams(source=str(out), savedir=str(out), run_opts={"device": "cpu"})
     score, decision = verifier.verify_files(wav_files[0], wav_files[1])
     assert -1.0 <= float(score) <= 1.0 and decision.dtype == torch.bool
+
+
+def test_verification_report_prints_base_and_stage2(chain, tmp_path):
+    from anchor_reg.report import verification_report
+
+    _, root = chain
+    hparams = {
+        "output_folder": str(tmp_path / "report"), "prep_folder": str(root.parent / "prepared"),
+        "eval_noise_types": ["noise", "babble"], "eval_snrs": [0], "eval_batch_size": 4, "data_seed": 1234,
+    }
+    table = verification_report(hparams, {"base (stage 1)": root / "stage1", "stage2": root / "stage2"})
+    lines = table.splitlines()
+    assert lines[0] == "| system | clean | noise_0dB | babble_0dB | mean noisy |"
+    assert lines[2].startswith("| base (stage 1) |") and lines[3].startswith("| stage2 |")
+    assert (tmp_path / "report" / "verification" / "table.md").read_text() == table
+    assert (tmp_path / "report" / "verification" / "stage2" / "export" / "README.md").is_file()
+    assert not any((root / "stage1").glob("export"))  # the base folder is only read
