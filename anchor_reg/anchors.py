@@ -1,7 +1,8 @@
 """Fixed anchors: the frozen base model's embeddings of every training row.
 
 An :class:`AnchorStore` holds one contiguous ``(N, D)`` float32 tensor of
-L2-normalised per-row anchors, a sorted fixed-width ID index (no dict of
+L2-normalised per-row anchors, an ID index made of two flat arrays (sorted
+64-bit ID hashes and the fixed-width IDs to confirm each hit; no dict of
 strings: VoxCeleb2 has ~1.1 M rows), the row → speaker map and the per-speaker
 centroids ``(S, D)`` (mean of normalised anchors, renormalised). It records
 what it was made from (base-checkpoint fingerprint, embedding size, counts,
@@ -26,7 +27,7 @@ from speechbrain.utils.checkpoints import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ANCHOR_TYPES = ("utterance", "speaker")
 BASE_MODULES = ("embedding_model", "classifier", "normalizer")
 
@@ -62,18 +63,21 @@ def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
     return digest.hexdigest()
 
 
-def _encode_ids(ids):
-    """Sorted fixed-width byte array of IDs and the permutation that sorts them."""
-    encoded = np.array([i.encode("utf-8") for i in ids], dtype=bytes)
-    order = np.argsort(encoded, kind="stable")
-    return encoded[order], order
+def id_hashes(encoded_ids):
+    """(N,) uint64 blake2b hashes of byte IDs (stable across runs and machines)."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i, digest_size=8).digest(), "little") for i in encoded_ids),
+        dtype=np.uint64,
+        count=len(encoded_ids),
+    )
 
 
 @register_checkpoint_hooks
 class AnchorStore:
     """Per-row anchors, per-speaker centroids, and their provenance.
 
-    Rows are stored sorted by ID, so the sorted ID array is the index.
+    Rows are stored sorted by ID hash: a lookup is a binary search in the
+    hash array, confirmed against the stored ID bytes.
 
     Example
     -------
@@ -87,7 +91,8 @@ class AnchorStore:
     """
 
     def __init__(self):
-        self.ids = np.empty(0, dtype="S1")  # (N,) sorted, fixed-width bytes
+        self.ids = np.empty(0, dtype="S1")  # (N,) fixed-width bytes, in hash order
+        self.hashes = np.empty(0, dtype=np.uint64)  # (N,) sorted
         self.embeddings = torch.empty(0, 0)  # (N, D) float32, L2-normalised
         self.row_speaker = torch.empty(0, dtype=torch.int32)  # (N,)
         self.speakers = []  # (S,) speaker labels
@@ -114,7 +119,13 @@ class AnchorStore:
         if len(set(ids)) != len(ids):
             raise AnchorStoreError("AnchorStore: duplicate row IDs in the anchors")
         store = cls()
-        store.ids, order = _encode_ids(ids)
+        encoded = [i.encode("utf-8") for i in ids]
+        hashes = id_hashes(encoded)
+        order = np.argsort(hashes, kind="stable")
+        store.hashes = hashes[order]
+        if len(order) > 1 and (np.diff(store.hashes) == 0).any():
+            raise AnchorStoreError("AnchorStore: two row IDs share a 64-bit hash; rename one of them")
+        store.ids = np.array(encoded, dtype=bytes)[order]
         order_t = torch.from_numpy(order)
         store.embeddings = F.normalize(embeddings[order_t], dim=-1).contiguous()
         store.speakers = sorted(set(speakers))
@@ -143,12 +154,14 @@ class AnchorStore:
 
     # ----------------------------------------------------------------- lookup
     def _find(self, ids):
-        """(positions, found) of ``ids`` in the sorted index, vectorised."""
-        encoded = np.array([i.encode("utf-8") for i in ids], dtype=bytes)
-        fits = np.char.str_len(encoded) <= self.ids.itemsize
-        query = encoded.astype(self.ids.dtype)
-        pos = np.minimum(np.searchsorted(self.ids, query), max(len(self.ids) - 1, 0))
-        found = fits & (self.ids[pos] == query) if len(self.ids) else np.zeros(len(ids), bool)
+        """(positions, found) of ``ids`` in the index, vectorised."""
+        encoded = [i.encode("utf-8") for i in ids]
+        if not len(self.ids):
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.hashes, id_hashes(encoded)), len(self.ids) - 1)
+        query = np.array(encoded, dtype=bytes)
+        fits = np.char.str_len(query) <= self.ids.itemsize
+        found = fits & (self.ids[pos] == query.astype(self.ids.dtype))
         return pos, found
 
     def rows(self, ids):
@@ -179,11 +192,11 @@ class AnchorStore:
         torch.Tensor
             (B, D) fixed anchors (no grad).
         """
-        rows = self.rows(ids)
+        rows = self.rows(ids).numpy()  # numpy gathers: single-threaded, no thread wake-up latency
         if anchor_type == "utterance":
-            out = self.embeddings.index_select(0, rows)
+            out = torch.from_numpy(self.embeddings.numpy()[rows])
         elif anchor_type == "speaker":
-            out = self.centroids.index_select(0, self.row_speaker[rows].long())
+            out = torch.from_numpy(self.centroids.numpy()[self.row_speaker.numpy()[rows]])
         else:
             raise AnchorStoreError(
                 f"unknown anchor_type '{anchor_type}', expected one of {ANCHOR_TYPES}"
@@ -238,6 +251,7 @@ class AnchorStore:
         payload = {
             "embeddings": self.embeddings,
             "ids": torch.from_numpy(id_bytes.copy()).reshape(len(self.ids), width),
+            "hashes": torch.from_numpy(self.hashes.view(np.int64)),
             "row_speaker": self.row_speaker,
             "speakers": list(self.speakers),
             "centroids": self.centroids,
@@ -256,6 +270,7 @@ class AnchorStore:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             ids_u8 = payload["ids"].numpy()
             ids = np.frombuffer(ids_u8.tobytes(), dtype=f"S{ids_u8.shape[1]}")
+            hashes = payload["hashes"].numpy().view(np.uint64)
             embeddings = payload["embeddings"]
             provenance = payload["provenance"]
         except Exception as err:  # corrupt, truncated, or not an anchor store
@@ -269,6 +284,7 @@ class AnchorStore:
                 "delete it and re-run to re-extract"
             )
         self.ids = ids
+        self.hashes = hashes
         self.embeddings = embeddings
         self.row_speaker = payload["row_speaker"]
         self.speakers = list(payload["speakers"])
@@ -286,6 +302,7 @@ class AnchorStore:
         return (
             self.embeddings.element_size() * self.embeddings.nelement()
             + self.ids.nbytes
+            + self.hashes.nbytes
             + self.row_speaker.element_size() * self.row_speaker.nelement()
             + self.centroids.element_size() * self.centroids.nelement()
         )

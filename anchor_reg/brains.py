@@ -132,6 +132,16 @@ class SpeakerBrain(sb.core.Brain):
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
+    def _wrap_distributed(self):
+        """Brain's DDP wrapping, without SyncBatchNorm on CPU (DDP refuses it there)."""
+        if not (self.distributed_launch and torch.device(self.device).type == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, find_unused_parameters=self.find_unused_parameters
+                )
+
     def init_optimizers(self):
         """Optimises every parameter except those matching ``frozen_parameters``."""
         frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
