@@ -152,9 +152,9 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     args = tiny_command("stage2.yaml", tmp, batch_size=2, number_of_epochs=3, ckpt_interval_steps=1)
     save = root / "stage2" / "save"
     before = {p.name for p in save.iterdir()}
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+    log = open(tmp / "killed_run.log", "w")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
     killed_mid_epoch = False
     while time.time() < deadline and proc.poll() is None:
         fresh = [p for p in save.glob("CKPT+*") if p.name not in before and (p / "CKPT.yaml").is_file()]
@@ -164,7 +164,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
-    assert killed_mid_epoch, "no intra-epoch checkpoint appeared before the run ended"
+    log.close()
+    assert killed_mid_epoch, "no intra-epoch checkpoint appeared:\n" + (tmp / "killed_run.log").read_text()[-3000:]
     code, out = run_cli(args)
     assert code == 0, out
     assert "stage 2: resuming from" in out and "stage 1: reusing" in out and "anchors: reusing" in out
