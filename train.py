@@ -15,6 +15,7 @@ finished stages and existing anchors are reused, never redone.
 Authors: the anchor-reg developers, following SpeechBrain's VoxCeleb recipe.
 """
 import csv
+import dataclasses
 import logging
 import pathlib
 import sys
@@ -307,7 +308,7 @@ def main(argv=None):
     overrides = parse_overrides(overrides)
     if not str(run_opts.get("device", "cpu")).startswith("cuda") and run_opts.get("precision", "fp32") != "fp32":
         logger.warning("--precision=%s has no effect on CPU: training in fp32", run_opts["precision"])
-        run_opts["precision"] = "fp32"
+        run_opts = dataclasses.replace(run_opts, precision="fp32")
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams = train_stage(hparams_file, overrides, run_opts)
     if hparams["evaluate_after_training"] and if_main_process():

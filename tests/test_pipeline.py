@@ -78,8 +78,9 @@ def test_rerun_reuses_stage1_and_anchors_and_keeps_them_identical(chain):
     assert torch.equal(kept.embeddings, AnchorStore.from_file(root / "anchors" / "anchors.pt").embeddings)
 
 
-def test_joint_baseline_runs_with_its_consistency_term(tmp_path):
-    run_train("joint.yaml", tmp_path, stage1_epochs=1, stage2_epochs=1)
+def test_joint_baseline_runs_with_its_consistency_term(tmp_path, caplog):
+    run_train("joint.yaml", tmp_path, "--precision=bf16", stage1_epochs=1, stage2_epochs=1)
+    assert "--precision=bf16 has no effect on CPU" in caplog.text
     folder = tmp_path / "results" / "default" / "1986" / "joint"
     log = (folder / "train_log.txt").read_text()
     assert "epoch: 2" in log and "loss_consistency" in log
