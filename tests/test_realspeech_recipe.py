@@ -22,12 +22,13 @@ def recipe():
 
 
 def tiny_argv(shared_data, out):
-    """3 speakers x 3 utterances per corpus, C=32, 1 epoch per stage, 1 seed, 2 systems."""
+    """4 speakers x 3 utterances per corpus, C=32, 1 epoch per stage, 1 seed, 2 systems + 1 variant."""
     overrides = {"emb_dim": 32, "batch_size": 8, "anchor_batch_size": 8, "num_workers": 0,
                  "babble_mixtures": 4, "seg_dur": 1.5}
     return [
         f"--shared_data={shared_data}", f"--output_folder={out}", "--seeds", "1", "--systems", *SYSTEMS,
         "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--max_speakers=4", "--max_utterances=3",
+        "--variant", "tiny_lambda3 anchor_weight=3.0",
         *(f"--override={key}={value}" for key, value in overrides.items()),
     ]
 
@@ -87,20 +88,23 @@ def recipe_id(entry):
 def test_rerun_skips_evaluated_systems(tiny_run):
     recipe, shared_data, out = tiny_run
     before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
+    runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
+    assert set(runs) == {"1-base.log", "1-stage2.log", "1-tiny_lambda3.log"}
     runner = recipe.main(tiny_argv(shared_data, out))
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
-    for system in SYSTEMS:
-        assert (out / "logs" / f"1-{system}.log").read_text().count("$ ") == 1  # trained once
+    assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
     assert runner.timing["1/train/base"]["wall_s"] > 0 and runner.timing["total"]["cpu_s"] > 0
 
 
-def test_variants_share_stage1_through_links(recipe, tmp_path):
-    root = tmp_path / "1"
-    assert recipe.variant_root(root, "stage2") == {}
-    overrides = recipe.variant_root(root, "speaker_lambda3")
-    variant = pathlib.Path(overrides["output_root"])
-    assert (variant / "stage1").resolve() == (root / "stage1").resolve()
-    assert (variant / "anchors").resolve() == (root / "anchors").resolve()
+def test_variant_trains_beside_the_shared_stage1(tiny_run):
+    _, _, out = tiny_run
+    seed_root = out / "runs" / "realspeech" / "1"
+    assert (seed_root / "variants" / "tiny_lambda3" / "train_log.txt").is_file()
+    assert (seed_root / "stage1" / "train_log.txt").read_text().count("epoch: 1,") == 1  # not retrained
+    assert not (seed_root / "variants" / "tiny_lambda3" / "stage1").exists()
+    table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
+    assert "| tiny_lambda3 |" in table and "| stage2 |" in table
+    assert "anchor_weight: 3.0" in (seed_root / "variants" / "tiny_lambda3" / "hyperparams.yaml").read_text()
 
 
 def test_rejects_bad_options(recipe):
@@ -108,6 +112,8 @@ def test_rejects_bad_options(recipe):
         recipe.parse_args(["--override=no_such_key=1"])
     with pytest.raises(SystemExit):
         recipe.parse_args(["--variant", "joint anchor_weight=2"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--variant", "typo anchor_wieght=2"])
     args = recipe.parse_args(["--sweep", "--variant", "slow lr=0.0001 frozen_parameters=[classifier]"])
     assert args.extra_variants["slow"] == {"lr": "0.0001", "frozen_parameters": "[classifier]"}
     assert len(args.extra_variants) == 6 and "utterance_lambda1" not in args.extra_variants

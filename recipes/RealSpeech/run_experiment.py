@@ -20,13 +20,14 @@ noise and babble at 0-20 dB; reverb). Outputs in ``<output_folder>``::
     <system>/export/           the first seed's model (SpeechBrain inference folder)
     <system>/seed<S>/          results.json, results.md and plots of seed S
     comparison.md, eer_vs_snr.png, eer_by_condition.md   mean ± sd over seeds
-    variants/                  the same for --sweep / --variant runs
-    runs/                      training folders;  timing.json  wall time per step
+    variants/seeds_<S..>/      the same for --sweep / --variant runs on those seeds
+    logs/, runs/               train.py logs and training folders
+    timing.json                wall and CPU seconds per step
 
-Usage::
+Usage (see recipes/RealSpeech/README.md for the measured results)::
 
-    python recipes/RealSpeech/run_experiment.py                 # main comparison, 3 seeds
-    python recipes/RealSpeech/run_experiment.py --sweep         # + λ x anchor type sweep
+    python recipes/RealSpeech/run_experiment.py --threads 1          # main comparison, 3 seeds
+    python recipes/RealSpeech/run_experiment.py --threads 1 --sweep  # + λ x anchor type sweep
     python recipes/RealSpeech/run_experiment.py --variant "lr1e-4 lr=0.0001"
 
 Re-running a command skips every system whose ``results.json`` exists.
@@ -73,6 +74,7 @@ SWEEP.pop("utterance_lambda1")  # = stage2
 
 
 def parse_args(argv=None):
+    """Command-line options; ``extra_variants`` collects --sweep and --variant (name -> overrides)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared_data", type=pathlib.Path, default=None,
                         help=f"the shared data folder (default: {DEFAULT_SHARED_DATA})")
@@ -105,9 +107,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.variants = {name: overrides for name, overrides in STAGE2_VARIANTS.items() if name in args.systems}
     extra = dict(SWEEP) if args.sweep else {}
+    stage2_keys = keys_of(REPO / "hparams" / "stage2.yaml")
     for spec in args.variant:
         name, *pairs = spec.split()
         extra[name] = parse_pairs(pairs, parser)
+        unknown = sorted(set(extra[name]) - stage2_keys)
+        if unknown:
+            parser.error(f"--variant {name}: {unknown} are not keys of hparams/stage2.yaml")
     clash = set(extra) & set(MAIN_SYSTEMS)
     if clash:
         parser.error(f"--variant names {sorted(clash)} are taken by the main systems")
@@ -174,7 +180,7 @@ def common_overrides(args, shared, folders):
 
 # ------------------------------------------------------------- training ----
 class Runner:
-    """Runs train.py subprocesses and evaluations, recording wall times."""
+    """Runs train.py subprocesses and evaluations, recording wall and CPU times."""
 
     def __init__(self, args, overrides):
         self.args = args
@@ -214,6 +220,7 @@ class Runner:
             raise RuntimeError(f"training {label} (seed {seed}) failed; end of {log}:\n{tail}")
 
     def results_folder(self, system, seed):
+        """``<output_folder>/<system>/seed<S>``."""
         return self.out / system / f"seed{seed}"
 
     def evaluate(self, system, seed, stage_folder):
@@ -241,6 +248,7 @@ class Runner:
         self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
 
     def done(self, system, seed):
+        """True when the system's results.json for this seed exists."""
         return (self.results_folder(system, seed) / "results.json").is_file()
 
     def run_seed(self, seed, stage2_variants, with_base, with_joint):
@@ -252,10 +260,14 @@ class Runner:
         if with_base and not self.done("base", seed):
             self.evaluate("base", seed, root / "stage1")
         for name, overrides in todo.items():
-            self.train("stage2.yaml", seed, name, number_of_epochs=self.args.stage2_epochs,
-                       stage1_overrides=json.dumps({"number_of_epochs": self.args.stage1_epochs}),
-                       **variant_root(root, name), **overrides)
-            self.evaluate(name, seed, root / variant_subfolder(name) / "stage2")
+            options = {
+                "number_of_epochs": self.args.stage2_epochs,
+                "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs}),
+                "output_folder": str(stage2_folder(root, name)),
+                **overrides,  # a variant may change number_of_epochs
+            }
+            self.train("stage2.yaml", seed, name, **options)
+            self.evaluate(name, seed, stage2_folder(root, name))
         if with_joint and not self.done("joint", seed):
             self.train("joint.yaml", seed, "joint",
                        stage1_epochs=self.args.stage1_epochs, stage2_epochs=self.args.stage2_epochs)
@@ -279,28 +291,13 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def variant_subfolder(name):
-    """Where a stage-2 variant trains, relative to the seed's folder."""
-    return "." if name == "stage2" else pathlib.Path("variants") / name
+def stage2_folder(root, name):
+    """Where a stage-2 variant trains: ``<seed>/stage2`` for the main one, else ``<seed>/variants/<name>``.
 
-
-def variant_root(root, name):
-    """Overrides making a stage-2 variant train beside (and reuse) the seed's stage 1 and anchors.
-
-    train.py gives stage 1 every override its YAML knows, ``output_folder``
-    included, so a variant cannot simply move stage 2's ``output_folder``:
-    it gets its own ``output_root`` instead, holding links to the shared
-    ``stage1`` and ``anchors`` folders.
+    Every variant reads the seed's ``stage1`` and ``anchors`` folders
+    (train.py does not hand stage 2's ``output_folder`` to stage 1).
     """
-    if name == "stage2":
-        return {}
-    variant = root / variant_subfolder(name)
-    for shared in ("stage1", "anchors"):
-        link = variant / shared
-        if not link.is_symlink():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(pathlib.Path("..") / ".." / shared, target_is_directory=True)
-    return {"output_root": str(variant)}
+    return root / "stage2" if name == "stage2" else root / "variants" / name
 
 
 # -------------------------------------------------------------- reports ----
@@ -328,6 +325,7 @@ def write_text(path, text):
 
 
 def main(argv=None):
+    """Runs the experiment; returns the Runner (None when the default shared data is absent)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     shared = args.shared_data or DEFAULT_SHARED_DATA
@@ -353,7 +351,8 @@ def main(argv=None):
             runner.run_seed(seed, {**args.variants, **args.extra_variants}, "base" in args.systems,
                             "joint" in args.systems)
         systems = [*args.systems, *args.extra_variants]
-        table = runner.compare(systems, args.variant_seeds, args.output_folder / "variants")
+        folder = args.output_folder / "variants" / ("seeds_" + "_".join(map(str, args.variant_seeds)))
+        table = runner.compare(systems, args.variant_seeds, folder)
         print(table.read_text(encoding="utf-8"))
     runner.record("total", time.time() - start, time.process_time() + children_cpu() - cpu)
     return runner
