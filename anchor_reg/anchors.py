@@ -268,6 +268,18 @@ class AnchorStore:
             raise AnchorStoreError(f"anchor store {path} does not exist; extract the anchors first")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+            version = payload["provenance"].get("format_version")
+        except Exception as err:  # corrupt, truncated, or not an anchor store
+            raise AnchorStoreError(
+                f"anchor store {path} is unreadable or corrupt ({type(err).__name__}: {err}); "
+                "delete it and re-run to re-extract the anchors"
+            ) from err
+        if version != FORMAT_VERSION:
+            raise AnchorStoreError(
+                f"anchor store {path} has format {version}, this version of anchor_reg reads format "
+                f"{FORMAT_VERSION}; delete it (or pass --reextract_anchors=True) to re-extract"
+            )
+        try:
             ids_u8 = payload["ids"].numpy()
             ids = np.frombuffer(ids_u8.tobytes(), dtype=f"S{ids_u8.shape[1]}")
             hashes = payload["hashes"].numpy().view(np.uint64)
@@ -278,10 +290,9 @@ class AnchorStore:
                 f"anchor store {path} is unreadable or corrupt ({type(err).__name__}: {err}); "
                 "delete it and re-run to re-extract the anchors"
             ) from err
-        if provenance.get("format_version") != FORMAT_VERSION or embeddings.shape[0] != len(ids):
+        if embeddings.shape[0] != len(ids) or hashes.shape[0] != len(ids):
             raise AnchorStoreError(
-                f"anchor store {path} has an unknown format or inconsistent sizes; "
-                "delete it and re-run to re-extract"
+                f"anchor store {path} has inconsistent sizes; delete it and re-run to re-extract"
             )
         self.ids = ids
         self.hashes = hashes

@@ -120,3 +120,11 @@ def test_checkpoint_fingerprint_tracks_model_files(tmp_path):
     assert checkpoint_fingerprint(tmp_path) == first
     (tmp_path / "classifier.ckpt").write_bytes(b"changed")
     assert checkpoint_fingerprint(tmp_path) != first
+
+
+def test_store_of_another_format_version_is_named(tmp_path):
+    store, _, _, _ = make_store()
+    store.provenance["format_version"] = 1
+    store.save(tmp_path / "old.pt")
+    with pytest.raises(AnchorStoreError, match="has format 1.*reads format 2.*re-extract"):
+        AnchorStore.from_file(tmp_path / "old.pt")
