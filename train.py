@@ -127,7 +127,8 @@ def load_stage(hparams_file, overrides):
     check_writable(hparams["output_folder"])
     check_writable(hparams["prep_folder"], key="prep_folder")
     run_on_main(prepare_data, kwargs={"hparams": hparams})
-    overrides = dict(overrides, num_train_speakers=len(set(read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "spk_id"))))
+    speakers = set(read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "spk_id"))
+    overrides = dict(overrides, num_train_speakers=len(speakers))
     return load_hparams(hparams_file, overrides), overrides
 
 
@@ -141,7 +142,7 @@ def train_stage(hparams_file, overrides, run_opts):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=str(hparams_file), overrides=overrides
     )
-    train_data, valid_data, _ = dataio_prep(hparams, label_encoder_source=base and base["label_encoder"])
+    train_data, valid_data, _ = dataio_prep(hparams, label_encoder_source=base["label_encoder"] if base else None)
     brain = BRAINS[stage](
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
