@@ -46,6 +46,7 @@ from anchor_reg.corruption import (
     read_mono,
     stable_seed,
 )
+from anchor_reg.data.folder import read_trial_list, strip_trial_extension
 from anchor_reg.metrics import (
     MIN_DCF_NOTE,
     det_curve,
@@ -59,7 +60,6 @@ from anchor_reg.metrics import (
 logger = logging.getLogger(__name__)
 
 NORMS = (None, "s-norm", "as-norm")
-TRIAL_EXTENSIONS = (".wav", ".flac", ".m4a")
 PROJECTION_SPEAKERS = 6
 PROJECTION_UTTERANCES = 20
 
@@ -132,21 +132,10 @@ def read_trials(trials_path):
     list of (int, str, str)
         (label, enrol ID, test ID); IDs lose a trailing .wav/.flac/.m4a.
     """
-    trials = []
-    with open(trials_path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(
-                    f"{trials_path}:{number}: expected '1|0 <enrol> <test>', got {line!r}."
-                )
-            enrol_id, test_id = (_strip_extension(f) for f in fields[1:])
-            trials.append((int(fields[0]), enrol_id, test_id))
-    if not trials:
-        raise ValueError(f"Trial list {trials_path} is empty.")
-    return trials
+    return [
+        (label, strip_trial_extension(enrol), strip_trial_extension(test))
+        for label, enrol, test in read_trial_list(trials_path)
+    ]
 
 
 @torch.inference_mode()
@@ -568,14 +557,6 @@ class _TrialIndex:
         self.enrol_rows = torch.tensor([row[enrol] for _, enrol, _ in trial_list])
         self.test_rows = torch.tensor([row[test] for _, _, test in trial_list])
         self.labels = torch.tensor([label for label, _, _ in trial_list], dtype=torch.bool)
-
-
-def _strip_extension(path):
-    """Trial entry -> utterance ID (path without audio extension)."""
-    for extension in TRIAL_EXTENSIONS:
-        if path.endswith(extension):
-            return path[: -len(extension)]
-    return path
 
 
 def _select_trials(trials, max_trials, seed):

@@ -560,8 +560,8 @@ def read_trial_list(path):
                 continue
             if len(fields) != 3 or fields[0] not in ("0", "1"):
                 raise ValueError(
-                    f"{path}, line {line_number}: expected '<1|0> <enrol> "
-                    f"<test>', got {line.strip()!r}"
+                    f"{path}:{line_number}: expected '<1|0> <enrol> <test>', "
+                    f"got {line.strip()!r}"
                 )
             trials.append((int(fields[0]), fields[1], fields[2]))
     if not trials:
