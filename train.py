@@ -26,7 +26,7 @@ import torch
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, extract_anchors
+from anchor_reg.anchors import AnchorStoreError, checkpoint_fingerprint, extract_anchors
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
 from anchor_reg.config import ConfigError, check_writable, load_hparams, overrides_for, parse_overrides
 from anchor_reg.data.audio import AudioError, read_audio_checked
@@ -222,11 +222,11 @@ def check_own_checkpoints(hparams, base_fingerprint):
 
 
 def ensure_anchors(hparams, stage1, base, run_opts):
-    """Reuses a valid anchor store or extracts one with the frozen base model."""
+    """Loads a valid anchor store into ``hparams["anchors"]``, extracting it first if needed."""
     anchors_file = base["anchors_file"]
     row_ids = read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "ID")
     if anchors_file.is_file() and not hparams["reextract_anchors"]:
-        store = AnchorStore.from_file(anchors_file)
+        store = hparams["anchors"].load(anchors_file)
         store.check_compatible(
             base_fingerprint=base["fingerprint"], row_ids=None if hparams["skip_bad_files"] else row_ids,
             emb_dim=hparams["emb_dim"], source=str(anchors_file),
@@ -273,17 +273,16 @@ def ensure_anchors(hparams, stage1, base, run_opts):
         store.save(anchors_file)
         logger.info("anchors: wrote %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
     sb.utils.distributed.ddp_barrier()
+    hparams["anchors"].load(anchors_file)  # every rank reads the same store
 
 
 def start_from_base(hparams, base):
-    """Stage 2 starts from a copy of the base model and the fixed anchors.
+    """Stage 2 starts from a copy of the base model.
 
     On a fresh start the base weights are copied in (the stage-1 files are only
-    read); on a resume, the stage-2 checkpoint (which holds the anchors too) is
-    checked to come from the same base, then restored by ``fit``.
+    read); on a resume, ``fit`` restores the stage-2 checkpoint (anchors
+    included), which :func:`check_own_checkpoints` has matched to this base.
     """
-    anchors = hparams["anchors"].load(base["anchors_file"])
-    anchors.check_compatible(base_fingerprint=base["fingerprint"], emb_dim=hparams["emb_dim"], source=str(base["anchors_file"]))
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:
         logger.info("stage 2: resuming from %s", own.path)
