@@ -155,10 +155,11 @@ def validate_audio_files(
             durations[str(path)] = duration
         else:
             problems[str(path)] = problem
+    bad_files = listing([f"{path}: {why}" for path, why in problems.items()])
     if problems and not skip_bad_files:
         raise AudioError(
             f"{len(problems)} bad audio file(s) (fix them, or pass "
-            "skip_bad_files=True to leave them out):\n" + _listing(problems),
+            "skip_bad_files=True to leave them out):\n" + bad_files,
             problems,
         )
     if problems:
@@ -166,7 +167,7 @@ def validate_audio_files(
             "Skipping %d bad audio file(s)%s:\n%s",
             len(problems),
             f" (report: {report_path})" if report_path else "",
-            _listing(problems),
+            bad_files,
         )
     if skip_bad_files and report_path is not None:
         lines = "".join(f"{p}\t{why}\n" for p, why in problems.items())
@@ -180,12 +181,11 @@ def write_audio_atomic(path, samples, sample_rate):
         sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 
 
-def _listing(problems):
-    """One ``path: problem`` line per bad file, cut after MAX_LISTED_PROBLEMS."""
-    lines = [f"  {p}: {why}" for p, why in problems.items()]
-    if len(lines) > MAX_LISTED_PROBLEMS:
-        hidden = len(lines) - MAX_LISTED_PROBLEMS
-        lines = lines[:MAX_LISTED_PROBLEMS] + [f"  ... and {hidden} more"]
+def listing(items):
+    """Indented lines, one per item, cut after MAX_LISTED_PROBLEMS with a count."""
+    lines = [f"  {item}" for item in items[:MAX_LISTED_PROBLEMS]]
+    if len(items) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(items) - MAX_LISTED_PROBLEMS} more")
     return "\n".join(lines)
 
 

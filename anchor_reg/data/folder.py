@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anchor_reg.atomic import write_text_atomic
-from anchor_reg.data.audio import validate_audio_files
+from anchor_reg.data.audio import MAX_LISTED_PROBLEMS, listing, validate_audio_files
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ OUTPUT_FILES = {
 }
 OPTS_FILE = "prepare_opts.json"
 BAD_FILES_REPORT = "bad_files.txt"
-MAX_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -545,7 +544,7 @@ def generate_trials(rows, trials_per_speaker, rng):
             "and get no trials as enrolment (a smaller test_seg_dur cuts "
             "their utterances into more segments): %s",
             len(without_targets),
-            ", ".join(without_targets[:MAX_LISTED]),
+            ", ".join(without_targets[:MAX_LISTED_PROBLEMS]),
         )
     return trials
 
@@ -607,7 +606,7 @@ def map_trial_list(trials, by_id, n_samples, sample_rate, trial_list):
     if bad_spans:
         raise ValueError(
             f"{len(bad_spans)} segment(s) of {trial_list} lie outside their "
-            "file:\n" + _listing(bad_spans)
+            "file:\n" + listing(bad_spans)
         )
     kept, enrol, test = [], {}, {}
     for trial in trials:
@@ -749,7 +748,7 @@ def _trial_utterances(trials, by_id, trial_list):
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} file(s) named in {trial_list} are not in the data "
-            "folders:\n" + _listing(missing)
+            "folders:\n" + listing(missing)
         )
     return [by_id[i] for i in ids]
 
@@ -804,11 +803,3 @@ def folder_list(data_folders):
     if isinstance(data_folders, (str, os.PathLike)):
         return [data_folders]
     return list(data_folders)
-
-
-def _listing(items):
-    """Indented lines, cut after MAX_LISTED with a count."""
-    lines = [f"  {item}" for item in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"  ... and {len(items) - MAX_LISTED} more")
-    return "\n".join(lines)
