@@ -30,14 +30,17 @@ def anchor_distance(embeddings, anchors, distance="cosine"):
     Returns
     -------
     torch.Tensor
-        (B,) distances.
+        (B,) distances, computed in float32 (float64 for float64 inputs).
     """
     if distance not in DISTANCES:
         raise ValueError(
             f"anchor_distance: unknown distance '{distance}', expected one of {DISTANCES}"
         )
-    emb = embeddings.reshape(embeddings.shape[0], -1)
-    anc = anchors.reshape(anchors.shape[0], -1).to(emb.dtype)
+    # at least float32: under fp16/bf16 autocast the embeddings arrive in half
+    # precision, whose 8-bit (bf16) mantissa cannot resolve small distances
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    emb = embeddings.reshape(embeddings.shape[0], -1).to(dtype)
+    anc = anchors.reshape(anchors.shape[0], -1).to(dtype)
     if emb.shape != anc.shape:
         raise ValueError(
             f"anchor_distance: embeddings {tuple(emb.shape)} and anchors "

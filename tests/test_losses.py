@@ -53,6 +53,22 @@ def test_online_target_gets_gradient_when_not_detached():
     assert target.grad is not None and target.grad.abs().sum() > 0
 
 
+def test_half_precision_embeddings_get_a_float32_distance():
+    """Under fp16/bf16 autocast the embeddings are half precision; small distances must survive."""
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.randn(16, 192, generator=generator)
+    emb = (anchors + 0.02 * torch.randn(16, 192, generator=generator)).bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dist = anchor_distance(emb, anchors)
+        loss = AnchorDistanceLoss()(emb, anchors)
+    exact = anchor_distance(emb.detach().double(), anchors.double())  # same bf16 values, float64 arithmetic
+    assert dist.dtype == torch.float32 and loss.dtype == torch.float32
+    assert float(exact.min()) > 0 and float(exact.max()) < 2e-3  # far below bf16's resolution near 1
+    assert torch.allclose(dist.double(), exact, rtol=1e-3, atol=1e-7)
+    loss.backward()
+    assert emb.grad.dtype == torch.bfloat16 and torch.isfinite(emb.grad.float()).all()
+
+
 def test_misaligned_rows_and_bad_distance_are_errors():
     with pytest.raises(ValueError, match="row-aligned"):
         anchor_distance(torch.ones(4, 3), torch.ones(2, 3))

@@ -88,6 +88,42 @@ def test_joint_baseline_runs_with_its_consistency_term(tmp_path, caplog):
     assert not (folder.parent / "stage1").exists()  # from scratch, no base model
 
 
+@pytest.mark.parametrize("yaml_name", ["stage2.yaml", "joint.yaml"])
+def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, monkeypatch):
+    """SpeechBrain's mixed-precision path (as on GPU), driven through torch's CPU bf16 autocast.
+
+    ``main`` turns ``--precision`` off on CPU; calling ``train_stage`` directly keeps it, so the
+    Brain trains under ``torch.autocast(bfloat16)`` exactly as ``--precision=bf16`` does on a GPU.
+    """
+    import speechbrain as sb
+
+    import train
+    from anchor_reg import losses
+    from tiny import tiny_command
+
+    seen = []
+
+    def recording_distance(embeddings, anchors, distance="cosine"):
+        result = original(embeddings, anchors, distance)
+        seen.append((embeddings.dtype, result.dtype, bool(torch.isfinite(result).all())))
+        return result
+
+    original = losses.anchor_distance
+    monkeypatch.setattr(losses, "anchor_distance", recording_distance)
+    hparams_file, run_opts, overrides = sb.parse_arguments(tiny_command(yaml_name, tmp_path, "--precision=bf16"))
+    hparams = train.train_stage(hparams_file, train.parse_overrides(overrides), run_opts)
+    assert seen and all(entry == (torch.bfloat16, torch.float32, True) for entry in seen)
+    log = (pathlib.Path(hparams["output_folder"]) / "train_log.txt").read_text()
+    assert "nan" not in log and "inf" not in log
+    ckpt = Checkpointer(pathlib.Path(hparams["output_folder"]) / "save").find_checkpoint()
+    weights = torch.load(ckpt.paramfiles["embedding_model"], map_location="cpu")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
+    if yaml_name == "stage2.yaml":
+        assert AnchorStore.from_file(pathlib.Path(hparams["anchors_folder"]) / "anchors.pt").embeddings.dtype == (
+            torch.float32
+        )
+
+
 RESNET = """embedding_model: !new:speechbrain.lobes.models.ResNet.ResNet
     input_size: !ref <n_mels>
     channels: [8, 8, 16, 16]
