@@ -12,7 +12,7 @@ TINY = ["--channels", "16", "--batch_size", "2", "--crop", "0.5", "--eval_batch_
 TINY_SIZES = {"embed_utterances": 4, "utterance_seconds": (0.4, 1.0), "eval_speakers": 3, "eval_utterances": 2,
               "eval_seconds": 0.5, "loader_steps": 2, "lookups": 5}
 FIGURES = {
-    "anchor_term_overhead", "live_teacher_cost", "batched_embedding_speedup", "noisy_evaluation_cost",
+    "anchor_term_overhead", "live_teacher_cost", "live_teacher_cost_noisy_only", "batched_embedding_speedup", "noisy_evaluation_cost",
     "data_wait_fraction", "anchor_store_memory", "anchor_store_save_s", "anchor_store_load_s",
     "anchor_store_lookup_ms", "peak_memory_ratio", "stage1_utterances_per_s", "stage2_utterances_per_s",
 }
@@ -54,6 +54,7 @@ def test_side_by_side_timings_are_positive_and_interleaved(results):
     figures = {f["name"]: f for f in out["figures"]}
     for name, variants in [("anchor_term_overhead", ("with_anchor", "without_anchor")),
                            ("live_teacher_cost", ("live_teacher", "fixed_anchors")),
+                           ("live_teacher_cost_noisy_only", ("live_teacher", "fixed_anchors")),
                            ("batched_embedding_speedup", ("batched", "one_at_a_time")),
                            ("noisy_evaluation_cost", ("clean_only", "all_conditions"))]:
         timings = figures[name]["details"]["timings"]
@@ -62,6 +63,9 @@ def test_side_by_side_timings_are_positive_and_interleaved(results):
     # the training steps see the clean crop and its noisy copy (2B rows); the teacher sees the B clean crops
     assert figures["anchor_term_overhead"]["details"]["rows_through_net"] == 4
     assert figures["live_teacher_cost"]["details"]["teacher_rows"] == 2
+    assert figures["live_teacher_cost"]["details"]["rows_through_net"] == 4
+    # with clean_copies=False only the noisy copy goes through the network
+    assert figures["live_teacher_cost_noisy_only"]["details"]["rows_through_net"] == 2
 
 
 def test_figure_details_are_consistent(results):

@@ -1,0 +1,49 @@
+"""Checks that need a CUDA GPU: fp16/bf16 training of stage 2 and joint, and the benchmark on the GPU.
+
+Skipped without CUDA (CI has none). On a GPU machine: ``python -m pytest -q tests/test_gpu.py``.
+"""
+import pathlib
+
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg import benchmark
+from anchor_reg.anchors import AnchorStore
+from tiny import run_train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("yaml_name", ["stage2.yaml", "joint.yaml"])
+def test_mixed_precision_training_on_gpu(yaml_name, precision, tmp_path, caplog):
+    run_train(yaml_name, tmp_path, "--device=cuda:0", f"--precision={precision}")
+    assert "has no effect on CPU" not in caplog.text
+    stage = "stage2" if yaml_name == "stage2.yaml" else "joint"
+    folder = tmp_path / "results" / "default" / "1986" / stage
+    assert f"Using training precision: `--precision={precision}`" in (folder / "log.txt").read_text()
+    log = (folder / "train_log.txt").read_text()
+    assert "nan" not in log and "inf" not in log
+    ckpt = Checkpointer(folder / "save").find_checkpoint()
+    assert ("scaler" in ckpt.paramfiles) is (precision == "fp16")  # the GradScaler is checkpointed for fp16
+    weights = torch.load(ckpt.paramfiles["embedding_model"], map_location="cpu")
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    if stage == "stage2":
+        store = AnchorStore.from_file(folder.parent / "anchors" / "anchors.pt")
+        assert store.embeddings.dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_benchmark_runs_on_gpu(precision, tmp_path):
+    options = benchmark.parse_args([
+        "--quick", "--device", "cuda", "--precision", precision, "--channels", "64", "--batch_size", "8",
+        "--crop", "1.0", "--speakers", "50", "--store_rows", "20000", "--steps", "2",
+        "--output", str(tmp_path / "benchmark.json"),
+    ])
+    sizes = {"embed_utterances": 8, "eval_speakers": 3, "eval_utterances": 2, "loader_steps": 3, "lookups": 5}
+    out = benchmark.run_benchmarks(options, pathlib.Path(tmp_path) / "work", sizes=sizes, log=lambda _: None)
+    assert out["settings"]["device_name"] == torch.cuda.get_device_name(0)
+    figures = {f["name"]: f for f in out["figures"]}
+    assert figures["stage2_utterances_per_s"]["value"] > 0
+    assert "max_memory_allocated" in figures["peak_memory_ratio"]["details"]["method"]
