@@ -65,11 +65,8 @@ def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
 
 def id_hashes(encoded_ids):
     """(N,) uint64 blake2b hashes of byte IDs (stable across runs and machines)."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i, digest_size=8).digest(), "little") for i in encoded_ids),
-        dtype=np.uint64,
-        count=len(encoded_ids),
-    )
+    digests = b"".join([hashlib.blake2b(i, digest_size=8).digest() for i in encoded_ids])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)  # each digest read little-endian
 
 
 @register_checkpoint_hooks
