@@ -1,4 +1,5 @@
 """AnchorStore: lookup, centroids, Augmenter alignment, save/load, and the checks stage 2 relies on."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +7,7 @@ from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import DropChunk
 from speechbrain.utils.checkpoints import Checkpointer
 
-from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, speaker_centroids
+from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, id_hashes, speaker_centroids
 
 
 def make_store(n=12, dim=8, seed=0):
@@ -128,3 +129,11 @@ def test_store_of_another_format_version_is_named(tmp_path):
     store.save(tmp_path / "old.pt")
     with pytest.raises(AnchorStoreError, match="has format 1.*reads format 2.*re-extract"):
         AnchorStore.from_file(tmp_path / "old.pt")
+
+
+def test_id_hashes_are_the_stored_format():
+    """Saved stores index rows by these values: they must not change between versions or machines."""
+    ids = ["id10001--1zcIwhmdeo4--00001_0_48000", "spk\u00e9/u1"]
+    hashes = id_hashes([i.encode("utf-8") for i in ids])
+    assert hashes.dtype == np.uint64 and hashes.tolist() == [13600694152428524435, 5665688703609894703]
+    assert len(id_hashes([])) == 0
