@@ -17,6 +17,7 @@ from speechbrain.processing.features import InputNormalization
 from anchor_reg.evaluate import (
     compare_systems,
     embed_utterances,
+    pad_by_reflection,
     evaluate_model,
     load_encoder,
     main,
@@ -245,7 +246,7 @@ def test_corrupt_both_and_max_trials(tiny_data, encoder):
 def test_score_normalisation(tiny_data, encoder):
     common = dict(
         **_data_kwargs(tiny_data),
-        conditions=["clean", "music_5dB"],
+        conditions=["clean", "music_5dB", "noise_0dB"],
         cohort_csv=tiny_data["cohort_csv"],
     )
     raw = evaluate_model(encoder, **common)
@@ -312,8 +313,21 @@ def test_batching_matches_one_at_a_time(encoder):
     # batch is unpadded; near-equal lengths give near-equal embeddings.
     for row in (5, 1, 3):
         assert torch.allclose(batched[row], single[row], atol=1e-5)
+    # Padding by reflection keeps even the 8000-sample utterance padded to 12000 close to its
+    # unpadded embedding (zero padding gave a cosine of 0.75 for it with this encoder).
     cosine = torch.nn.functional.cosine_similarity(batched, single, dim=1)
-    assert cosine[[2, 4]].min() > 0.98
+    assert cosine.min() > 0.999
+
+
+def test_pad_by_reflection_mirrors_as_often_as_needed():
+    padded = pad_by_reflection([torch.arange(7.0), torch.tensor([1.0, 2.0]), torch.tensor([5.0])])
+    assert padded.tolist() == [
+        [0, 1, 2, 3, 4, 5, 6],
+        [1, 2, 2, 1, 1, 2, 2],
+        [5, 5, 5, 5, 5, 5, 5],
+    ]
+    with pytest.raises(ValueError, match="empty"):
+        pad_by_reflection([torch.ones(3), torch.ones(0)])
 
 
 def test_compare_systems(tiny_data, encoder, tmp_path):
