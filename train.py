@@ -152,7 +152,7 @@ def train_stage(hparams_file, overrides, run_opts):
     )
     if base is not None:
         start_from_base(hparams, base)
-        brain.checkpoint_meta = {"base_fingerprint": base["fingerprint"]}
+        brain.checkpoint_meta = {"base_fingerprint": base["fingerprint"], "anchors_digest": base["anchors_digest"]}
     if finished_checkpoint(hparams) is not None:
         logger.info("%s: reusing the finished training in %s", stage, hparams["output_folder"])
     else:
@@ -177,7 +177,8 @@ def ensure_base_and_anchors(hparams, overrides, run_opts):
     -------
     dict
         ``checkpoint`` (stage 1's final checkpoint), ``fingerprint``,
-        ``label_encoder`` (stage 1's label file) and ``anchors_file``.
+        ``label_encoder`` (stage 1's label file), ``anchors_file`` and
+        ``anchors_digest`` (:meth:`AnchorStore.digest` of the loaded anchors).
     """
     stage1_file = hparams["stage1_hparams"]
     stage1_overrides = {
@@ -205,20 +206,23 @@ def ensure_base_and_anchors(hparams, overrides, run_opts):
         "anchors_file": pathlib.Path(hparams["anchors_folder"]) / "anchors.pt",
     }
     ensure_anchors(hparams, stage1, base, run_opts)
-    check_own_checkpoints(hparams, base["fingerprint"])
+    base["anchors_digest"] = hparams["anchors"].digest()
+    check_own_checkpoints(hparams, base)
     return base
 
 
-def check_own_checkpoints(hparams, base_fingerprint):
-    """Refuses to resume stage-2 checkpoints that were trained from another base model."""
+def check_own_checkpoints(hparams, base):
+    """Refuses to resume stage-2 checkpoints trained from another base model or with other anchors."""
     for ckpt in sb.utils.checkpoints.Checkpointer(hparams["save_folder"]).list_checkpoints():
-        made_from = ckpt.meta.get("base_fingerprint")
-        if made_from not in (None, base_fingerprint):
-            raise AnchorStoreError(
-                f"stage-2 checkpoints in {hparams['save_folder']} were trained from another base model "
-                f"(fingerprint {made_from[:12]}, now {base_fingerprint[:12]}): move them away, "
-                "or set another output_folder for this stage 2"
-            )
+        for key, name, now in (("base_fingerprint", "from another base model", base["fingerprint"]),
+                               ("anchors_digest", "with other anchors", base["anchors_digest"])):
+            made_with = ckpt.meta.get(key)
+            if made_with not in (None, now):
+                raise AnchorStoreError(
+                    f"stage-2 checkpoints in {hparams['save_folder']} were trained {name} "
+                    f"({key} {made_with[:12]}, now {now[:12]}): move them away, "
+                    "or set another output_folder for this stage 2"
+                )
 
 
 def ensure_anchors(hparams, stage1, base, run_opts):
@@ -280,8 +284,8 @@ def start_from_base(hparams, base):
     """Stage 2 starts from a copy of the base model.
 
     On a fresh start the base weights are copied in (the stage-1 files are only
-    read); on a resume, ``fit`` restores the stage-2 checkpoint (anchors
-    included), which :func:`check_own_checkpoints` has matched to this base.
+    read); on a resume, ``fit`` restores the stage-2 checkpoint, which
+    :func:`check_own_checkpoints` has matched to this base and these anchors.
     """
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:

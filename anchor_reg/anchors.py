@@ -6,9 +6,10 @@ L2-normalised per-row anchors, an ID index made of two flat arrays (sorted
 strings: VoxCeleb2 has ~1.1 M rows), the row → speaker map and the per-speaker
 centroids ``(S, D)`` (mean of normalised anchors, renormalised). It records
 what it was made from (base-checkpoint fingerprint, embedding size, counts,
-extraction options) and is a SpeechBrain checkpointable object, so stage 2's
-``Checkpointer`` saves and reloads it with the model. It is written atomically
-and never modified after extraction.
+extraction options). It is written atomically and never modified after
+extraction; stage 2 loads it from the anchors folder on every (re)start and
+keeps only its :meth:`AnchorStore.digest` in its checkpoints' meta. It also has
+SpeechBrain checkpoint hooks, for recipes that do want a copy in a checkpoint.
 """
 import hashlib
 import logging
@@ -237,6 +238,19 @@ class AnchorStore:
                     f"{len(missing)} of {len(row_ids)} training rows have no anchor{where} "
                     f"(e.g. {missing[:3]}): the training CSV changed after extraction; {redo}"
                 )
+
+    def digest(self):
+        """Hex blake2b of the anchors' content (IDs, embeddings, speakers; not the provenance).
+
+        Stage 2 records it in the meta of its checkpoints instead of copying the
+        store into each of them, and refuses to resume with a different store.
+        About 1 s per GB of anchors.
+        """
+        hasher = hashlib.blake2b(digest_size=16)
+        for array in (self.ids, self.embeddings.numpy(), self.row_speaker.numpy()):
+            hasher.update(np.ascontiguousarray(array))
+        hasher.update("\n".join(self.speakers).encode("utf-8"))
+        return hasher.hexdigest()
 
     # ------------------------------------------------------------ save / load
     @mark_as_saver

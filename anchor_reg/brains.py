@@ -16,6 +16,7 @@ import logging
 
 import speechbrain as sb
 import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,16 @@ class SpeakerBrain(sb.core.Brain):
             for module in self.modules.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
+
+    def _save_intra_epoch_ckpt(self):
+        """Brain's intra-epoch checkpoint, with ``checkpoint_meta`` in its meta like the end-of-epoch ones."""
+        self.checkpointer.save_and_keep_only(
+            end_of_epoch=False,
+            num_to_keep=1,
+            ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
+            meta={INTRA_EPOCH_CKPT_FLAG: True, **getattr(self, "checkpoint_meta", {})},
+            verbosity=logging.DEBUG,
+        )
 
     def _wrap_distributed(self):
         """Brain's DDP wrapping, without SyncBatchNorm on CPU (DDP refuses it there)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from anchor_reg.anchors import AnchorStoreError
+from anchor_reg.anchors import AnchorStore, AnchorStoreError
 from anchor_reg.config import ConfigError
 from tiny import REPO, run_train, tiny_command, tiny_options
 
@@ -108,6 +108,16 @@ def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
     run_train("stage2.yaml", tmp_path)
     root = tmp_path / "results" / "default" / "1986"
     anchors = root / "anchors" / "anchors.pt"
+    # same base, other anchors (the store was replaced): stage 2 does not resume its checkpoints with them
+    original = anchors.read_bytes()
+    replaced = AnchorStore.from_file(anchors)
+    replaced.embeddings = -replaced.embeddings
+    replaced.save(anchors)
+    stage2_saved = tree_digest(root / "stage2" / "save")
+    with pytest.raises(AnchorStoreError, match="trained with other anchors"):
+        run_train("stage2.yaml", tmp_path, number_of_epochs=2)
+    assert tree_digest(root / "stage2" / "save") == stage2_saved
+    anchors.write_bytes(original)
     # stage 1 trained further -> a new base: the anchors are stale
     with pytest.raises(AnchorStoreError, match="stale.*reextract_anchors=True"):
         run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}")
@@ -158,9 +168,12 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     killed_mid_epoch = False
     while time.time() < deadline and proc.poll() is None:
         fresh = [p for p in save.glob("CKPT+*") if p.name not in before and (p / "CKPT.yaml").is_file()]
-        if any("brain_intra_epoch_ckpt" in (p / "CKPT.yaml").read_text() for p in fresh):
+        intra_epoch = [p for p in fresh if "brain_intra_epoch_ckpt" in (p / "CKPT.yaml").read_text()]
+        if intra_epoch:
             os.kill(proc.pid, signal.SIGKILL)
             killed_mid_epoch = True
+            # intra-epoch checkpoints carry the same provenance as end-of-epoch ones
+            assert "anchors_digest" in (intra_epoch[0] / "CKPT.yaml").read_text()
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
@@ -171,7 +184,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     assert "stage 2: resuming from" in out and "stage 1: reusing" in out and "anchors: reusing" in out
     ckpt = Checkpointer(save).find_checkpoint()
     assert ckpt.meta["epoch"] == 3
-    assert {"optimizer", "counter", "anchors", "embedding_model"} <= set(ckpt.paramfiles)
+    assert {"optimizer", "counter", "embedding_model"} <= set(ckpt.paramfiles)
+    assert ckpt.meta["anchors_digest"] and ckpt.meta["base_fingerprint"]
     assert tree_digest(root / "stage1" / "save") == stage1_before
     assert tree_digest(root / "anchors") == anchors_before
     log = (root / "stage2" / "train_log.txt").read_text()
