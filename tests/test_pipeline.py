@@ -99,7 +99,7 @@ def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, m
 
     import train
     from anchor_reg import losses
-    from tiny import tiny_command
+    from tiny import check_mixed_precision_outputs, tiny_command
 
     seen = []
 
@@ -113,15 +113,7 @@ def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, m
     hparams_file, run_opts, overrides = sb.parse_arguments(tiny_command(yaml_name, tmp_path, "--precision=bf16"))
     hparams = train.train_stage(hparams_file, train.parse_overrides(overrides), run_opts)
     assert seen and all(entry == (torch.bfloat16, torch.float32, True) for entry in seen)
-    log = (pathlib.Path(hparams["output_folder"]) / "train_log.txt").read_text()
-    assert "nan" not in log and "inf" not in log
-    ckpt = Checkpointer(pathlib.Path(hparams["output_folder"]) / "save").find_checkpoint()
-    weights = torch.load(ckpt.paramfiles["embedding_model"], map_location="cpu")
-    assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
-    if yaml_name == "stage2.yaml":
-        assert AnchorStore.from_file(pathlib.Path(hparams["anchors_folder"]) / "anchors.pt").embeddings.dtype == (
-            torch.float32
-        )
+    check_mixed_precision_outputs(hparams["output_folder"], with_anchors=yaml_name == "stage2.yaml")
 
 
 RESNET = """embedding_model: !new:speechbrain.lobes.models.ResNet.ResNet

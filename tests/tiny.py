@@ -3,6 +3,11 @@ import pathlib
 import re
 import sys
 
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.anchors import AnchorStore
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +62,20 @@ def run_train(yaml_name, tmp_path, *flags, **extra):
     import train
 
     return train.main(tiny_command(yaml_name, tmp_path, *flags, **extra))
+
+
+def check_mixed_precision_outputs(stage_folder, with_anchors):
+    """After an fp16/bf16 run: finite logged losses, float32 weights (and float32 anchors).
+
+    Returns the stage's last checkpoint.
+    """
+    stage_folder = pathlib.Path(stage_folder)
+    log = (stage_folder / "train_log.txt").read_text()
+    assert "nan" not in log and "inf" not in log
+    ckpt = Checkpointer(stage_folder / "save").find_checkpoint()
+    weights = torch.load(ckpt.paramfiles["embedding_model"], map_location="cpu")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
+    if with_anchors:
+        store = AnchorStore.from_file(stage_folder.parent / "anchors" / "anchors.pt")
+        assert store.embeddings.dtype == torch.float32
+    return ckpt
