@@ -16,21 +16,26 @@ Authors: the anchor-reg developers, following SpeechBrain's VoxCeleb recipe.
 """
 import csv
 import dataclasses
+import datetime
 import logging
 import pathlib
 import sys
 import traceback
 
 import speechbrain as sb
-import torch
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+from hyperpyyaml import resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from anchor_reg.anchors import AnchorStoreError, checkpoint_fingerprint, extract_anchors
+from anchor_reg.anchors import ANCHOR_TYPES, AnchorStoreError, load_or_extract
+from anchor_reg.atomic import write_text_atomic
+from anchor_reg.base import architecture_overrides, base_folder, end_of_epoch, load_base, start_from_base
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
-from anchor_reg.config import ConfigError, check_writable, load_hparams, overrides_for, parse_overrides
+from anchor_reg.config import (
+    ConfigError, check_writable, load_hparams, overrides_for, parse_overrides, yaml_stream,
+)
 from anchor_reg.data.audio import AudioError, read_audio_checked
 from anchor_reg.data.prepare import prepare_data
+from anchor_reg.provenance import load_record, record_differences, rows_digest
 from anchor_reg.report import verification_report
 
 logger = logging.getLogger(__name__)
@@ -113,50 +118,101 @@ def read_column(csv_file, column):
 
 # ------------------------------------------------------------- stages ----
 def finished_checkpoint(hparams):
-    """The stage's last end-of-epoch checkpoint if training reached its last epoch, else None."""
+    """The stage's last end-of-epoch checkpoint if training finished, else None.
+
+    Finished: the checkpoint's epoch reached ``number_of_epochs``, or early
+    stopping ended the training (meta ``stopped_early``).
+    """
     checkpointer = sb.utils.checkpoints.Checkpointer(hparams["save_folder"])
-    ckpt = checkpointer.find_checkpoint(ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG not in c.meta)
-    if ckpt is not None and ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]:
+    ckpt = checkpointer.find_checkpoint(ckpt_predicate=end_of_epoch)
+    if ckpt is not None and (ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]
+                             or ckpt.meta.get("stopped_early")):
         return ckpt
     return None
 
 
-def load_stage(hparams_file, overrides):
-    """Prepares the data, then loads the YAML with the number of training speakers."""
-    hparams = load_hparams(hparams_file, overrides)
-    check_writable(hparams["output_folder"])
-    check_writable(hparams["prep_folder"], key="prep_folder")
-    run_on_main(prepare_data, kwargs={"hparams": hparams})
+def load_stage(hparams_file, overrides, model_file=None):
+    """Loads the YAML with the number of training speakers (the data must be prepared)."""
+    hparams = load_hparams(hparams_file, overrides, model_file)
     speakers = set(read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "spk_id"))
     overrides = dict(overrides, num_train_speakers=len(speakers))
-    return load_hparams(hparams_file, overrides), overrides
+    return load_hparams(hparams_file, overrides, model_file), overrides
 
 
-def train_stage(hparams_file, overrides, run_opts):
-    """Trains the stage a YAML names (resuming if checkpoints exist); returns its hparams."""
-    hparams, overrides = load_stage(hparams_file, overrides)
-    stage = hparams["stage"]
-    if stage not in BRAINS:
-        raise ConfigError(f"{hparams_file}: key 'stage' must be one of {sorted(BRAINS)}, got '{stage}'")
-    base = ensure_base_and_anchors(hparams, overrides, run_opts) if stage == "stage2" else None
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=str(hparams_file), overrides=overrides
-    )
-    train_data, valid_data, _ = dataio_prep(hparams, label_encoder_source=base["label_encoder"] if base else None)
-    brain = BRAINS[stage](
+def check_startup(hparams):
+    """Checks what later steps need before any training starts (anchor type, evaluation noise lists)."""
+    if hparams["stage"] not in BRAINS:
+        raise ConfigError(f"key 'stage' must be one of {sorted(BRAINS)}, got '{hparams['stage']}'")
+    if hparams["stage"] == "stage2" and hparams["anchor_type"] not in ANCHOR_TYPES:
+        raise ConfigError(f"anchor_type: '{hparams['anchor_type']}' is not one of {', '.join(ANCHOR_TYPES)}")
+    if hparams["evaluate_after_training"]:
+        prep = pathlib.Path(hparams["prep_folder"])
+        prepared = sorted(p.stem[len("eval_"):] for p in prep.glob("eval_*.csv") if p.stem != "eval_rir")
+        for kind in hparams["eval_noise_types"]:
+            if not (prep / f"eval_{kind}.csv").is_file():
+                raise ConfigError(
+                    f"eval_noise_types: no prepared noise list for '{kind}' ({prep / f'eval_{kind}.csv'}); "
+                    f"prepared: {', '.join(prepared)}"
+                )
+
+
+def training_rows(hparams):
+    """(row IDs, speakers, rows digest) of the prepared training CSV."""
+    train_csv = pathlib.Path(hparams["prep_folder"]) / "train.csv"
+    ids, speakers = read_column(train_csv, "ID"), read_column(train_csv, "spk_id")
+    return ids, speakers, rows_digest(ids, speakers)
+
+
+def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
+    """True if the stage finished training with these settings; refuses a finished stage trained otherwise.
+
+    A finished stage's ``hyperparams.yaml`` is the record of what it was
+    trained with: it is never rewritten, and a rerun whose training keys
+    differ (those not in ``rerun_may_change``) stops here, naming them.
+    """
+    ckpt = finished_checkpoint(hparams)
+    if ckpt is None:
+        return False
+    folder = pathlib.Path(hparams["output_folder"])
+    recorded = load_record((folder / "hyperparams.yaml").read_text(encoding="utf-8"))
+    ignored = hparams["rerun_may_change"]
+    kept = {key: recorded[key] for key in ignored if key in recorded}
+    resolved = load_record(resolve_references(yaml_stream(hparams_file, model_file), dict(overrides, **kept)))
+    differ = record_differences(recorded, resolved, ignored)
+    if differ:
+        listed = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in list(differ.items())[:4])
+        raise ConfigError(
+            f"{hparams['stage']} in {folder} finished training with other settings ({listed}): "
+            "it is kept as it was; to train with these settings, use another experiment folder "
+            "(--experiment_name=NEW) or another --output_folder"
+        )
+    logger.info("%s: reusing the finished training in %s (epoch %s)", hparams["stage"], folder, ckpt.meta.get("epoch"))
+    return True
+
+
+def write_record(hparams_file, hparams, overrides, model_file=None):
+    """Writes ``<output_folder>/hyperparams.yaml`` (the resolved YAML) and starts the log, as SpeechBrain does."""
+    folder = pathlib.Path(hparams["output_folder"])
+    if if_main_process():
+        resolved = resolve_references(yaml_stream(hparams_file, model_file), overrides).getvalue()
+        header = f"# Generated {datetime.date.today()} from:\n# {pathlib.Path(hparams_file).resolve()}\n# yamllint disable\n"
+        write_text_atomic(folder / "hyperparams.yaml", header + resolved)
+    sb.create_experiment_directory(experiment_directory=str(folder), overrides=overrides)
+
+
+def fit(hparams, data, run_opts, provenance, brain_options=None):
+    """Trains the stage (resuming from its checkpoints, which must match ``provenance``)."""
+    train_data, valid_data, _ = data
+    brain = BRAINS[hparams["stage"]](
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+        **(brain_options or {}),
     )
-    if base is not None:
-        start_from_base(hparams, base)
-        brain.checkpoint_meta = {"base_fingerprint": base["fingerprint"], "anchors_digest": base["anchors_digest"]}
-    if finished_checkpoint(hparams) is not None:
-        logger.info("%s: reusing the finished training in %s", stage, hparams["output_folder"])
-    else:
-        logger.info("%s: training in %s", stage, hparams["output_folder"])
+    hparams["provenance"].expect(folder=hparams["save_folder"], **provenance)
+    logger.info("%s: training in %s", hparams["stage"], hparams["output_folder"])
     loader_options = dict(hparams["dataloader_options"])
     if hparams["skip_bad_files"]:
         loader_options["collate_fn"] = collate_skipping_bad_audio
@@ -167,140 +223,71 @@ def train_stage(hparams_file, overrides, run_opts):
         train_loader_kwargs=loader_options,
         valid_loader_kwargs=dict(loader_options, shuffle=False, drop_last=False),
     )
-    return hparams
 
 
-def ensure_base_and_anchors(hparams, overrides, run_opts):
-    """Stage 2's prerequisites: a finished stage 1 and anchors extracted from it.
+def train_stage(hparams_file, hparams, overrides, run_opts):
+    """Stage 1 or the joint baseline: reused when finished, else trained (resuming)."""
+    if reuse_if_finished(hparams_file, hparams, overrides):
+        return
+    _, _, digest = training_rows(hparams)
+    write_record(hparams_file, hparams, overrides)
+    fit(hparams, dataio_prep(hparams), run_opts, {"train_rows_digest": digest})
 
-    Returns
-    -------
-    dict
-        ``checkpoint`` (stage 1's final checkpoint), ``fingerprint``,
-        ``label_encoder`` (stage 1's label file), ``anchors_file`` and
-        ``anchors_digest`` (:meth:`AnchorStore.digest` of the loaded anchors).
-    """
+
+def stage1_of(hparams, overrides):
+    """Stage 1's YAML, overrides and hparams, as stage 2 asks for them."""
     stage1_file = hparams["stage1_hparams"]
     stage1_overrides = {
         key: value for key, value in overrides_for(stage1_file, overrides).items()
         if key not in hparams["not_passed_to_stage1"]
     }
     stage1_overrides.update(hparams["stage1_overrides"])
-    stage1 = load_hparams(stage1_file, stage1_overrides)
+    stage1, stage1_overrides = load_stage(stage1_file, stage1_overrides)
     if pathlib.Path(stage1["output_folder"]).resolve() != pathlib.Path(hparams["stage1_folder"]).resolve():
         raise ConfigError(
             f"stage1_folder is {hparams['stage1_folder']} but {stage1_file} writes to "
             f"{stage1['output_folder']}: make them agree (same experiment_name and seed)"
         )
-    ckpt = finished_checkpoint(stage1)
-    if ckpt is None:
-        logger.info("stage 1: no finished checkpoint in %s, training it first", stage1["output_folder"])
-        stage1 = train_stage(stage1_file, stage1_overrides, run_opts)
-        ckpt = finished_checkpoint(stage1)
-    else:
-        logger.info("stage 1: reusing %s (epoch %s)", ckpt.path, ckpt.meta.get("epoch"))
-    base = {
-        "checkpoint": ckpt,
-        "fingerprint": checkpoint_fingerprint(ckpt.path),
-        "label_encoder": str(pathlib.Path(stage1["save_folder"]) / "label_encoder.txt"),
-        "anchors_file": pathlib.Path(hparams["anchors_folder"]) / "anchors.pt",
-    }
-    ensure_anchors(hparams, stage1, base, run_opts)
-    base["anchors_digest"] = hparams["anchors"].digest()
-    check_own_checkpoints(hparams, base)
-    return base
+    return stage1_file, stage1, stage1_overrides
 
 
-def check_own_checkpoints(hparams, base):
-    """Refuses to resume stage-2 checkpoints trained from another base model or with other anchors."""
-    for ckpt in sb.utils.checkpoints.Checkpointer(hparams["save_folder"]).list_checkpoints():
-        for key, name, now in (("base_fingerprint", "from another base model", base["fingerprint"]),
-                               ("anchors_digest", "with other anchors", base["anchors_digest"])):
-            made_with = ckpt.meta.get(key)
-            if made_with not in (None, now):
-                raise AnchorStoreError(
-                    f"stage-2 checkpoints in {hparams['save_folder']} were trained {name} "
-                    f"({key} {made_with[:12]}, now {now[:12]}): move them away, "
-                    "or set another output_folder for this stage 2"
-                )
+def train_stage2(hparams_file, hparams, overrides, run_opts):
+    """Base model -> anchors -> stage 2, in that order."""
+    ids, speakers, digest = training_rows(hparams)
+    stage1 = None
+    if hparams["base_model"] is None:
+        stage1_file, stage1, stage1_overrides = stage1_of(hparams, overrides)
+        check_startup(stage1)
+        train_stage(stage1_file, stage1, stage1_overrides, run_opts)
+    base = load_base(hparams, stage1, train_speakers=speakers, train_rows_digest=digest)
 
-
-def ensure_anchors(hparams, stage1, base, run_opts):
-    """Loads a valid anchor store into ``hparams["anchors"]``, extracting it first if needed."""
-    anchors_file = base["anchors_file"]
-    row_ids = read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "ID")
-    if anchors_file.is_file() and not hparams["reextract_anchors"]:
-        store = hparams["anchors"].load(anchors_file)
-        store.check_compatible(
-            base_fingerprint=base["fingerprint"], row_ids=None if hparams["skip_bad_files"] else row_ids,
-            emb_dim=hparams["emb_dim"], source=str(anchors_file),
-        )
-        logger.info("anchors: reusing %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
-        return
-    logger.info("anchors: extracting with the frozen base model %s", base["checkpoint"].path)
-    base_brain = SpeakerBrain(modules=stage1["modules"], hparams=stage1, run_opts=run_opts)
-    reader = sb.utils.checkpoints.Checkpointer(
-        stage1["save_folder"],
-        recoverables={k: stage1["modules"][k] for k in ("embedding_model", "classifier")}
-        | {"normalizer": stage1["mean_var_norm"]},
+    overrides = architecture_overrides(base, overrides)
+    hparams, overrides = load_stage(hparams_file, overrides, base.model_file)
+    if reuse_if_finished(hparams_file, hparams, overrides, base.model_file):
+        return hparams
+    reuse_labels = base.covers_exactly(speakers)
+    data = dataio_prep(hparams, label_encoder_source=base.label_file if reuse_labels else None)
+    store = load_or_extract(
+        base, data[0], pathlib.Path(hparams["anchors_folder"]) / "anchors.pt",
+        row_ids=None if hparams["skip_bad_files"] else ids, batch_size=hparams["anchor_batch_size"],
+        num_workers=hparams["num_workers"], collate_fn=collate_skipping_bad_audio if hparams["skip_bad_files"] else None,
+        reextract=hparams["reextract_anchors"], device=run_opts.get("device", "cpu"),
+        progressbar=not run_opts.get("noprogressbar", False),
+        extra_provenance={"train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv")},
     )
-    reader.load_checkpoint(base["checkpoint"])
-    base_brain.modules.eval()
-    train_data, _, _ = dataio_prep(stage1, label_encoder_source=base["label_encoder"])
-    sampler = None
-    if base_brain.distributed_launch:
-        sampler = torch.utils.data.distributed.DistributedSampler(train_data, shuffle=False)
-    loader = sb.dataio.dataloader.make_dataloader(
-        train_data, batch_size=hparams["anchor_batch_size"], shuffle=False, sampler=sampler,
-        num_workers=hparams["num_workers"],
-        **({"collate_fn": collate_skipping_bad_audio} if hparams["skip_bad_files"] else {}),
-    )
-
-    def embed(wavs, lens):
-        return base_brain.compute_embeddings(wavs.to(base_brain.device), lens.to(base_brain.device))
-
-    store = extract_anchors(
-        embed,
-        loader,
-        provenance={
-            "base_fingerprint": base["fingerprint"],
-            "base_checkpoint": str(base["checkpoint"].path),
-            "train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv"),
-            "batch_size": hparams["anchor_batch_size"],
-            "normalised": True,
-        },
-        progressbar=not getattr(base_brain, "noprogressbar", False),
-    )
-    store.check_compatible(row_ids=None if hparams["skip_bad_files"] else row_ids, emb_dim=hparams["emb_dim"])
-    if if_main_process():
-        anchors_file.parent.mkdir(parents=True, exist_ok=True)
-        store.save(anchors_file)
-        logger.info("anchors: wrote %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
-    sb.utils.distributed.ddp_barrier()
-    hparams["anchors"].load(anchors_file)  # every rank reads the same store
-
-
-def start_from_base(hparams, base):
-    """Stage 2 starts from a copy of the base model.
-
-    On a fresh start the base weights are copied in (the stage-1 files are only
-    read); on a resume, ``fit`` restores the stage-2 checkpoint, which
-    :func:`check_own_checkpoints` has matched to this base and these anchors.
-    """
+    write_record(hparams_file, hparams, overrides, base.model_file)
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:
         logger.info("stage 2: resuming from %s", own.path)
-        return
-    reader = sb.utils.checkpoints.Checkpointer(
-        pathlib.Path(base["checkpoint"].path).parent,
-        recoverables={
-            "embedding_model": hparams["embedding_model"],
-            "classifier": hparams["classifier"],
-            "normalizer": hparams["mean_var_norm"],
-        },
-    )
-    reader.load_checkpoint(base["checkpoint"])
-    logger.info("stage 2: starting from a copy of %s", base["checkpoint"].path)
+    else:
+        head = start_from_base(hparams, base, store, data[2])
+        logger.info("stage 2: starting from a copy of %s; classifier: %s", base.source,
+                    "the base's own (same speakers)" if head == "reused"
+                    else "a new head whose rows are the anchors' speaker centroids")
+    fit(hparams, data, run_opts,
+        {"base_fingerprint": base.fingerprint, "anchors_digest": store.digest(), "train_rows_digest": digest},
+        brain_options={"anchors": store})
+    return hparams
 
 
 # ---------------------------------------------------------------- main ----
@@ -314,12 +301,25 @@ def main(argv=None):
         logger.warning("--precision=%s has no effect on CPU: training in fp32", run_opts["precision"])
         run_opts = dataclasses.replace(run_opts, precision="fp32")
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams = train_stage(hparams_file, overrides, run_opts)
+
+    hparams = load_hparams(hparams_file, overrides)
+    check_writable(hparams["output_folder"])
+    check_writable(hparams["prep_folder"], key="prep_folder")
+    run_on_main(prepare_data, kwargs={"hparams": hparams})
+    hparams, overrides = load_stage(hparams_file, overrides)
+    check_startup(hparams)
+    if hparams["stage"] == "stage2":
+        hparams = train_stage2(hparams_file, hparams, overrides, run_opts)
+    else:
+        train_stage(hparams_file, hparams, overrides, run_opts)
+
     if hparams["evaluate_after_training"] and if_main_process():
-        systems = {"base (stage 1)": hparams.get("stage1_folder"), hparams["stage"]: hparams["output_folder"]}
-        systems = {name: folder for name, folder in systems.items() if folder}
+        systems = {hparams["stage"]: hparams["output_folder"]}
         if hparams["stage"] == "stage1":
             systems = {"base (stage 1)": hparams["output_folder"]}
+        elif hparams["stage"] == "stage2":
+            base_name = "base (stage 1)" if hparams["base_model"] is None else f"base ({hparams['base_model']})"
+            systems = {base_name: base_folder(hparams), **systems}
         print(verification_report(hparams, systems, run_opts.get("device", "cpu")))
 
 

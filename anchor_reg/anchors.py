@@ -7,9 +7,9 @@ strings: VoxCeleb2 has ~1.1 M rows), the row → speaker map and the per-speaker
 centroids ``(S, D)`` (mean of normalised anchors, renormalised). It records
 what it was made from (base-checkpoint fingerprint, embedding size, counts,
 extraction options). It is written atomically and never modified after
-extraction; stage 2 loads it from the anchors folder on every (re)start and
-keeps only its :meth:`AnchorStore.digest` in its checkpoints' meta. It also has
-SpeechBrain checkpoint hooks, for recipes that do want a copy in a checkpoint.
+extraction; stage 2 loads it from the anchors folder on every (re)start
+(:func:`load_or_extract`) and keeps only its :meth:`AnchorStore.digest` in its
+checkpoints (:mod:`anchor_reg.provenance`).
 """
 import hashlib
 import logging
@@ -19,12 +19,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process
+
 from anchor_reg.atomic import atomic_path
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
+from anchor_reg.brains import embed
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ def id_hashes(encoded_ids):
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)  # each digest read little-endian
 
 
-@register_checkpoint_hooks
 class AnchorStore:
     """Per-row anchors, per-speaker centroids, and their provenance.
 
@@ -207,11 +205,11 @@ class AnchorStore:
         Arguments
         ---------
         base_fingerprint : str
-            :func:`checkpoint_fingerprint` of the base model stage 2 starts from.
+            Fingerprint of the base model stage 2 starts from (``Base.fingerprint``).
         row_ids : list of str
             Training row IDs that need an anchor.
         emb_dim : int
-            Embedding size of the model being trained.
+            Embedding size of the base model.
         source : str
             Where the store came from (for the message).
         """
@@ -219,16 +217,16 @@ class AnchorStore:
         redo = "delete the anchors folder (or pass --reextract_anchors=True) to re-extract"
         made_from = self.provenance.get("base_fingerprint")
         if base_fingerprint is not None and made_from != base_fingerprint:
+            made_by = self.provenance.get("base_source", self.provenance.get("base_checkpoint"))
             raise AnchorStoreError(
-                f"anchors{where} were made from base checkpoint "
-                f"{self.provenance.get('base_checkpoint')} (fingerprint {str(made_from)[:12]}), "
+                f"anchors{where} were made from the base model {made_by} (fingerprint {str(made_from)[:12]}), "
                 f"but stage 2 starts from a base with fingerprint {base_fingerprint[:12]}: "
                 f"they are stale; {redo}"
             )
         if emb_dim is not None and emb_dim != self.emb_dim:
             raise AnchorStoreError(
-                f"anchors{where} have embedding size {self.emb_dim} but the model's "
-                f"emb_dim is {emb_dim}; {redo}"
+                f"anchors{where} have embedding size {self.emb_dim} but the base model "
+                f"embeds in {emb_dim} dimensions; {redo}"
             )
         if row_ids is not None:
             _, found = self._find(list(row_ids))
@@ -253,7 +251,6 @@ class AnchorStore:
         return hasher.hexdigest()
 
     # ------------------------------------------------------------ save / load
-    @mark_as_saver
     def save(self, path):
         """Writes the store to ``path`` atomically (temp file + rename)."""
         path = pathlib.Path(path)
@@ -271,8 +268,7 @@ class AnchorStore:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
-    @mark_as_loader
-    def load(self, path, end_of_epoch=False):
+    def load(self, path):
         """Loads a store written by :meth:`save`; clear error if unreadable."""
         path = pathlib.Path(path)
         if not path.is_file():
@@ -399,3 +395,67 @@ def extract_anchors(embed, dataloader, provenance=None, progressbar=True):
     provenance = dict(provenance or {})
     provenance["extraction_seconds"] = round(time.time() - start, 2)
     return AnchorStore.from_embeddings(ids, speakers, embeddings, provenance)
+
+
+def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32, num_workers=0,
+                    collate_fn=None, reextract=False, device="cpu", progressbar=True, extra_provenance=None):
+    """The anchors of every training row: the stored store if it fits this base, else extracted.
+
+    The frozen base embeds each row once (:func:`anchor_reg.brains.embed`, in
+    eval mode); under DDP each rank embeds a shard. The store is written
+    atomically by the main process and every rank then reads the same file.
+
+    Arguments
+    ---------
+    base : anchor_reg.base.Base
+        The base model (modules, ``fingerprint``, ``emb_dim``, ``provenance``).
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        Training rows with ``id``, ``sig``, ``spk_id``.
+    anchors_file : str | pathlib.Path
+        Where the store lives.
+    row_ids : list of str
+        Rows that must have an anchor (None: do not check, e.g. bad files skipped).
+    batch_size, num_workers, collate_fn
+        Extraction loader options.
+    reextract : bool
+        Extract even if a fitting store exists (it is replaced atomically).
+    device : str
+        Where the base runs.
+    progressbar : bool
+        Show tqdm.
+    extra_provenance : dict
+        More to record (training CSV, ...).
+
+    Returns
+    -------
+    AnchorStore
+    """
+    anchors_file = pathlib.Path(anchors_file)
+    if anchors_file.is_file() and not reextract:
+        store = AnchorStore.from_file(anchors_file)
+        store.check_compatible(base_fingerprint=base.fingerprint, row_ids=row_ids, emb_dim=base.emb_dim,
+                               source=str(anchors_file))
+        logger.info("anchors: reusing %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
+        return store
+    logger.info("anchors: extracting with the frozen base model %s", base.source)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False) if distributed else None
+    loader = sb.dataio.dataloader.make_dataloader(
+        dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
+        **({"collate_fn": collate_fn} if collate_fn is not None else {}),
+    )
+    modules = base.modules.to(device).eval()
+
+    def frozen_embed(wavs, lens):
+        return embed(modules, wavs.to(device), lens.to(device))
+
+    provenance = {"base_fingerprint": base.fingerprint, "base_source": base.source, **base.provenance,
+                  "batch_size": batch_size, "normalised": True, **(extra_provenance or {})}
+    store = extract_anchors(frozen_embed, loader, provenance=provenance, progressbar=progressbar)
+    store.check_compatible(row_ids=row_ids, emb_dim=base.emb_dim)
+    if if_main_process():
+        anchors_file.parent.mkdir(parents=True, exist_ok=True)
+        store.save(anchors_file)
+        logger.info("anchors: wrote %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
+    sb.utils.distributed.ddp_barrier()
+    return AnchorStore.from_file(anchors_file)  # every rank reads the same store

@@ -16,9 +16,32 @@ import logging
 
 import speechbrain as sb
 import torch
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 
 logger = logging.getLogger(__name__)
+
+
+def embed(modules, wavs, lens):
+    """The embedding of a batch: Fbank -> InputNormalization -> embedding model.
+
+    The one forward path of training, anchor extraction and the base model.
+
+    Arguments
+    ---------
+    modules : mapping
+        ``compute_features``, ``mean_var_norm``, ``embedding_model``.
+    wavs : torch.Tensor
+        (B, T) waveforms.
+    lens : torch.Tensor
+        (B,) relative lengths.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 1, D) embeddings.
+    """
+    feats = modules["compute_features"](wavs)
+    feats = modules["mean_var_norm"](feats, lens)
+    return modules["embedding_model"](feats, lens)
 
 
 class SpeakerBrain(sb.core.Brain):
@@ -33,23 +56,8 @@ class SpeakerBrain(sb.core.Brain):
     """
 
     def compute_embeddings(self, wavs, lens):
-        """Embeds waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            (B, T) waveforms.
-        lens : torch.Tensor
-            (B,) relative lengths.
-
-        Returns
-        -------
-        torch.Tensor
-            (B, 1, D) embeddings.
-        """
-        feats = self.modules.compute_features(wavs)
-        feats = self.modules.mean_var_norm(feats, lens)
-        return self.modules.embedding_model(feats, lens)
+        """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`embed`)."""
+        return embed(self.modules, wavs, lens)
 
     @property
     def augmenter(self):
@@ -118,7 +126,8 @@ class SpeakerBrain(sb.core.Brain):
                 valid_stats=stage_stats,
             )
             self.checkpointer.save_and_keep_only(
-                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, **getattr(self, "checkpoint_meta", {})},
+                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch},
+                min_keys=["ErrorRate"],
                 num_to_keep=getattr(self.hparams, "keep_checkpoints", 1),
             )
         else:
@@ -132,16 +141,6 @@ class SpeakerBrain(sb.core.Brain):
             for module in self.modules.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-
-    def _save_intra_epoch_ckpt(self):
-        """Brain's intra-epoch checkpoint, with ``checkpoint_meta`` in its meta like the end-of-epoch ones."""
-        self.checkpointer.save_and_keep_only(
-            end_of_epoch=False,
-            num_to_keep=1,
-            ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
-            meta={INTRA_EPOCH_CKPT_FLAG: True, **getattr(self, "checkpoint_meta", {})},
-            verbosity=logging.DEBUG,
-        )
 
     def _wrap_distributed(self):
         """Brain's DDP wrapping, without SyncBatchNorm on CPU (DDP refuses it there)."""
@@ -181,17 +180,21 @@ class SpeakerBrain(sb.core.Brain):
 class AnchorRegBrain(SpeakerBrain):
     """Stage 2: fine-tunes a copy of the base model towards fixed anchors.
 
-    Extra ``hparams``: ``anchors`` (an :class:`anchor_reg.anchors.AnchorStore`),
-    ``anchor_type`` (``utterance`` | ``speaker``), ``anchor_loss`` (an
+    ``anchors`` is the :class:`anchor_reg.anchors.AnchorStore` of the base
+    model's embeddings. Extra ``hparams``: ``anchor_type`` (``utterance`` | ``speaker``), ``anchor_loss`` (an
     :class:`anchor_reg.losses.AnchorDistanceLoss`) and ``anchor_weight_schedule``
     (a :class:`anchor_reg.losses.WeightSchedule`).
     """
 
     extra_name = "anchor"
 
+    def __init__(self, *args, anchors, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.anchors = anchors
+
     def extra_objective(self, predictions, batch):
         """``λ(t) · mean d(emb, anchor)`` over clean and noisy copies alike."""
-        anchors = self.hparams.anchors.lookup(batch.id, self.hparams.anchor_type, self.device)
+        anchors = self.anchors.lookup(batch.id, self.hparams.anchor_type, self.device)
         anchors = self.replicate(anchors, sb.Stage.TRAIN)
         progress = min(1.0, self.step / max(1, getattr(self, "batches_per_epoch", 1)))
         scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)

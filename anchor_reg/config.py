@@ -5,8 +5,10 @@ and line for syntax errors, a type check of overrides against the file's
 defaults (``--number_of_epochs=abc`` is an error, not a string), and an
 early check that the output folder can be written.
 """
+import io
 import os
 import pathlib
+import re
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
@@ -82,7 +84,28 @@ def check_override_types(defaults, overrides, source):
             )
 
 
-def load_hparams(hparams_file, overrides=None):
+def yaml_stream(hparams_file, model_file=None):
+    """The YAML text as a stream named after the file (``!include`` resolves beside it).
+
+    Arguments
+    ---------
+    hparams_file : str | pathlib.Path
+        The YAML file.
+    model_file : str | pathlib.Path
+        Include this file as ``model:`` instead of the one the YAML names
+        (a base model's own definition, see :mod:`anchor_reg.base`).
+    """
+    path = pathlib.Path(hparams_file)
+    text = path.read_text(encoding="utf-8")
+    if model_file is not None:
+        text = re.sub(r"^model: *!include:\S+", f"model: !include:{pathlib.Path(model_file).resolve()}", text,
+                      flags=re.M)
+    stream = io.StringIO(text)
+    stream.name = str(path)
+    return stream
+
+
+def load_hparams(hparams_file, overrides=None, model_file=None):
     """Loads a HyperPyYAML file with overrides, naming the file/key on any error.
 
     Arguments
@@ -91,6 +114,8 @@ def load_hparams(hparams_file, overrides=None):
         The YAML file.
     overrides : str | dict
         Overrides (``sb.parse_arguments``'s YAML string, or a dict).
+    model_file : str | pathlib.Path
+        See :func:`yaml_stream`.
 
     Returns
     -------
@@ -107,7 +132,7 @@ def load_hparams(hparams_file, overrides=None):
     overrides = parse_overrides(overrides)
     check_override_types(defaults, overrides, str(path))
     try:
-        return load_hyperpyyaml(text, overrides)
+        return load_hyperpyyaml(yaml_stream(path, model_file), overrides)
     except ConfigError:
         raise
     except OSError as err:  # e.g. the Checkpointer creating an output folder it cannot write

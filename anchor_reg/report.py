@@ -21,6 +21,9 @@ def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_
                    batch_size=16, device="cpu", with_reverb=False, seed=1234):
     """Exports a stage folder into ``out_folder/export`` and evaluates it there.
 
+    An inference model folder (a base model: ``hyperparams.yaml`` and
+    ``embedding_model.ckpt``, no ``save/``) is evaluated as it is.
+
     Returns
     -------
     dict
@@ -28,7 +31,8 @@ def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_
         ``out_folder/results.json``).
     """
     prep, out = pathlib.Path(prep_folder), pathlib.Path(out_folder)
-    export = export_model(stage_folder, out / "export")
+    is_stage = (pathlib.Path(stage_folder) / "save").is_dir()
+    export = export_model(stage_folder, out / "export") if is_stage else pathlib.Path(stage_folder)
     conditions = [c.name for c in default_conditions(noise_types, snrs, reverb=with_reverb)]
     results = evaluate_model(
         load_encoder(export, device),
@@ -44,7 +48,8 @@ def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_
         output_folder=out,
         system_name=system_name,
     )
-    export_model(stage_folder, export, results=results)  # model card with the measured table
+    if is_stage:
+        export_model(stage_folder, export, results=results)  # model card with the measured table
     return results
 
 

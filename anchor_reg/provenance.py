@@ -1,0 +1,141 @@
+"""What a stage's checkpoints were trained from, as a Checkpointer recoverable.
+
+Every stage's checkpointer holds a :class:`Provenance` (``provenance`` in the
+YAMLs). Before training, train.py says what this run trains from
+(:meth:`Provenance.expect`: the training rows' digest; for stage 2 also the
+base model's fingerprint and the anchors' digest). Each checkpoint stores
+these values in ``provenance.ckpt``, and recovering a checkpoint whose values
+differ raises :class:`ProvenanceError`, before anything is trained or written:
+a stage never resumes from another base, other anchors or other data.
+
+It also compares a finished stage's record (its ``hyperparams.yaml``, what it
+was trained with) with what a rerun asks for (:func:`record_differences`).
+"""
+import hashlib
+import pathlib
+
+import ruamel.yaml
+import yaml
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from anchor_reg.anchors import AnchorStoreError
+
+# key -> how a mismatch reads in the message
+WHAT = {
+    "base_fingerprint": "from another base model",
+    "anchors_digest": "with other anchors",
+    "train_rows_digest": "on other training data",
+}
+
+
+class ProvenanceError(AnchorStoreError):
+    """Checkpoints (or a base model) that were made from something else than this run uses."""
+
+
+def rows_digest(ids, speakers):
+    """blake2b of the training rows (ID and speaker of each, in order).
+
+    Arguments
+    ---------
+    ids : list of str
+        (N,) row IDs of the training CSV.
+    speakers : list of str
+        (N,) their speaker labels.
+    """
+    hasher = hashlib.blake2b(digest_size=16)
+    for row_id, speaker in zip(ids, speakers):
+        hasher.update(f"{row_id},{speaker}\n".encode("utf-8"))
+    return hasher.hexdigest()
+
+
+def read_provenance(path):
+    """The values stored in a ``provenance.ckpt`` file ({} if there is none)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+@register_checkpoint_hooks
+class Provenance:
+    """Provenance of a stage's checkpoints; refuses to recover another one.
+
+    Example
+    -------
+    >>> provenance = Provenance()
+    >>> provenance.expect(train_rows_digest="abc")
+    >>> provenance.values
+    {'train_rows_digest': 'abc'}
+    """
+
+    def __init__(self):
+        self.values = {}
+        self.folder = None
+
+    def expect(self, folder=None, **values):
+        """Sets what this run trains from (``folder``: the checkpoint folder, for messages)."""
+        self.values.update(values)
+        self.folder = folder
+
+    @mark_as_saver
+    def save(self, path):
+        """Writes the values (a small YAML file)."""
+        pathlib.Path(path).write_text(yaml.safe_dump(dict(self.values)), encoding="utf-8")
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Refuses a checkpoint made from another base, other anchors or other data."""
+        recorded = read_provenance(path)
+        where = self.folder or pathlib.Path(path).parent.parent
+        for key, now in self.values.items():
+            made_with = recorded.get(key)
+            if made_with != now:
+                raise ProvenanceError(
+                    f"checkpoints in {where} were trained {WHAT.get(key, 'with other ' + key)} "
+                    f"({key} {str(made_with)[:12]}, now {str(now)[:12]}): move them away, "
+                    "or train into another experiment folder (--experiment_name=NEW)"
+                )
+
+
+# ------------------------------------------------- the stage's record ----
+def plain(node):
+    """A round-trip YAML value as comparable Python values (tags kept, comments and anchors dropped)."""
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    tag = tag if tag and tag.startswith("!") else None
+    if isinstance(node, dict):
+        value = {str(k): plain(v) for k, v in node.items()}
+    elif isinstance(node, list):
+        value = [plain(v) for v in node]
+    else:
+        value = getattr(node, "value", node) if tag else node
+    return (tag, value) if tag else value
+
+
+def load_record(stream):
+    """Top level of a resolved YAML (a stage's ``hyperparams.yaml``), round-trip parsed."""
+    return ruamel.yaml.YAML(typ="rt").load(stream) or {}
+
+
+def record_differences(recorded, resolved, ignored=()):
+    """Top-level keys whose values differ between two resolved YAMLs.
+
+    Arguments
+    ---------
+    recorded, resolved : mapping
+        :func:`load_record` of the stage's ``hyperparams.yaml`` and of this run's.
+    ignored : iterable of str
+        Keys a rerun may change (evaluation, loader workers ...).
+
+    Returns
+    -------
+    dict
+        ``{key: (recorded value, this run's value)}``, plain keys (numbers,
+        strings, lists) first.
+    """
+    differ = {
+        key: (plain(recorded.get(key)), plain(resolved.get(key)))
+        for key in sorted(set(recorded) | set(resolved), key=str)
+        if key not in ignored and plain(recorded.get(key)) != plain(resolved.get(key))
+    }
+    simple = {k: v for k, v in differ.items() if not any(isinstance(x, (dict, tuple)) for x in v)}
+    return simple or differ
