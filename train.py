@@ -291,6 +291,20 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
 
 
 # ---------------------------------------------------------------- main ----
+def run(hparams_file, overrides, run_opts):
+    """Prepares the data, checks what later steps need, trains the stage; returns its hparams."""
+    hparams = load_hparams(hparams_file, overrides)
+    check_writable(hparams["output_folder"])
+    check_writable(hparams["prep_folder"], key="prep_folder")
+    run_on_main(prepare_data, kwargs={"hparams": hparams})
+    hparams, overrides = load_stage(hparams_file, overrides)
+    check_startup(hparams)
+    if hparams["stage"] == "stage2":
+        return train_stage2(hparams_file, hparams, overrides, run_opts)
+    train_stage(hparams_file, hparams, overrides, run_opts)
+    return hparams
+
+
 def main(argv=None):
     """Runs the stage the YAML names, then prints the verification table."""
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
@@ -301,18 +315,7 @@ def main(argv=None):
         logger.warning("--precision=%s has no effect on CPU: training in fp32", run_opts["precision"])
         run_opts = dataclasses.replace(run_opts, precision="fp32")
     sb.utils.distributed.ddp_init_group(run_opts)
-
-    hparams = load_hparams(hparams_file, overrides)
-    check_writable(hparams["output_folder"])
-    check_writable(hparams["prep_folder"], key="prep_folder")
-    run_on_main(prepare_data, kwargs={"hparams": hparams})
-    hparams, overrides = load_stage(hparams_file, overrides)
-    check_startup(hparams)
-    if hparams["stage"] == "stage2":
-        hparams = train_stage2(hparams_file, hparams, overrides, run_opts)
-    else:
-        train_stage(hparams_file, hparams, overrides, run_opts)
-
+    hparams = run(hparams_file, overrides, run_opts)
     if hparams["evaluate_after_training"] and if_main_process():
         systems = {hparams["stage"]: hparams["output_folder"]}
         if hparams["stage"] == "stage1":

@@ -35,9 +35,9 @@ def make_batch():
     ])
 
 
-def make_brain(cls, hparams):
+def make_brain(cls, hparams, **options):
     brain = cls(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                run_opts={"device": "cpu", "noprogressbar": True})
+                run_opts={"device": "cpu", "noprogressbar": True}, **options)
     brain.init_optimizers()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     brain.modules.train()
@@ -56,13 +56,13 @@ def test_stage1_loss_is_aam_only(tmp_path):
 
 def test_stage2_adds_the_anchor_term_aligned_with_the_augmented_batch(tmp_path):
     hparams = make_hparams("stage2.yaml", tmp_path, anchor_weight=2.0)
-    hparams["anchors"] = store_for(hparams)
-    brain = make_brain(AnchorRegBrain, hparams)
+    store = store_for(hparams)
+    brain = make_brain(AnchorRegBrain, hparams, anchors=store)
     batch = make_batch()
     predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
     assert predictions["emb"].shape[0] == 8  # clean + 1 augmented copy
     term = brain.extra_objective(predictions, batch)
-    anchors = hparams["anchors"].lookup(IDS).repeat(2, 1)
+    anchors = store.lookup(IDS).repeat(2, 1)
     expected = 2.0 * (1 - torch.nn.functional.cosine_similarity(predictions["emb"].squeeze(1), anchors)).mean()
     assert torch.allclose(term, expected, atol=1e-6)
     brain.fit_batch(batch)
@@ -71,8 +71,7 @@ def test_stage2_adds_the_anchor_term_aligned_with_the_augmented_batch(tmp_path):
 
 def test_frozen_parameters_and_norm_stats_do_not_move(tmp_path):
     hparams = make_hparams("stage2.yaml", tmp_path, frozen_parameters=["classifier"], freeze_norm_stats=True)
-    hparams["anchors"] = store_for(hparams)
-    brain = make_brain(AnchorRegBrain, hparams)
+    brain = make_brain(AnchorRegBrain, hparams, anchors=store_for(hparams))
     classifier = hparams["classifier"].weight.detach().clone()
     bn = [m for m in hparams["embedding_model"].modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
     running = bn.running_mean.clone()
@@ -86,7 +85,7 @@ def test_frozen_parameters_and_norm_stats_do_not_move(tmp_path):
 def test_unknown_frozen_prefix_is_named(tmp_path):
     hparams = make_hparams("stage2.yaml", tmp_path, frozen_parameters=["clasifier"])
     with pytest.raises(ValueError, match="frozen_parameters: 'clasifier' matches no parameter"):
-        make_brain(AnchorRegBrain, hparams)
+        make_brain(AnchorRegBrain, hparams, anchors=store_for(hparams))
 
 
 def test_joint_pulls_noisy_towards_online_clean_embedding(tmp_path):

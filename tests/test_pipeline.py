@@ -7,6 +7,7 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.provenance import read_provenance
 from tiny import run_train
 
 
@@ -58,7 +59,7 @@ def test_stage2_starts_from_a_copy_of_the_base(chain):
     learned = [k for k in base_w if base_w[k].is_floating_point() and "running" not in k]
     change = sum((tuned_w[k] - base_w[k]).norm() ** 2 for k in learned) ** 0.5
     assert change / sum(base_w[k].norm() ** 2 for k in learned) ** 0.5 < 0.2  # ... from the base, not from scratch
-    assert tuned.meta["base_fingerprint"]
+    assert read_provenance(tuned.paramfiles["provenance"])["base_fingerprint"]
 
 
 def test_rerun_reuses_stage1_and_anchors_and_keeps_them_identical(chain):
@@ -75,7 +76,8 @@ def test_rerun_reuses_stage1_and_anchors_and_keeps_them_identical(chain):
     # stage-2 checkpoints hold no copy of the anchors, only the digest of the store they were trained with
     ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint()
     assert "anchors" not in ckpt.paramfiles
-    assert ckpt.meta["anchors_digest"] == AnchorStore.from_file(root / "anchors" / "anchors.pt").digest()
+    recorded = read_provenance(ckpt.paramfiles["provenance"])
+    assert recorded["anchors_digest"] == AnchorStore.from_file(root / "anchors" / "anchors.pt").digest()
 
 
 def test_joint_baseline_runs_with_its_consistency_term(tmp_path, caplog):
@@ -92,7 +94,7 @@ def test_joint_baseline_runs_with_its_consistency_term(tmp_path, caplog):
 def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, monkeypatch):
     """SpeechBrain's mixed-precision path (as on GPU), driven through torch's CPU bf16 autocast.
 
-    ``main`` turns ``--precision`` off on CPU; calling ``train_stage`` directly keeps it, so the
+    ``main`` turns ``--precision`` off on CPU; calling ``train.run`` directly keeps it, so the
     Brain trains under ``torch.autocast(bfloat16)`` exactly as ``--precision=bf16`` does on a GPU.
     """
     import speechbrain as sb
@@ -111,7 +113,7 @@ def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, m
     original = losses.anchor_distance
     monkeypatch.setattr(losses, "anchor_distance", recording_distance)
     hparams_file, run_opts, overrides = sb.parse_arguments(tiny_command(yaml_name, tmp_path, "--precision=bf16"))
-    hparams = train.train_stage(hparams_file, train.parse_overrides(overrides), run_opts)
+    hparams = train.run(hparams_file, train.parse_overrides(overrides), run_opts)
     assert seen and all(entry == (torch.bfloat16, torch.float32, True) for entry in seen)
     check_mixed_precision_outputs(hparams["output_folder"], with_anchors=yaml_name == "stage2.yaml")
 
@@ -125,26 +127,21 @@ RESNET = """embedding_model: !new:speechbrain.lobes.models.ResNet.ResNet
 """
 
 
-def fork_with_resnet(src, dst, **replace):
-    """A forked YAML whose embedding_model block is a tiny ResNet."""
-    text = src.read_text()
-    start = text.index("embedding_model: !new:")
-    end = text.index("classifier: !new:", start)
-    text = text[:start] + RESNET + text[end:]
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    dst.write_text(text)
-    return dst
-
-
 def test_backbone_swap_needs_no_code_change(tmp_path):
+    """A forked hparams folder whose one model definition (model.yaml) is a tiny ResNet."""
+    import shutil
+
     from tiny import REPO
 
-    stage1 = fork_with_resnet(REPO / "hparams" / "stage1.yaml", tmp_path / "stage1_resnet.yaml")
-    stage2 = fork_with_resnet(
-        REPO / "hparams" / "stage2.yaml", tmp_path / "stage2_resnet.yaml",
-        **{"stage1_hparams: hparams/stage1.yaml": f"stage1_hparams: {stage1}"},
-    )
+    forked = tmp_path / "hparams"
+    shutil.copytree(REPO / "hparams", forked)
+    text = (forked / "model.yaml").read_text()
+    start = text.index("embedding_model: !new:")
+    end = text.index("classifier: !new:", start)
+    (forked / "model.yaml").write_text(text[:start] + RESNET + text[end:])
+    stage2 = forked / "stage2.yaml"
+    stage2.write_text(stage2.read_text().replace("stage1_hparams: hparams/stage1.yaml",
+                                                 f"stage1_hparams: {forked / 'stage1.yaml'}"))
     run_train(str(stage2), tmp_path)
     root = tmp_path / "results" / "default" / "1986"
     ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint()
@@ -159,8 +156,8 @@ def test_exported_stage2_embeds_like_training(chain):
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
 
-    from anchor_reg.export import export_model
     from anchor_reg.data.audio import read_audio_checked
+    from anchor_reg.export import export_model
 
     tmp, root = chain
     out = export_model(root / "stage2", tmp / "export")

@@ -12,6 +12,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore, AnchorStoreError
 from anchor_reg.config import ConfigError
+from anchor_reg.provenance import read_provenance
 from tiny import REPO, run_train, tiny_command, tiny_options
 
 sys.path.insert(0, str(REPO))
@@ -85,7 +86,7 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     try:
         wav.write_bytes(b"XXXX" + original[4:])  # same size: the preparation is reused, loading fails
         stage1 = REPO / "hparams" / "stage1.yaml"
-        hparams, _ = train.load_stage(stage1, tiny_options(tmp, stage1))
+        hparams, _ = train.load_stage(stage1, tiny_options(tmp, stage1))  # data prepared by `trained`
         train_data, _, _ = train.dataio_prep(hparams)
         with pytest.raises(Exception, match=f"{wav}.*unreadable"):
             for i in range(len(train_data)):
@@ -173,7 +174,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
             os.kill(proc.pid, signal.SIGKILL)
             killed_mid_epoch = True
             # intra-epoch checkpoints carry the same provenance as end-of-epoch ones
-            assert "anchors_digest" in (intra_epoch[0] / "CKPT.yaml").read_text()
+            assert "anchors_digest" in (intra_epoch[0] / "provenance.ckpt").read_text()
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
@@ -185,7 +186,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     ckpt = Checkpointer(save).find_checkpoint()
     assert ckpt.meta["epoch"] == 3
     assert {"optimizer", "counter", "embedding_model"} <= set(ckpt.paramfiles)
-    assert ckpt.meta["anchors_digest"] and ckpt.meta["base_fingerprint"]
+    recorded = read_provenance(ckpt.paramfiles["provenance"])
+    assert recorded["anchors_digest"] and recorded["base_fingerprint"]
     assert tree_digest(root / "stage1" / "save") == stage1_before
     assert tree_digest(root / "anchors") == anchors_before
     log = (root / "stage2" / "train_log.txt").read_text()
