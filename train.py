@@ -5,12 +5,17 @@ One entry point for every stage (arXiv 2510.18530)::
 
     python train.py hparams/stage1.yaml   # base ECAPA-TDNN, AAM-softmax, clean speech
     python train.py hparams/stage2.yaml   # stage 1 if missing -> anchors if missing -> stage 2
+    python train.py hparams/stage2.yaml --base_model=speechbrain/spkrec-ecapa-voxceleb  # any SpeechBrain base
     python train.py hparams/joint.yaml    # the conventional joint-optimisation baseline
+
+Stage 2 reads top to bottom (:func:`train_stage2`): base model (``load_base``)
+-> anchors (``load_or_extract``) -> a copy of the base fine-tuned towards them.
 
 Overrides work as in every SpeechBrain recipe (``--data_folder=... --seed=2``),
 so does multi-GPU: ``torchrun --nproc_per_node=2 train.py hparams/stage2.yaml``.
 An interrupted run resumes from its last checkpoint with the same command;
-finished stages and existing anchors are reused, never redone.
+finished stages and existing anchors are reused, never redone, and a finished
+stage asked to train with other settings says so and stops.
 
 Authors: the anchor-reg developers, following SpeechBrain's VoxCeleb recipe.
 """
@@ -257,7 +262,6 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
     stage1 = None
     if hparams["base_model"] is None:
         stage1_file, stage1, stage1_overrides = stage1_of(hparams, overrides)
-        check_startup(stage1)
         train_stage(stage1_file, stage1, stage1_overrides, run_opts)
     base = load_base(hparams, stage1, train_speakers=speakers, train_rows_digest=digest)
 
