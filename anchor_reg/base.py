@@ -125,8 +125,10 @@ def end_of_epoch(ckpt):
 
 
 def best_checkpoint(save_folder):
-    """The end-of-epoch checkpoint with the lowest ``ErrorRate`` (None if there is none)."""
-    return Checkpointer(save_folder).find_checkpoint(min_key="ErrorRate", ckpt_predicate=end_of_epoch)
+    """The end-of-epoch checkpoint with the lowest ``ErrorRate``, the latest among equals (None if none)."""
+    ckpts = Checkpointer(save_folder).list_checkpoints()
+    ckpts = [c for c in ckpts if end_of_epoch(c) and "ErrorRate" in c.meta]
+    return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
 
 
 def load_stage1(stage1, train_speakers, train_rows_digest):
