@@ -205,8 +205,19 @@ def write_record(hparams_file, hparams, overrides, model_file=None):
     sb.create_experiment_directory(experiment_directory=str(folder), overrides=overrides)
 
 
-def fit(hparams, data, run_opts, provenance, brain_options=None):
-    """Trains the stage (resuming from its checkpoints, which must match ``provenance``)."""
+def expect_provenance(hparams, **provenance):
+    """Says what this run trains from; refuses now, before anything is written, checkpoints made otherwise.
+
+    The stage's ``provenance`` recoverable refuses them again when ``fit`` recovers.
+    """
+    hparams["provenance"].expect(folder=hparams["save_folder"], **provenance)
+    latest = hparams["checkpointer"].find_checkpoint()
+    if latest is not None and "provenance" in latest.paramfiles:
+        hparams["provenance"].load(latest.paramfiles["provenance"])
+
+
+def fit(hparams, data, run_opts, brain_options=None):
+    """Trains the stage, resuming from its checkpoints."""
     train_data, valid_data, _ = data
     brain = BRAINS[hparams["stage"]](
         modules=hparams["modules"],
@@ -216,7 +227,6 @@ def fit(hparams, data, run_opts, provenance, brain_options=None):
         checkpointer=hparams["checkpointer"],
         **(brain_options or {}),
     )
-    hparams["provenance"].expect(folder=hparams["save_folder"], **provenance)
     logger.info("%s: training in %s", hparams["stage"], hparams["output_folder"])
     loader_options = dict(hparams["dataloader_options"])
     if hparams["skip_bad_files"]:
@@ -235,8 +245,9 @@ def train_stage(hparams_file, hparams, overrides, run_opts):
     if reuse_if_finished(hparams_file, hparams, overrides):
         return
     _, _, digest = training_rows(hparams)
+    expect_provenance(hparams, train_rows_digest=digest)
     write_record(hparams_file, hparams, overrides)
-    fit(hparams, dataio_prep(hparams), run_opts, {"train_rows_digest": digest})
+    fit(hparams, dataio_prep(hparams), run_opts)
 
 
 def stage1_of(hparams, overrides):
@@ -279,6 +290,8 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
         progressbar=not run_opts.get("noprogressbar", False),
         extra_provenance={"train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv")},
     )
+    expect_provenance(hparams, base_fingerprint=base.fingerprint, anchors_digest=store.digest(),
+                      train_rows_digest=digest)
     write_record(hparams_file, hparams, overrides, base.model_file)
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:
@@ -288,9 +301,7 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
         logger.info("stage 2: starting from a copy of %s; classifier: %s", base.source,
                     "the base's own (same speakers)" if head == "reused"
                     else "a new head whose rows are the anchors' speaker centroids")
-    fit(hparams, data, run_opts,
-        {"base_fingerprint": base.fingerprint, "anchors_digest": store.digest(), "train_rows_digest": digest},
-        brain_options={"anchors": store})
+    fit(hparams, data, run_opts, brain_options={"anchors": store})
     return hparams
 
 
