@@ -156,7 +156,7 @@ def load_stage1(stage1, train_speakers, train_rows_digest):
         "normalizer": stage1["mean_var_norm"],
     })
     reader.load_checkpoint(ckpt)
-    logger.info("stage 1: using %s (epoch %s, ErrorRate %s)", ckpt.path, ckpt.meta.get("epoch"),
+    logger.info("stage 1: reusing %s (epoch %s, ErrorRate %s)", ckpt.path, ckpt.meta.get("epoch"),
                 ckpt.meta.get("ErrorRate"))
     return Base(
         modules=modules.eval(),
