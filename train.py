@@ -16,6 +16,7 @@ Authors: the anchor-reg developers, following SpeechBrain's VoxCeleb recipe.
 """
 import csv
 import dataclasses
+import functools
 import logging
 import pathlib
 import sys
@@ -30,6 +31,9 @@ from anchor_reg.anchors import AnchorStoreError, checkpoint_fingerprint, extract
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
 from anchor_reg.config import ConfigError, check_writable, load_hparams, overrides_for, parse_overrides
 from anchor_reg.data.audio import AudioError, read_audio_checked
+from anchor_reg.data.batching import collate_rows
+from anchor_reg.data.dev_copies import NoisyDevCopies
+from anchor_reg.heads import set_head_to_centroids
 from anchor_reg.data.prepare import prepare_data
 from anchor_reg.report import verification_report
 
@@ -82,6 +86,19 @@ def dataio_prep(hparams, label_encoder_source=None):
 
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), label_pipeline)
+    dev_keys = []
+    if hparams.get("dev_noisy_copies"):
+        noisy_copy = NoisyDevCopies(
+            prep, hparams["snr_low"], hparams["snr_high"], hparams.get("reverb", True), hparams["data_seed"]
+        )
+
+        @sb.utils.data_pipeline.takes("id", "sig")
+        @sb.utils.data_pipeline.provides("sig_noisy")
+        def noisy_pipeline(row_id, sig):
+            return None if sig is None else noisy_copy(sig, row_id)
+
+        sb.dataio.dataset.add_dynamic_item([datasets["dev"]], noisy_pipeline)
+        dev_keys = ["sig_noisy"]
     encoder_file = pathlib.Path(hparams["save_folder"]) / "label_encoder.txt"
     if label_encoder_source is not None:
         label_encoder.load(label_encoder_source)
@@ -93,16 +110,10 @@ def dataio_prep(hparams, label_encoder_source=None):
             path=str(encoder_file), from_didatasets=[datasets["train"]], output_key="spk_id"
         )
     label_encoder.expect_len(hparams["num_train_speakers"])
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "spk_id", "spk_id_encoded"])
+    keys = ["id", "sig", "spk_id", "spk_id_encoded"]
+    sb.dataio.dataset.set_output_keys([datasets["train"]], keys)
+    sb.dataio.dataset.set_output_keys([datasets["dev"]], keys + dev_keys)
     return datasets["train"], datasets["dev"], label_encoder
-
-
-def collate_skipping_bad_audio(examples):
-    """PaddedBatch of the examples whose audio could be read (``sig`` not None)."""
-    good = [ex for ex in examples if ex["sig"] is not None]
-    if not good:
-        raise AudioError("every file of a batch is bad: see skipped_audio.txt in the output folder")
-    return sb.dataio.batch.PaddedBatch(good)
 
 
 def read_column(csv_file, column):
@@ -113,12 +124,17 @@ def read_column(csv_file, column):
 
 # ------------------------------------------------------------- stages ----
 def finished_checkpoint(hparams):
-    """The stage's last end-of-epoch checkpoint if training reached its last epoch, else None."""
+    """The stage's best end-of-epoch checkpoint (lowest dev ErrorRate) once training has finished.
+
+    Finished: the last epoch was reached, or early stopping ended the run.
+    Returns None while the stage is unfinished.
+    """
     checkpointer = sb.utils.checkpoints.Checkpointer(hparams["save_folder"])
-    ckpt = checkpointer.find_checkpoint(ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG not in c.meta)
-    if ckpt is not None and ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]:
-        return ckpt
-    return None
+    end_of_epoch = lambda c: INTRA_EPOCH_CKPT_FLAG not in c.meta  # noqa: E731
+    last = checkpointer.find_checkpoint(ckpt_predicate=end_of_epoch)
+    if last is None or not (last.meta.get("epoch", 0) >= hparams["number_of_epochs"] or last.meta.get("stopped_early")):
+        return None
+    return checkpointer.find_checkpoint(min_key="ErrorRate", ckpt_predicate=end_of_epoch)
 
 
 def load_stage(hparams_file, overrides):
@@ -142,7 +158,9 @@ def train_stage(hparams_file, overrides, run_opts):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=str(hparams_file), overrides=overrides
     )
-    train_data, valid_data, _ = dataio_prep(hparams, label_encoder_source=base["label_encoder"] if base else None)
+    train_data, valid_data, label_encoder = dataio_prep(
+        hparams, label_encoder_source=base["label_encoder"] if base else None
+    )
     brain = BRAINS[stage](
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
@@ -151,15 +169,14 @@ def train_stage(hparams_file, overrides, run_opts):
         checkpointer=hparams["checkpointer"],
     )
     if base is not None:
-        start_from_base(hparams, base)
+        start_from_base(hparams, base, label_encoder)
         brain.checkpoint_meta = {"base_fingerprint": base["fingerprint"], "anchors_digest": base["anchors_digest"]}
     if finished_checkpoint(hparams) is not None:
         logger.info("%s: reusing the finished training in %s", stage, hparams["output_folder"])
     else:
         logger.info("%s: training in %s", stage, hparams["output_folder"])
     loader_options = dict(hparams["dataloader_options"])
-    if hparams["skip_bad_files"]:
-        loader_options["collate_fn"] = collate_skipping_bad_audio
+    loader_options["collate_fn"] = functools.partial(collate_rows, skip_bad=hparams["skip_bad_files"])
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
@@ -253,7 +270,7 @@ def ensure_anchors(hparams, stage1, base, run_opts):
     loader = sb.dataio.dataloader.make_dataloader(
         train_data, batch_size=hparams["anchor_batch_size"], shuffle=False, sampler=sampler,
         num_workers=hparams["num_workers"],
-        **({"collate_fn": collate_skipping_bad_audio} if hparams["skip_bad_files"] else {}),
+        collate_fn=functools.partial(collate_rows, skip_bad=hparams["skip_bad_files"]),
     )
 
     def embed(wavs, lens):
@@ -280,12 +297,14 @@ def ensure_anchors(hparams, stage1, base, run_opts):
     hparams["anchors"].load(anchors_file)  # every rank reads the same store
 
 
-def start_from_base(hparams, base):
+def start_from_base(hparams, base, label_encoder):
     """Stage 2 starts from a copy of the base model.
 
     On a fresh start the base weights are copied in (the stage-1 files are only
-    read); on a resume, ``fit`` restores the stage-2 checkpoint, which
-    :func:`check_own_checkpoints` has matched to this base and these anchors.
+    read), and with ``classifier_head: anchor_centroids`` the head is set to the
+    anchors' speaker centroids; on a resume, ``fit`` restores the stage-2
+    checkpoint, which :func:`check_own_checkpoints` has matched to this base and
+    these anchors.
     """
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:
@@ -301,6 +320,9 @@ def start_from_base(hparams, base):
     )
     reader.load_checkpoint(base["checkpoint"])
     logger.info("stage 2: starting from a copy of %s", base["checkpoint"].path)
+    if hparams["classifier_head"] == "anchor_centroids":
+        set_head_to_centroids(hparams["classifier"], hparams["anchors"], label_encoder)
+        logger.info("stage 2: classifier head fixed at the anchors' speaker centroids")
 
 
 # ---------------------------------------------------------------- main ----
