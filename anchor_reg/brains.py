@@ -217,11 +217,13 @@ class AnchorRegBrain(SpeakerBrain):
     """
 
     extra_name = "anchor"
+    batches_per_epoch = None  # set by make_dataloader
 
     def extra_objective(self, predictions, batch):
         """``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike."""
         store, kind = self.hparams.anchors, self.hparams.anchor_type
-        progress = min(1.0, self.step / max(1, self.batches_per_epoch))
+        # within-epoch progress of the schedule; 0 for a batch fed outside fit() (no training loader)
+        progress = min(1.0, self.step / self.batches_per_epoch) if self.batches_per_epoch else 0.0
         scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)
         loss = self.hparams.anchor_loss
         anchors = self.replicate(store.lookup(batch.id, kind, self.device), sb.Stage.TRAIN, batch)
