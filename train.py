@@ -22,6 +22,7 @@ Authors: the anchor-reg developers, following SpeechBrain's VoxCeleb recipe.
 import csv
 import dataclasses
 import datetime
+import functools
 import logging
 import pathlib
 import sys
@@ -39,6 +40,8 @@ from anchor_reg.config import (
     ConfigError, check_writable, load_hparams, overrides_for, parse_overrides, yaml_stream,
 )
 from anchor_reg.data.audio import AudioError, read_audio_checked
+from anchor_reg.data.batching import collate_rows
+from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.data.prepare import prepare_data
 from anchor_reg.provenance import load_record, record_differences, rows_digest
 from anchor_reg.report import verification_report
@@ -92,6 +95,19 @@ def dataio_prep(hparams, label_encoder_source=None):
 
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), label_pipeline)
+    dev_keys = []
+    if hparams.get("dev_noisy_copies"):
+        noisy_copy = NoisyDevCopies(
+            prep, hparams["snr_low"], hparams["snr_high"], hparams.get("reverb", True), hparams["data_seed"]
+        )
+
+        @sb.utils.data_pipeline.takes("id", "sig")
+        @sb.utils.data_pipeline.provides("sig_noisy")
+        def noisy_pipeline(row_id, sig):
+            return None if sig is None else noisy_copy(sig, row_id)
+
+        sb.dataio.dataset.add_dynamic_item([datasets["dev"]], noisy_pipeline)
+        dev_keys = ["sig_noisy"]
     encoder_file = pathlib.Path(hparams["save_folder"]) / "label_encoder.txt"
     if label_encoder_source is not None:
         label_encoder.load(label_encoder_source)
@@ -103,16 +119,10 @@ def dataio_prep(hparams, label_encoder_source=None):
             path=str(encoder_file), from_didatasets=[datasets["train"]], output_key="spk_id"
         )
     label_encoder.expect_len(hparams["num_train_speakers"])
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "spk_id", "spk_id_encoded"])
+    keys = ["id", "sig", "spk_id", "spk_id_encoded"]
+    sb.dataio.dataset.set_output_keys([datasets["train"]], keys)
+    sb.dataio.dataset.set_output_keys([datasets["dev"]], keys + dev_keys)
     return datasets["train"], datasets["dev"], label_encoder
-
-
-def collate_skipping_bad_audio(examples):
-    """PaddedBatch of the examples whose audio could be read (``sig`` not None)."""
-    good = [ex for ex in examples if ex["sig"] is not None]
-    if not good:
-        raise AudioError("every file of a batch is bad: see skipped_audio.txt in the output folder")
-    return sb.dataio.batch.PaddedBatch(good)
 
 
 def read_column(csv_file, column):
@@ -229,8 +239,7 @@ def fit(hparams, data, run_opts, brain_options=None):
     )
     logger.info("%s: training in %s", hparams["stage"], hparams["output_folder"])
     loader_options = dict(hparams["dataloader_options"])
-    if hparams["skip_bad_files"]:
-        loader_options["collate_fn"] = collate_skipping_bad_audio
+    loader_options["collate_fn"] = functools.partial(collate_rows, skip_bad=hparams["skip_bad_files"])
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
@@ -285,7 +294,7 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
     store = load_or_extract(
         base, data[0], pathlib.Path(hparams["anchors_folder"]) / "anchors.pt",
         row_ids=None if hparams["skip_bad_files"] else ids, batch_size=hparams["anchor_batch_size"],
-        num_workers=hparams["num_workers"], collate_fn=collate_skipping_bad_audio if hparams["skip_bad_files"] else None,
+        num_workers=hparams["num_workers"], collate_fn=functools.partial(collate_rows, skip_bad=hparams["skip_bad_files"]),
         reextract=hparams["reextract_anchors"], device=run_opts.get("device", "cpu"),
         progressbar=not run_opts.get("noprogressbar", False),
         extra_provenance={"train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv")},

@@ -199,6 +199,60 @@ class AnchorStore:
             )
         return out.to(device) if device is not None else out
 
+    def speaker_index(self, ids, device=None):
+        """(B,) index in :attr:`speakers` of each row's speaker (int64)."""
+        out = self.row_speaker[self.rows(ids)].long()
+        return out.to(device) if device is not None else out
+
+    def sample_negatives(self, exclude, num, anchor_type="utterance", device=None):
+        """Anchors of ``num`` random rows (or centroids) of speakers not in ``exclude``.
+
+        Draws with the global torch RNG (seeded by the recipe), without looking
+        at the whole store: O(num) per call, so a bank of 1024 negatives costs
+        the same at 3 M rows as at 3 k.
+
+        Arguments
+        ---------
+        exclude : torch.Tensor
+            (B,) speaker indices never to draw (the batch's speakers).
+        num : int
+            K, how many to draw (fewer if the store has fewer eligible entries).
+        anchor_type : str
+            ``utterance`` draws rows' anchors, ``speaker`` draws centroids.
+        device : torch.device
+            Where to put the result.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            (K', D) anchors and (K',) their speaker indices, K' <= K, no repeats.
+        """
+        exclude = exclude.detach().cpu().long()
+        if anchor_type == "speaker":
+            pool_speakers = torch.arange(len(self.speakers))
+            pool = self.centroids
+        elif anchor_type == "utterance":
+            pool_speakers = self.row_speaker.long()
+            pool = self.embeddings
+        else:
+            raise AnchorStoreError(f"unknown anchor_type '{anchor_type}', expected one of {ANCHOR_TYPES}")
+        size = pool.shape[0]
+        chosen = torch.empty(0, dtype=torch.long)
+        for _ in range(4):  # rejection sampling; falls back to the full list below
+            draw = torch.randint(size, (2 * num + 16,))
+            draw = draw[~torch.isin(pool_speakers[draw], exclude)]
+            chosen = torch.unique(torch.cat([chosen, draw]))
+            if len(chosen) >= num:
+                chosen = chosen[torch.randperm(len(chosen))[:num]]
+                break
+        else:
+            eligible = torch.nonzero(~torch.isin(pool_speakers, exclude)).flatten()
+            chosen = eligible[torch.randperm(len(eligible))[:num]]
+        anchors, speakers = pool[chosen], pool_speakers[chosen]
+        if device is not None:
+            anchors, speakers = anchors.to(device), speakers.to(device)
+        return anchors, speakers
+
     def check_compatible(self, *, base_fingerprint=None, row_ids=None, emb_dim=None, source=""):
         """Raises :class:`AnchorStoreError` if these anchors do not fit the run.
 

@@ -32,6 +32,7 @@ from anchor_reg.anchors import checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.brains import embed
 from anchor_reg.config import ConfigError
+from anchor_reg.heads import set_head_to_centroids
 from anchor_reg.provenance import ProvenanceError, read_provenance
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,8 @@ def start_from_base(hparams, base, store, label_encoder):
     training speakers; otherwise a new AAM head whose weight rows are the
     anchors' normalised speaker centroids, in the label encoder's order, so
     stage 2 starts from the base's geometry rather than random boundaries.
+    With ``classifier_head: anchor_centroids`` the head is always set to the
+    centroids (and kept fixed there by the Brain).
 
     Returns
     -------
@@ -348,15 +351,9 @@ def start_from_base(hparams, base, store, label_encoder):
     """
     for key in EMBEDDING_KEYS:
         copy_module(base.modules[key], hparams[key])
-    if base.covers_exactly(label_encoder.lab2ind):
+    if hparams.get("classifier_head") != "anchor_centroids" and base.covers_exactly(label_encoder.lab2ind):
         copy_module(base.modules["classifier"], hparams["classifier"])
         return "reused"
-    hparams["classifier"].weight.data.copy_(centroid_head(store, label_encoder))
+    set_head_to_centroids(hparams["classifier"], store, label_encoder)
     return "centroids"
 
-
-def centroid_head(store, label_encoder):
-    """(S, D) the anchors' unit speaker centroids, row k = the speaker the label encoder maps to k."""
-    position = {speaker: k for k, speaker in enumerate(store.speakers)}
-    order = [position[label_encoder.ind2lab[k]] for k in range(len(label_encoder))]
-    return store.centroids[torch.tensor(order)]

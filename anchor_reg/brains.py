@@ -64,10 +64,17 @@ class SpeakerBrain(sb.core.Brain):
         """The training ``Augmenter`` or None."""
         return getattr(self.hparams, "wav_augment", None)
 
-    def replicate(self, rows, stage):
-        """Aligns per-row tensors (labels, anchors) with the augmented batch."""
+    def replicate(self, rows, stage, batch):
+        """Aligns per-row tensors (labels, anchors) with the augmented batch.
+
+        Training batches follow the ``Augmenter``; development batches with
+        noisy copies (``sig_noisy``, see :mod:`anchor_reg.data.dev_copies`) are
+        clean rows followed by their noisy copies.
+        """
         if stage == sb.Stage.TRAIN and self.augmenter is not None:
             return self.augmenter.replicate_labels(rows)
+        if stage != sb.Stage.TRAIN and hasattr(batch, "sig_noisy"):
+            return torch.cat([rows, rows])
         return rows
 
     def compute_forward(self, batch, stage):
@@ -76,13 +83,15 @@ class SpeakerBrain(sb.core.Brain):
         wavs, lens = batch.sig
         if stage == sb.Stage.TRAIN and self.augmenter is not None:
             wavs, lens = self.augmenter(wavs, lens)
+        elif stage != sb.Stage.TRAIN and hasattr(batch, "sig_noisy"):
+            wavs, lens = torch.cat([wavs, batch.sig_noisy.data]), torch.cat([lens, batch.sig_noisy.lengths])
         emb = self.compute_embeddings(wavs, lens)
         return {"emb": emb, "logits": self.modules.classifier(emb), "lens": lens}
 
     def compute_objectives(self, predictions, batch, stage):
         """AAM-softmax plus the subclass's extra term."""
         spkid, _ = batch.spk_id_encoded
-        spkid = self.replicate(spkid, stage)
+        spkid = self.replicate(spkid, stage, batch)
         loss = self.hparams.compute_cost(predictions["logits"], spkid, predictions["lens"])
         self._accumulate("aam", loss)
         if stage == sb.Stage.TRAIN:
@@ -91,7 +100,10 @@ class SpeakerBrain(sb.core.Brain):
                 self._accumulate(self.extra_name, extra)
                 loss = loss + extra
         else:
-            self.error_metrics.append(batch.id, predictions["logits"], spkid, predictions["lens"])
+            ids = list(batch.id)
+            if hasattr(batch, "sig_noisy"):
+                ids += [f"{row_id}/noisy" for row_id in batch.id]
+            self.error_metrics.append(ids, predictions["logits"], spkid, predictions["lens"])
         return loss
 
     extra_name = "extra"
@@ -120,15 +132,19 @@ class SpeakerBrain(sb.core.Brain):
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_annealing(epoch)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            counter = self.hparams.epoch_counter
+            if hasattr(counter, "update_metric"):  # EpochCounterWithStopper: early stopping
+                counter.update_metric(stage_stats["ErrorRate"])
+            stopped = bool(getattr(counter, "should_stop", False))
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr},
+                stats_meta={"epoch": epoch, "lr": old_lr, **({"stopped_early": True} if stopped else {})},
                 train_stats=self.train_stats,
                 valid_stats=stage_stats,
             )
             self.checkpointer.save_and_keep_only(
-                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch},
-                min_keys=["ErrorRate"],
+                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, "stopped_early": stopped},
                 num_to_keep=getattr(self.hparams, "keep_checkpoints", 1),
+                min_keys=["ErrorRate"],  # the best epoch is kept beside the latest
             )
         else:
             self.hparams.train_logger.log_stats(
@@ -155,6 +171,8 @@ class SpeakerBrain(sb.core.Brain):
     def init_optimizers(self):
         """Optimises every parameter except those matching ``frozen_parameters``."""
         frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
+        if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids":
+            frozen = frozen + ("classifier",)  # the head holds the base's centroids (anchor_reg.heads)
         if frozen:
             names = [n for n, _ in self.modules.named_parameters()]
             for prefix in frozen:
@@ -173,7 +191,13 @@ class SpeakerBrain(sb.core.Brain):
         """Brain's loader; records the number of training batches per epoch."""
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
-            self.batches_per_epoch = len(loader)
+            try:
+                self.batches_per_epoch = len(loader)
+            except TypeError as err:  # a schedule's within-epoch progress needs it
+                raise ValueError(
+                    "the training loader has no length (an IterableDataset?): the anchor-weight "
+                    "schedule needs the number of batches per epoch"
+                ) from err
         return loader
 
 
@@ -182,23 +206,34 @@ class AnchorRegBrain(SpeakerBrain):
 
     ``anchors`` is the :class:`anchor_reg.anchors.AnchorStore` of the base
     model's embeddings. Extra ``hparams``: ``anchor_type`` (``utterance`` | ``speaker``), ``anchor_loss`` (an
-    :class:`anchor_reg.losses.AnchorDistanceLoss`) and ``anchor_weight_schedule``
-    (a :class:`anchor_reg.losses.WeightSchedule`).
+    :class:`anchor_reg.losses.AnchorDistanceLoss` pull or a
+    :class:`anchor_reg.losses.ContrastiveAnchorLoss`), ``anchor_weight_schedule``
+    (a :class:`anchor_reg.losses.WeightSchedule`) and optionally
+    ``classifier_head: anchor_centroids`` (the head fixed at the base's
+    centroids, see :mod:`anchor_reg.heads`).
     """
 
     extra_name = "anchor"
+    batches_per_epoch = None  # set by make_dataloader
 
     def __init__(self, *args, anchors, **kwargs):
         super().__init__(*args, **kwargs)
         self.anchors = anchors
 
     def extra_objective(self, predictions, batch):
-        """``λ(t) · mean d(emb, anchor)`` over clean and noisy copies alike."""
-        anchors = self.anchors.lookup(batch.id, self.hparams.anchor_type, self.device)
-        anchors = self.replicate(anchors, sb.Stage.TRAIN)
-        progress = min(1.0, self.step / max(1, getattr(self, "batches_per_epoch", 1)))
+        """``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike."""
+        store, kind = self.anchors, self.hparams.anchor_type
+        # within-epoch progress of the schedule; 0 for a batch fed outside fit() (no training loader)
+        progress = min(1.0, self.step / self.batches_per_epoch) if self.batches_per_epoch else 0.0
         scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)
-        return self.hparams.anchor_loss(predictions["emb"], anchors, scale)
+        loss = self.hparams.anchor_loss
+        anchors = self.replicate(store.lookup(batch.id, kind, self.device), sb.Stage.TRAIN, batch)
+        if not hasattr(loss, "num_negatives"):  # a pull towards the anchor
+            return loss(predictions["emb"], anchors, scale)
+        speakers = store.speaker_index(batch.id, self.device)
+        bank, bank_speakers = store.sample_negatives(speakers, loss.num_negatives, kind, self.device)
+        speakers = self.replicate(speakers, sb.Stage.TRAIN, batch)
+        return loss(predictions["emb"], anchors, speakers, bank, bank_speakers, scale)
 
 
 class JointBrain(SpeakerBrain):

@@ -46,6 +46,7 @@ from anchor_reg.corruption import (
     read_mono,
     stable_seed,
 )
+from anchor_reg.data.batching import pad_by_reflection
 from anchor_reg.data.folder import read_trial_list, strip_trial_extension
 from anchor_reg.metrics import (
     MIN_DCF_NOTE,
@@ -136,41 +137,6 @@ def read_trials(trials_path):
         (label, strip_trial_extension(enrol), strip_trial_extension(test))
         for label, enrol, test in read_trial_list(trials_path)
     ]
-
-
-def pad_by_reflection(wavs):
-    """Stacks waveforms, extending each shorter one by mirror images of itself.
-
-    ECAPA-TDNN's convolutions pad by reflection at an utterance's end, and its
-    pooling ignores frames past ``wav_lens``; a mirrored continuation keeps the
-    frames near the end close to what the unpadded utterance gives (zeros, whose
-    log filterbank energies are extreme, shift them more).
-
-    Arguments
-    ---------
-    wavs : list of torch.Tensor
-        (T_i,) waveforms, none empty.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, max T_i).
-
-    Example
-    -------
-    >>> pad_by_reflection([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])])
-    tensor([[1., 2., 3.],
-            [4., 5., 5.]])
-    """
-    longest = max(wav.numel() for wav in wavs)
-    rows = []
-    for wav in wavs:
-        if wav.numel() == 0:
-            raise ValueError("pad_by_reflection: empty waveform")
-        while wav.numel() < longest:
-            wav = torch.cat([wav, wav.flip(0)])
-        rows.append(wav[:longest])
-    return torch.stack(rows)
 
 
 @torch.inference_mode()

@@ -266,8 +266,9 @@ def _strip_node(node):
 
 
 def _find_checkpoint(stage_folder, checkpoint):
-    """Returns the checkpoint folder: the given one or the latest end-of-epoch
-    one in save/ (mid-epoch checkpoints only serve to resume training)."""
+    """Returns the checkpoint folder: the given one or the best end-of-epoch one
+    in save/ (lowest dev ``ErrorRate``, the latest among equals and for
+    checkpoints without one; mid-epoch checkpoints only serve to resume training)."""
     if checkpoint is not None:
         checkpoint = pathlib.Path(checkpoint)
         if not checkpoint.is_dir():
@@ -276,12 +277,13 @@ def _find_checkpoint(stage_folder, checkpoint):
     save_folder = stage_folder / "save"
     if not save_folder.is_dir():
         raise ExportError(f"no checkpoint folder: {save_folder}")
-    latest = Checkpointer(save_folder).find_checkpoint(
-        ckpt_predicate=lambda ckpt: INTRA_EPOCH_CKPT_FLAG not in ckpt.meta
-    )
-    if latest is None:
+    checkpointer = Checkpointer(save_folder)
+    end_of_epoch = lambda ckpt: INTRA_EPOCH_CKPT_FLAG not in ckpt.meta  # noqa: E731
+    chosen = checkpointer.find_checkpoint(min_key="ErrorRate", ckpt_predicate=end_of_epoch)
+    chosen = chosen or checkpointer.find_checkpoint(ckpt_predicate=end_of_epoch)
+    if chosen is None:
         raise ExportError(f"no end-of-epoch checkpoint (CKPT+*) in {save_folder}")
-    return pathlib.Path(latest.path)
+    return pathlib.Path(chosen.path)
 
 
 def _checkpoint_params(checkpoint):

@@ -1,16 +1,27 @@
-"""The anchor-distance loss of stage 2 and the weight schedule that drives it.
+"""Stage 2's anchor objectives and the weight schedule that drives them.
 
-Stage 2 keeps each (noisy) embedding close to a fixed anchor computed once by the
+Stage 2 ties each (clean or noisy) embedding to a fixed anchor computed once by the
 frozen base model::
 
-    loss = AAM(classifier(emb)) + weight(epoch) * AnchorDistanceLoss(emb, anchor)
+    loss = AAM(classifier(emb)) + weight(epoch) * objective(emb, anchor, ...)
 
-The anchors never require grad; the gradient only moves the embedding.
+Two objectives, chosen in YAML (``anchor_objective``):
+
+- :class:`AnchorDistanceLoss` (``pull``): mean ``d(emb, anchor)``, cosine or l2;
+- :class:`ContrastiveAnchorLoss` (``contrastive``): InfoNCE of each embedding
+  against its own anchor versus the anchors of the batch's other speakers and a
+  bank of other speakers' anchors drawn from the store (negatives cost nothing:
+  the anchors are fixed, so no queue or momentum encoder is needed).
+
+The third option, a head fixed at the base's speaker centroids, lives in
+:mod:`anchor_reg.heads`. The anchors never require grad; the gradient only moves
+the embedding.
 """
 import torch
 import torch.nn.functional as F
 
 DISTANCES = ("cosine", "l2")
+OBJECTIVES = ("pull", "contrastive")
 
 
 def anchor_distance(embeddings, anchors, distance="cosine"):
@@ -106,6 +117,92 @@ class AnchorDistanceLoss(torch.nn.Module):
         return scale * self.weight * dist.mean()
 
 
+class ContrastiveAnchorLoss(torch.nn.Module):
+    """InfoNCE against fixed anchors, with negatives from other speakers.
+
+    For embedding ``e_i`` with own anchor ``a_i``, the candidates are every
+    row's anchor ``a_j`` and a bank ``n_k`` of other speakers' anchors::
+
+        logit_ij = scale * (cos(e_i, a_j) - margin * [j == i])
+        logit_ik = scale * cos(e_i, n_k)
+        loss = weight * mean_i CE([logit_i., logit_ik], i)
+
+    Candidates of the same speaker as row ``i`` (its other copies, other rows of
+    that speaker, a bank entry of that speaker) are masked out: they are
+    neither positives nor negatives.
+
+    Arguments
+    ---------
+    weight : float
+        λ, the weight of the term.
+    scale : float
+        Logit scale ``s`` (inverse temperature).
+    margin : float
+        Additive cosine margin ``m`` on the positive.
+    num_negatives : int
+        K, anchors of other speakers drawn from the store at each step.
+
+    Example
+    -------
+    >>> loss = ContrastiveAnchorLoss(scale=10.0, margin=0.0, num_negatives=0)
+    >>> anchors = torch.eye(2)
+    >>> float(loss(anchors, anchors, torch.tensor([0, 1]))) < 1e-4
+    True
+    """
+
+    def __init__(self, weight=1.0, scale=20.0, margin=0.1, num_negatives=512):
+        super().__init__()
+        if scale <= 0 or num_negatives < 0:
+            raise ValueError(
+                "ContrastiveAnchorLoss: contrastive_scale must be > 0 and "
+                f"contrastive_negatives >= 0, got {scale} and {num_negatives}"
+            )
+        self.weight = float(weight)
+        self.scale = float(scale)
+        self.margin = float(margin)
+        self.num_negatives = int(num_negatives)
+
+    def forward(self, embeddings, anchors, speakers, bank=None, bank_speakers=None, scale=1.0):
+        """Returns ``scale * weight * mean_i CE_i``.
+
+        Arguments
+        ---------
+        embeddings : torch.Tensor
+            (B, D) or (B, 1, D) embeddings (clean and noisy copies alike).
+        anchors : torch.Tensor
+            (B, D) or (B, 1, D) each row's own fixed anchor, row-aligned.
+        speakers : torch.Tensor
+            (B,) speaker index of each row (same index space as ``bank_speakers``).
+        bank : torch.Tensor
+            (K, D) extra negatives (anchors of other speakers), or None.
+        bank_speakers : torch.Tensor
+            (K,) their speaker indices.
+        scale : float
+            Extra multiplier from a schedule (see :class:`WeightSchedule`).
+        """
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        emb = F.normalize(embeddings.reshape(embeddings.shape[0], -1).to(dtype), dim=-1)
+        candidates = anchors.detach().reshape(anchors.shape[0], -1).to(dtype)
+        cand_speakers = speakers
+        if bank is not None and bank.shape[0] > 0:
+            candidates = torch.cat([candidates, bank.detach().to(dtype)])
+            cand_speakers = torch.cat([speakers, bank_speakers.to(speakers.device)])
+        if candidates.shape[0] < emb.shape[0] or emb.shape[1] != candidates.shape[1]:
+            raise ValueError(
+                f"ContrastiveAnchorLoss: embeddings {tuple(emb.shape)} and anchors "
+                f"{tuple(anchors.shape)} are not row-aligned"
+            )
+        cosine = emb @ F.normalize(candidates, dim=-1).T  # (B, B + K)
+        rows = torch.arange(emb.shape[0], device=emb.device)
+        own = torch.zeros_like(cosine, dtype=torch.bool)
+        own[rows, rows] = True
+        same_speaker = speakers.view(-1, 1) == cand_speakers.view(1, -1)
+        logits = self.scale * (cosine - self.margin * own.to(dtype))
+        logits = logits.masked_fill(same_speaker & ~own, float("-inf"))
+        loss = F.cross_entropy(logits, rows)
+        return scale * self.weight * loss
+
+
 class WeightSchedule:
     """Multiplier of λ as a function of training progress.
 
@@ -134,7 +231,7 @@ class WeightSchedule:
         if kind not in self.KINDS:
             raise ValueError(
                 f"WeightSchedule: unknown kind '{kind}', expected one of {self.KINDS} "
-                "(YAML key anchor_weight_schedule)"
+                "(YAML key anchor_weight_schedule_kind)"
             )
         self.kind = kind
         self.warmup_epochs = max(1, int(warmup_epochs))
@@ -150,3 +247,22 @@ class WeightSchedule:
             frac = min(1.0, position / self.total_epochs)
             return 1.0 + (self.final - 1.0) * frac
         return 1.0
+
+
+def anchor_objective(kind, weight, distance="cosine", scale=20.0, margin=0.1, num_negatives=512):
+    """The stage-2 objective a YAML names (key ``anchor_objective``).
+
+    Arguments
+    ---------
+    kind : str
+        ``pull`` (:class:`AnchorDistanceLoss` with ``distance``) or
+        ``contrastive`` (:class:`ContrastiveAnchorLoss` with ``scale``,
+        ``margin`` and ``num_negatives``).
+    weight : float
+        λ.
+    """
+    if kind == "pull":
+        return AnchorDistanceLoss(weight=weight, distance=distance)
+    if kind == "contrastive":
+        return ContrastiveAnchorLoss(weight=weight, scale=scale, margin=margin, num_negatives=num_negatives)
+    raise ValueError(f"anchor_objective: unknown objective '{kind}', expected one of {OBJECTIVES}")

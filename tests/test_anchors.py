@@ -127,3 +127,32 @@ def test_id_hashes_are_the_stored_format():
     hashes = id_hashes([i.encode("utf-8") for i in ids])
     assert hashes.dtype == np.uint64 and hashes.tolist() == [13600694152428524435, 5665688703609894703]
     assert len(id_hashes([])) == 0
+
+
+def test_negative_bank_is_drawn_only_from_other_speakers_without_repeats():
+    store, ids, speakers, _ = make_store(n=30)
+    exclude = store.speaker_index([ids[0], ids[1]])  # two of the three speakers
+    torch.manual_seed(0)
+    bank, bank_speakers = store.sample_negatives(exclude, 6)
+    remaining = set(range(3)) - set(exclude.tolist())
+    assert set(bank_speakers.tolist()) <= remaining and len(bank) == 6
+    rows_of_remaining = store.embeddings[torch.isin(store.row_speaker.long(), torch.tensor(sorted(remaining)))]
+    for anchor in bank:  # each drawn anchor is one of those speakers' rows, none twice
+        assert (rows_of_remaining == anchor).all(dim=1).sum() == 1
+    assert len({tuple(a.tolist()) for a in bank}) == 6
+    everything, _ = store.sample_negatives(exclude, 1000)  # more than exist: every eligible row once
+    assert len(everything) == len(rows_of_remaining)
+
+
+def test_negative_bank_of_speaker_anchors_draws_other_centroids():
+    store, ids, _, _ = make_store(n=30)
+    exclude = store.speaker_index([ids[0]])
+    bank, bank_speakers = store.sample_negatives(exclude, 5, anchor_type="speaker")
+    assert sorted(bank_speakers.tolist()) == sorted(set(range(3)) - set(exclude.tolist()))
+    assert torch.equal(bank, store.centroids[bank_speakers])
+
+
+def test_speaker_index_follows_the_rows():
+    store, ids, speakers, _ = make_store()
+    got = store.speaker_index(ids[:5])
+    assert [store.speakers[k] for k in got.tolist()] == speakers[:5]

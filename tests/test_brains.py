@@ -101,3 +101,70 @@ def test_joint_pulls_noisy_towards_online_clean_embedding(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hparams["embedding_model"].parameters())
     flat = {"emb": predictions["emb"].squeeze(1).detach()}  # (B, D) backbones such as ResNet
     assert brain.extra_objective(flat, batch).shape == ()
+
+
+def test_stage2_contrastive_term_uses_replicated_anchors_and_a_bank_of_other_speakers(tmp_path):
+    hparams = make_hparams("stage2.yaml", tmp_path, anchor_objective="contrastive", contrastive_negatives=4,
+                           contrastive_scale=10.0, contrastive_margin=0.2)
+    ids = IDS + [f"spk{k}--s1--u9_0_8000" for k in (2, 3, 4)]  # three speakers outside the batch
+    store = AnchorStore.from_embeddings(ids, [i[:4] for i in ids], torch.randn(7, 8), {"base_fingerprint": "x"})
+    brain = make_brain(AnchorRegBrain, hparams, anchors=store)
+    batch = make_batch()
+    predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+    torch.manual_seed(5)
+    term = brain.extra_objective(predictions, batch)
+    torch.manual_seed(5)  # the same bank, drawn again by hand
+    speakers = store.speaker_index(IDS)
+    bank, bank_speakers = store.sample_negatives(speakers, 4)
+    assert set(bank_speakers.tolist()) == {2, 3, 4}  # only 3 eligible rows: all of them, no batch speaker
+    emb = torch.nn.functional.normalize(predictions["emb"].squeeze(1), dim=-1)
+    candidates = torch.cat([store.lookup(IDS).repeat(2, 1), bank])  # clean + noisy copies share an anchor
+    cand_speakers = torch.cat([speakers.repeat(2), bank_speakers])
+    logits = 10.0 * emb @ candidates.T
+    rows = torch.arange(8)
+    logits[rows, rows] -= 10.0 * 0.2
+    mask = (speakers.repeat(2)[:, None] == cand_speakers[None, :])
+    mask[rows, rows] = False
+    expected = torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")), rows)
+    assert torch.allclose(term, expected, atol=1e-5)
+
+
+def test_head_fixed_at_centroids_stays_there_after_a_step(tmp_path):
+    from anchor_reg.heads import set_head_to_centroids
+
+    hparams = make_hparams("stage2.yaml", tmp_path, classifier_head="anchor_centroids")
+    store = store_for(hparams)
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    encoder.update_from_iterable(["spk1", "spk0"])  # class order differs from the store's sorted speakers
+    set_head_to_centroids(hparams["classifier"], store, encoder)
+    expected = torch.stack([store.centroids[store.speakers.index(s)] for s in ("spk1", "spk0")])
+    assert torch.equal(hparams["classifier"].weight.detach(), expected)
+    brain = make_brain(AnchorRegBrain, hparams, anchors=store)
+    first_conv = next(hparams["embedding_model"].parameters()).detach().clone()
+    brain.fit_batch(make_batch())
+    assert torch.equal(hparams["classifier"].weight.detach(), expected)
+    assert not torch.equal(next(hparams["embedding_model"].parameters()), first_conv)
+
+
+def test_dev_error_scores_the_clean_rows_and_their_noisy_copies(tmp_path):
+    brain = make_brain(SpeakerBrain, make_hparams("stage1.yaml", tmp_path))
+    brain.on_stage_start(sb.Stage.VALID, 1)
+    rows = make_batch()
+    gen = torch.Generator().manual_seed(1)
+    batch = PaddedBatch([
+        {"id": i, "sig": rows.sig.data[k], "sig_noisy": torch.randn(8000, generator=gen),
+         "spk_id_encoded": torch.tensor([k % 2])}
+        for k, i in enumerate(IDS)
+    ])
+    brain.modules.eval()
+    with torch.no_grad():
+        predictions = brain.compute_forward(batch, sb.Stage.VALID)
+        brain.compute_objectives(predictions, batch, sb.Stage.VALID)
+        clean = brain.compute_forward(make_batch(), sb.Stage.VALID)
+    assert predictions["emb"].shape[0] == 8
+    assert torch.allclose(predictions["emb"][:4], clean["emb"], atol=1e-5)  # clean rows first
+    predicted = predictions["logits"].squeeze(1).argmax(-1)
+    labels = torch.tensor([k % 2 for k in range(4)] * 2)
+    expected = float((predicted != labels).float().mean())
+    assert brain.error_metrics.summarize("average") == pytest.approx(expected)
+    assert len(brain.error_metrics.ids) == 8

@@ -17,7 +17,6 @@ from speechbrain.processing.features import InputNormalization
 from anchor_reg.evaluate import (
     compare_systems,
     embed_utterances,
-    pad_by_reflection,
     evaluate_model,
     load_encoder,
     main,
@@ -317,17 +316,6 @@ def test_batching_matches_one_at_a_time(encoder):
     # unpadded embedding (zero padding gave a cosine of 0.75 for it with this encoder).
     cosine = torch.nn.functional.cosine_similarity(batched, single, dim=1)
     assert cosine.min() > 0.999
-
-
-def test_pad_by_reflection_mirrors_as_often_as_needed():
-    padded = pad_by_reflection([torch.arange(7.0), torch.tensor([1.0, 2.0]), torch.tensor([5.0])])
-    assert padded.tolist() == [
-        [0, 1, 2, 3, 4, 5, 6],
-        [1, 2, 2, 1, 1, 2, 2],
-        [5, 5, 5, 5, 5, 5, 5],
-    ]
-    with pytest.raises(ValueError, match="empty"):
-        pad_by_reflection([torch.ones(3), torch.ones(0)])
 
 
 def test_compare_systems(tiny_data, encoder, tmp_path):

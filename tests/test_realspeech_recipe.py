@@ -2,11 +2,12 @@
 import importlib.util
 import json
 import pathlib
+import re
 
 import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
-SYSTEMS = ("base", "stage2")
+SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
 
 
 def load_recipe():
@@ -22,12 +23,13 @@ def recipe():
 
 
 def tiny_argv(shared_data, out):
-    """4 speakers x 3 utterances per corpus, C=32, 1 epoch per stage, 1 seed, 2 systems + 1 variant."""
+    """4 speakers x 3 utterances per corpus, C=32, 1 + 1 epochs vs joint 3, 1 seed, 4 systems + 1 variant."""
     overrides = {"emb_dim": 32, "batch_size": 8, "anchor_batch_size": 8, "num_workers": 0,
                  "babble_mixtures": 4, "seg_dur": 1.5}
     return [
         f"--shared_data={shared_data}", f"--output_folder={out}", "--seeds", "1", "--systems", *SYSTEMS,
-        "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--max_speakers=4", "--max_utterances=3",
+        "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--joint_epochs=3", "--patience=3",
+        "--max_speakers=4", "--max_utterances=3", "--jobs=2",
         "--variant", "tiny_lambda3 anchor_weight=3.0",
         *(f"--override={key}={value}" for key, value in overrides.items()),
     ]
@@ -40,22 +42,61 @@ def tiny_run(recipe, shared_data, tmp_path_factory):
     return recipe, shared_data, out
 
 
-def test_leaves_exports_results_table_and_plot(tiny_run):
+def test_leaves_exports_results_tables_and_plots(tiny_run):
     recipe, _, out = tiny_run
-    expected = {c.name for c in recipe.default_conditions(recipe.NOISE_TYPES, recipe.SNRS, reverb=True)}
-    assert len(expected) == 12  # clean, noise and babble at 5 SNRs, reverb
+    expected = {"clean", "reverb"} | {f"{kind}_{snr}dB" for kind in ("noise", "music", "babble")
+                                      for snr in (0, 5, 10, 15, 20)}
     for system in SYSTEMS:
         export = out / system / "export"
         assert (export / "hyperparams.yaml").is_file() and (export / "embedding_model.ckpt").is_file()
         results = json.loads((out / system / "seed1" / "results.json").read_text())
         assert results["system"] == system and set(results["conditions"]) == expected
-        assert all(0 <= cond["EER"] <= 100 for cond in results["conditions"].values())
     table = (out / "comparison.md").read_text()
     assert all(f"| {system} |" in table for system in SYSTEMS)
-    assert "noise EER" in table and "babble EER" in table and "music" not in table
-    assert (out / "eer_vs_snr.png").stat().st_size > 1000
+    assert "noise EER" in table and "music EER" in table and "babble EER" in table
+    assert (out / "eer_vs_snr.png").stat().st_size > 1000 and (out / "dev_curves.png").stat().st_size > 1000
     by_condition = (out / "eer_by_condition.md").read_text()
-    assert "babble_20dB" in by_condition and "| stage2 | 1 |" in by_condition
+    assert "music_20dB" in by_condition and "| stage2_contrastive | 1 |" in by_condition
+
+
+def test_summary_reports_the_corrupted_mean_of_each_results_file(tiny_run):
+    _, _, out = tiny_run
+    summary = (out / "summary.md").read_text()
+    for system in SYSTEMS:
+        conditions = json.loads((out / system / "seed1" / "results.json").read_text())["conditions"]
+        corrupted = [c["EER"] for name, c in conditions.items() if name != "clean"]
+        mean = sum(corrupted) / len(corrupted)
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {system} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(conditions["clean"]["EER"], abs=0.005)
+        assert float(cells[3]) == pytest.approx(mean, abs=0.005)
+
+
+def test_each_system_is_used_at_its_best_dev_epoch(tiny_run):
+    recipe, _, out = tiny_run
+    joint = out / "runs" / "realspeech" / "1" / "joint"
+    curve = recipe.dev_curve(joint)
+    assert len(curve) == 3  # patience 3 never stops a 3-epoch run
+    log_lines = [line for line in (joint / "train_log.txt").read_text().splitlines() if line.startswith("epoch")]
+    assert [float(line.split("valid ErrorRate: ")[1]) for line in log_lines] == curve
+    best_epoch = min(range(3), key=curve.__getitem__) + 1
+    assert checkpoint_epoch_of_export(out / "joint" / "export", joint) == best_epoch
+
+
+def test_joint_at_equal_updates_is_its_checkpoint_after_base_plus_stage2_epochs(tiny_run):
+    recipe, _, out = tiny_run
+    root = out / "runs" / "realspeech" / "1"
+    budget = len(recipe.dev_curve(root / "stage1")) + len(recipe.dev_curve(root / "variants" / "stage2_contrastive"))
+    assert budget == 2
+    assert checkpoint_epoch_of_export(out / "joint_equal_updates" / "export", root / "joint") == 2
+
+
+def checkpoint_epoch_of_export(export, stage_folder):
+    """The training epoch of the checkpoint an export names in its hyperparams.yaml."""
+    import yaml
+
+    name = re.search(r"checkpoint: (CKPT\+\S+)", (export / "hyperparams.yaml").read_text()).group(1)
+    return yaml.safe_load((stage_folder / "save" / name / "CKPT.yaml").read_text())["epoch"]
 
 
 def test_trials_stay_within_held_out_speakers_of_each_corpus(tiny_run):
@@ -89,7 +130,7 @@ def test_rerun_skips_evaluated_systems(tiny_run):
     recipe, shared_data, out = tiny_run
     before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
     runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
-    assert set(runs) == {"1-base.log", "1-stage2.log", "1-tiny_lambda3.log"}
+    assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log"}
     runner = recipe.main(tiny_argv(shared_data, out))
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
     assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
@@ -103,7 +144,7 @@ def test_variant_trains_beside_the_shared_stage1(tiny_run):
     assert (seed_root / "stage1" / "train_log.txt").read_text().count("epoch: 1,") == 1  # not retrained
     assert not (seed_root / "variants" / "tiny_lambda3" / "stage1").exists()
     table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
-    assert "| tiny_lambda3 |" in table and "| stage2 |" in table
+    assert "| tiny_lambda3 |" in table and "| stage2_contrastive |" in table
     assert "anchor_weight: 3.0" in (seed_root / "variants" / "tiny_lambda3" / "hyperparams.yaml").read_text()
 
 
@@ -114,9 +155,9 @@ def test_rejects_bad_options(recipe):
         recipe.parse_args(["--variant", "joint anchor_weight=2"])
     with pytest.raises(SystemExit):
         recipe.parse_args(["--variant", "typo anchor_wieght=2"])
-    args = recipe.parse_args(["--sweep", "--variant", "slow lr=0.0001 frozen_parameters=[classifier]"])
-    assert args.extra_variants["slow"] == {"lr": "0.0001", "frozen_parameters": "[classifier]"}
-    assert len(args.extra_variants) == 6 and "utterance_lambda1" not in args.extra_variants
+    args = recipe.parse_args(["--variant", "slow lr=0.0001 frozen_parameters=[classifier]"])
+    assert args.extra_variants == {"slow": {"lr": "0.0001", "frozen_parameters": "[classifier]"}}
+    assert args.variants["stage2_contrastive"]["anchor_objective"] == "contrastive"
 
 
 def test_missing_shared_data_skips_or_fails_clearly(recipe, tmp_path, monkeypatch, capsys):

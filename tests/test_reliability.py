@@ -12,6 +12,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore, AnchorStoreError
 from anchor_reg.config import ConfigError
+from anchor_reg.data.batching import collate_rows
 from anchor_reg.provenance import read_provenance
 from tiny import REPO, run_train, tiny_command, tiny_options
 
@@ -97,7 +98,7 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
         rows_of_bad_file = (prep / "train.csv").read_text().count(f",{wav},")
         assert rows_of_bad_file >= 1
         assert sum(ex["sig"] is None for ex in examples) == rows_of_bad_file
-        batch = train.collate_skipping_bad_audio(examples[:8])
+        batch = collate_rows(examples[:8], skip_bad=True)
         assert len(batch.id) == sum(ex["sig"] is not None for ex in examples[:8])
         assert str(wav) in (pathlib.Path(hparams["output_folder"]) / "skipped_audio.txt").read_text()
     finally:

@@ -1,55 +1,71 @@
 #!/usr/bin/env python3
-"""The real-speech experiment: stage-wise training with fixed anchors vs. joint training.
+"""The real-speech experiment: stage-wise training with fixed anchors vs. joint training, at convergence.
 
-Data: ``../shared/data`` (LibriSpeech, DSP and ASC speakers; real noise and
-RIRs). Every corpus holds speakers out of training for verification (trials
-stay within a corpus); evaluation noises, RIRs and babble talkers are disjoint
-from the training ones (see ``anchor_reg.data.prepare``).
+Data: ``../shared/data`` (LibriSpeech, DSP and ASC speakers; real noise, music
+and RIRs). Every corpus holds speakers out of training for verification (trials
+stay within a corpus); evaluation noises, music, RIRs and babble talkers are
+disjoint from the training ones (see ``anchor_reg.data.prepare``).
 
-For each seed, four systems under the same update budget::
+Every system is trained until its development criterion stops improving
+(``early_stop_patience`` epochs without a lower dev ErrorRate, up to an epoch
+limit) and is used at its best epoch. The criterion is the classification error
+on the dev rows (training speakers' held-out rows; no test speaker) scored clean
+and with one fixed noisy copy each (training noises; ``anchor_reg.data.dev_copies``).
+For each seed::
 
-    base            stage 1 (clean), E1 epochs
-    stage2          base -> fixed anchors -> E2 noisy epochs, loss AAM + λ·d(emb, anchor)
-    stage2_lambda0  the same with λ = 0 (noisy fine-tuning without anchors)
-    joint           from scratch, E1 + E2 epochs of clean + noisy copies + consistency term
+    base                 stage 1 (clean), to convergence
+    stage2_pull          base -> fixed anchors -> noisy fine-tuning, AAM + λ·(1 - cos(emb, anchor))
+    stage2_contrastive   the same with the contrastive anchor objective (InfoNCE vs other speakers' anchors)
+    stage2_lambda0       the same fine-tuning with λ = 0 (the control that isolates the anchors)
+    joint                from scratch, clean + noisy copies + consistency term, to convergence
+    joint_equal_updates  joint's checkpoint after as many updates as base + stage2_contrastive made
 
-Each one is trained by a ``python train.py ...`` subprocess (resumable; log in
-``<output_folder>/logs/``), exported and evaluated on the full grid (clean;
-noise and babble at 0-20 dB; reverb). Outputs in ``<output_folder>``::
+Each training is a ``python train.py ...`` subprocess (resumable; log in
+``<output_folder>/logs/``); each system is exported and evaluated on the full
+grid (clean; noise, music and babble at 0-20 dB; reverb). Outputs in ``<output_folder>``::
 
     <system>/export/           the first seed's model (SpeechBrain inference folder)
     <system>/seed<S>/          results.json, results.md and plots of seed S
-    comparison.md, eer_vs_snr.png, eer_by_condition.md   mean ± sd over seeds
-    variants/seeds_<S..>/      the same for --sweep / --variant runs on those seeds
+    comparison.md, eer_by_condition.md, summary.md, eer_vs_snr.png, dev_curves.png
+    variants/seeds_<S..>/      the same for --variant runs on those seeds
     logs/, runs/               train.py logs and training folders
     timing.json                wall and CPU seconds per step
 
 Usage (see recipes/RealSpeech/README.md for the measured results)::
 
-    python recipes/RealSpeech/run_experiment.py --threads 1          # main comparison, 3 seeds
-    python recipes/RealSpeech/run_experiment.py --threads 1 --sweep  # + λ x anchor type sweep
-    python recipes/RealSpeech/run_experiment.py --variant "lr1e-4 lr=0.0001"
+    python recipes/RealSpeech/run_experiment.py --threads 1 --jobs 2
 
-Re-running a command skips every system whose ``results.json`` exists.
+Re-running a command skips every system whose ``results.json`` exists, and an
+interrupted training resumes from its last checkpoint.
 """
 import argparse
 import json
 import logging
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import torch
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG  # noqa: E402
+from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from anchor_reg.config import keys_of, overrides_for  # noqa: E402
+from anchor_reg.config import keys_of, load_hparams, overrides_for, parse_overrides  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
+from anchor_reg.data.prepare import prepare_data  # noqa: E402
 from anchor_reg.evaluate import compare_systems, evaluate_model, load_encoder  # noqa: E402
 from anchor_reg.export import export_model  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
@@ -58,32 +74,39 @@ logger = logging.getLogger("realspeech")
 
 DEFAULT_SHARED_DATA = pathlib.Path(os.environ.get("ANCHOR_REG_SHARED_DATA", REPO.parent / "shared" / "data"))
 CORPORA = ("librispeech-train", "dsp", "asc")
-NOISE_TYPES = ("noise", "babble")  # the shared noise has no music
+NOISE_TYPES = ("noise", "music", "babble")
 SNRS = (0, 5, 10, 15, 20)
 EXPERIMENT = "realspeech"
 YAMLS = ("stage1.yaml", "stage2.yaml", "joint.yaml")
-MAIN_SYSTEMS = ("base", "stage2", "stage2_lambda0", "joint")
-# Stage-2 variants: name -> stage2.yaml overrides ("stage2" is the main one).
-STAGE2_VARIANTS = {"stage2": {}, "stage2_lambda0": {"anchor_weight": 0.0}}
-SWEEP = {
-    f"{kind}_lambda{weight:g}": {"anchor_type": kind, "anchor_weight": weight}
-    for kind in ("utterance", "speaker")
-    for weight in (0.3, 1.0, 3.0)
+MAIN_SYSTEMS = ("base", "stage2_pull", "stage2_contrastive", "stage2_lambda0", "joint", "joint_equal_updates")
+# Stage-2 variants: name -> stage2.yaml overrides. The contrastive settings are the lead from a rough
+# one-seed check outside the project (InfoNCE vs batch + 512 other-speaker anchors, s=20, m=0.1, λ=1).
+CONTRASTIVE = {"anchor_objective": "contrastive", "contrastive_scale": 20.0, "contrastive_margin": 0.1,
+               "contrastive_negatives": 512}
+STAGE2_VARIANTS = {
+    "stage2_pull": {"anchor_objective": "pull"},
+    "stage2_contrastive": CONTRASTIVE,
+    "stage2_lambda0": {"anchor_objective": "pull", "anchor_weight": 0.0},
 }
-SWEEP.pop("utterance_lambda1")  # = stage2
+EQUAL_UPDATES_OF = "stage2_contrastive"  # joint_equal_updates matches base + this system's updates
 
 
 def parse_args(argv=None):
-    """Command-line options; ``extra_variants`` collects --sweep and --variant (name -> overrides)."""
+    """Command-line options; ``extra_variants`` collects --variant (name -> overrides)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared_data", type=pathlib.Path, default=None,
                         help=f"the shared data folder (default: {DEFAULT_SHARED_DATA})")
     parser.add_argument("--output_folder", type=pathlib.Path, default=REPO / "results" / "realspeech")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--systems", nargs="+", choices=MAIN_SYSTEMS, default=list(MAIN_SYSTEMS))
-    parser.add_argument("--channels", type=int, default=64, help="ECAPA-TDNN width C")
-    parser.add_argument("--stage1_epochs", type=int, default=4)
-    parser.add_argument("--stage2_epochs", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=128, help="ECAPA-TDNN width C")
+    parser.add_argument("--stage1_epochs", type=int, default=20, help="epoch limit of the base")
+    parser.add_argument("--stage2_epochs", type=int, default=8, help="epoch limit of each stage 2")
+    parser.add_argument("--joint_epochs", type=int, default=28, help="epoch limit of joint training")
+    parser.add_argument("--patience", type=int, default=2,
+                        help="early_stop_patience: epochs without a lower dev ErrorRate before a run stops")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once (each seed's base chain and joint are independent)")
     parser.add_argument("--verification_speakers", type=float, default=0.2,
                         help="fraction of each corpus' speakers held out for verification")
     parser.add_argument("--test_seg_dur", type=float, default=4.0,
@@ -92,12 +115,10 @@ def parse_args(argv=None):
                         help="use only the first N speakers of each corpus (quick runs)")
     parser.add_argument("--max_utterances", type=int, default=None,
                         help="use only the first N utterances of each speaker (quick runs)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also run the λ (0.3, 1, 3) x anchor type (utterance, speaker) sweep")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
                         help="also run a stage-2 variant with these stage2.yaml overrides (repeatable)")
     parser.add_argument("--variant_seeds", type=int, nargs="+", default=None,
-                        help="seeds of the --sweep / --variant runs (default: the first seed)")
+                        help="seeds of the --variant runs (default: the first seed)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every train.py run, e.g. batch_size=16 (repeatable)")
     parser.add_argument("--eval_batch_size", type=int, default=16)
@@ -106,7 +127,7 @@ def parse_args(argv=None):
                              "on a machine whose cores are busy with other work)")
     args = parser.parse_args(argv)
     args.variants = {name: overrides for name, overrides in STAGE2_VARIANTS.items() if name in args.systems}
-    extra = dict(SWEEP) if args.sweep else {}
+    extra = {}
     stage2_keys = keys_of(REPO / "hparams" / "stage2.yaml")
     for spec in args.variant:
         name, *pairs = spec.split()
@@ -165,7 +186,7 @@ def common_overrides(args, shared, folders):
     overrides = {
         "dataset": "folder",
         "data_folders": json.dumps([str(f) for f in folders]),
-        "noise_folders": json.dumps({"noise": str(shared / "noise")}),
+        "noise_folders": json.dumps({"noise": str(shared / "noise"), "music": str(shared / "music")}),
         "rir_folder": str(shared / "rir"),
         "verification_speakers": args.verification_speakers,
         "test_seg_dur": args.test_seg_dur,
@@ -173,6 +194,7 @@ def common_overrides(args, shared, folders):
         "experiment_name": EXPERIMENT,
         "channels": args.channels,
         "evaluate_after_training": False,
+        "early_stop_patience": args.patience,
     }
     overrides.update(args.overrides)
     return overrides
@@ -190,13 +212,22 @@ class Runner:
         self.prep = self.runs / "prepared"
         self.timing_file = self.out / "timing.json"
         self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.is_file() else {}
+        self.timing_lock = threading.Lock()
+        self.eval_lock = threading.Lock()  # evaluations (matplotlib is not thread-safe) run one at a time
 
     def record(self, step, wall, cpu):
         """Adds wall and CPU seconds (CPU: all processes, summed over cores) to a step of timing.json."""
-        entry = self.timing.setdefault(step, {"wall_s": 0.0, "cpu_s": 0.0})
-        entry["wall_s"] = round(entry["wall_s"] + wall, 1)
-        entry["cpu_s"] = round(entry["cpu_s"] + cpu, 1)
-        write_text(self.timing_file, json.dumps(self.timing, indent=2) + "\n")
+        with self.timing_lock:
+            entry = self.timing.setdefault(step, {"wall_s": 0.0, "cpu_s": 0.0})
+            entry["wall_s"] = round(entry["wall_s"] + wall, 1)
+            entry["cpu_s"] = round(entry["cpu_s"] + cpu, 1)
+            write_text(self.timing_file, json.dumps(self.timing, indent=2) + "\n")
+
+    def prepare(self):
+        """Prepares the CSVs, trials and noise lists once, before any training (they are shared)."""
+        stage1 = REPO / "hparams" / "stage1.yaml"
+        as_cli = "\n".join(f"{key}: {value}" for key, value in overrides_for(stage1, self.overrides).items())
+        prepare_data(load_hparams(stage1, parse_overrides(as_cli)))
 
     def train(self, yaml_name, seed, label, **overrides):
         """``python train.py hparams/<yaml_name> --seed=S ...``, logged to logs/<seed>-<label>.log."""
@@ -206,16 +237,18 @@ class Runner:
         log = self.out / "logs" / f"{seed}-{label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         logger.info("seed %s: training %s (log: %s)", seed, label, log)
-        start, cpu = time.time(), children_cpu()
+        start = time.time()
         env = dict(os.environ)
         if self.args.threads:
             env["OMP_NUM_THREADS"] = str(self.args.threads)
         with open(log, "a", encoding="utf-8") as stream:
             stream.write("$ " + " ".join(command) + "\n")
             stream.flush()
-            done = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
-        self.record(f"{seed}/train/{label}", time.time() - start, children_cpu() - cpu)
-        if done.returncode != 0:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time (threads run others)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        self.record(f"{seed}/train/{label}", time.time() - start, usage.ru_utime + usage.ru_stime)
+        if process.returncode != 0:
             tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-20:])
             raise RuntimeError(f"training {label} (seed {seed}) failed; end of {log}:\n{tail}")
 
@@ -223,36 +256,49 @@ class Runner:
         """``<output_folder>/<system>/seed<S>``."""
         return self.out / system / f"seed{seed}"
 
-    def evaluate(self, system, seed, stage_folder):
-        """Exports and evaluates a stage on the full grid; the first seed's export stays."""
-        folder = self.results_folder(system, seed)
-        start, cpu = time.time(), time.process_time()
-        keep = seed == self.args.seeds[0]
-        with tempfile.TemporaryDirectory(dir=self.out) as tmp:
-            export = self.out / system / "export" if keep else pathlib.Path(tmp) / "export"
-            export_model(stage_folder, export)
-            results = evaluate_model(
-                load_encoder(export),
-                enrol_csv=self.prep / "enrol.csv",
-                test_csv=self.prep / "test.csv",
-                trials=self.prep / "trials.txt",
-                noise_csvs={kind: self.prep / f"eval_{kind}.csv" for kind in NOISE_TYPES},
-                rir_csv=self.prep / "eval_rir.csv",
-                snrs=SNRS,
-                batch_size=self.args.eval_batch_size,
-                output_folder=folder,
-                system_name=system,
-            )
-            if keep:
-                export_model(stage_folder, export, results=results)  # model card with the measured table
-        self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
+    def evaluate(self, system, seed, stage_folder, checkpoint=None):
+        """Exports and evaluates a stage (its best checkpoint, or ``checkpoint``) on the full grid.
+
+        The first seed's export stays in ``<system>/export``.
+        """
+        with self.eval_lock:
+            folder = self.results_folder(system, seed)
+            start, cpu = time.time(), time.process_time()
+            keep = seed == self.args.seeds[0]
+            with tempfile.TemporaryDirectory(dir=self.out) as tmp:
+                export = self.out / system / "export" if keep else pathlib.Path(tmp) / "export"
+                export_model(stage_folder, export, checkpoint=checkpoint)
+                results = evaluate_model(
+                    load_encoder(export),
+                    enrol_csv=self.prep / "enrol.csv",
+                    test_csv=self.prep / "test.csv",
+                    trials=self.prep / "trials.txt",
+                    noise_csvs={kind: self.prep / f"eval_{kind}.csv" for kind in NOISE_TYPES},
+                    rir_csv=self.prep / "eval_rir.csv",
+                    snrs=SNRS,
+                    batch_size=self.args.eval_batch_size,
+                    output_folder=folder,
+                    system_name=system,
+                )
+                if keep:
+                    export_model(stage_folder, export, checkpoint=checkpoint, results=results)  # card with table
+            self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
 
     def done(self, system, seed):
         """True when the system's results.json for this seed exists."""
         return (self.results_folder(system, seed) / "results.json").is_file()
 
-    def run_seed(self, seed, stage2_variants, with_base, with_joint):
-        """Trains and evaluates one seed's systems, skipping evaluated ones."""
+    def stage2_options(self, root, name, overrides):
+        """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors)."""
+        return {
+            "number_of_epochs": self.args.stage2_epochs,
+            "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs}),
+            "output_folder": str(stage2_folder(root, name)),
+            **overrides,  # a variant may change number_of_epochs
+        }
+
+    def base_chain(self, seed, stage2_variants, with_base):
+        """The seed's base, then its stage-2 variants; skips evaluated systems."""
         root = self.runs / str(seed)
         todo = {name: o for name, o in stage2_variants.items() if not self.done(name, seed)}
         if (with_base and not self.done("base", seed)) or todo:
@@ -260,21 +306,45 @@ class Runner:
         if with_base and not self.done("base", seed):
             self.evaluate("base", seed, root / "stage1")
         for name, overrides in todo.items():
-            options = {
-                "number_of_epochs": self.args.stage2_epochs,
-                "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs}),
-                "output_folder": str(stage2_folder(root, name)),
-                **overrides,  # a variant may change number_of_epochs
-            }
-            self.train("stage2.yaml", seed, name, **options)
+            self.train("stage2.yaml", seed, name, **self.stage2_options(root, name, overrides))
             self.evaluate(name, seed, stage2_folder(root, name))
-        if with_joint and not self.done("joint", seed):
-            self.train("joint.yaml", seed, "joint",
-                       stage1_epochs=self.args.stage1_epochs, stage2_epochs=self.args.stage2_epochs)
-            self.evaluate("joint", seed, root / "joint")
+
+    def joint_chain(self, seed):
+        """The seed's joint model from scratch (every epoch's checkpoint kept for the equal-updates view)."""
+        if not self.done("joint", seed):
+            self.train("joint.yaml", seed, "joint", number_of_epochs=self.args.joint_epochs,
+                       keep_checkpoints=self.args.joint_epochs)
+            self.evaluate("joint", seed, self.runs / str(seed) / "joint")
+
+    def equal_updates(self, seed):
+        """Evaluates joint after as many epochs (= updates) as base + ``EQUAL_UPDATES_OF`` ran."""
+        if self.done("joint_equal_updates", seed):
+            return
+        root = self.runs / str(seed)
+        budget = len(dev_curve(root / "stage1")) + len(dev_curve(stage2_folder(root, EQUAL_UPDATES_OF)))
+        joint = root / "joint"
+        checkpoints = {c.meta["epoch"]: c.path for c in Checkpointer(joint / "save").list_checkpoints()
+                       if "epoch" in c.meta and INTRA_EPOCH_CKPT_FLAG not in c.meta}
+        epoch = min(budget, max(checkpoints))
+        logger.info("seed %s: joint at %d epochs = base + %s (%d epochs)", seed, epoch, EQUAL_UPDATES_OF, budget)
+        self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
+
+    def run_seed_chains(self, seeds, stage2_variants, systems):
+        """Each seed's base chain and joint chain, ``--jobs`` at a time; then the equal-updates view."""
+        chains = []
+        for seed in seeds:
+            chains.append(lambda seed=seed: self.base_chain(seed, stage2_variants, "base" in systems))
+            if "joint" in systems or "joint_equal_updates" in systems:
+                chains.append(lambda seed=seed: self.joint_chain(seed))
+        with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
+            for future in [pool.submit(chain) for chain in chains]:
+                future.result()
+        if "joint_equal_updates" in systems and EQUAL_UPDATES_OF in stage2_variants:
+            for seed in seeds:
+                self.equal_updates(seed)
 
     def compare(self, systems, seeds, folder):
-        """comparison.md, eer_vs_snr.png and eer_by_condition.md over the evaluated seeds."""
+        """comparison.md, eer_vs_snr.png, eer_by_condition.md, summary.md and dev_curves.png."""
         available = {
             name: [self.results_folder(name, s) / "results.json" for s in seeds if self.done(name, s)]
             for name in systems
@@ -282,7 +352,20 @@ class Runner:
         available = {name: paths for name, paths in available.items() if paths}
         compare_systems({name: [str(p) for p in paths] for name, paths in available.items()}, folder)
         write_text(folder / "eer_by_condition.md", condition_table(available))
+        write_text(folder / "summary.md", summary_table(available))
+        curves = {name: {s: dev_curve(self.stage_folder(name, s)) for s in seeds}
+                  for name in available if name != "joint_equal_updates"}
+        plot_dev_curves(curves, folder / "dev_curves.png")
         return folder / "comparison.md"
+
+    def stage_folder(self, system, seed):
+        """The training folder of a system."""
+        root = self.runs / str(seed)
+        if system == "base":
+            return root / "stage1"
+        if system in ("joint", "joint_equal_updates"):
+            return root / "joint"
+        return stage2_folder(root, system)
 
 
 def children_cpu():
@@ -315,6 +398,79 @@ def condition_table(results_by_system):
     return "\n".join(lines) + "\n\nEER (%) per condition (test side corrupted), mean ± sample sd over seeds.\n"
 
 
+def dev_curve(stage_folder):
+    """Dev ErrorRate per epoch (a list, epoch 1 first) from a stage's train_log.txt."""
+    log = pathlib.Path(stage_folder) / "train_log.txt"
+    if not log.is_file():
+        return []
+    curve = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        epoch, error = re.search(r"^epoch: (\d+)", line), re.search(r"valid ErrorRate: ([0-9.e+-]+)", line)
+        if epoch and error:
+            curve[int(epoch.group(1))] = float(error.group(1))  # a resumed epoch's last line wins
+    return [curve[e] for e in sorted(curve)]
+
+
+def plot_dev_curves(curves, path):
+    """dev_curves.png: dev ErrorRate (clean + noisy dev copies) vs epochs, one colour per system.
+
+    Stage-2 curves start after their base's epochs, so the x axis counts every
+    epoch of updates a system has consumed.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (name, seeds) in enumerate(curves.items()):
+        for n, (seed, curve) in enumerate(sorted(seeds.items())):
+            if not curve:
+                continue
+            offset = len(curves.get("base", {}).get(seed, [])) if name.startswith("stage2") else 0
+            ax.plot(range(offset + 1, offset + len(curve) + 1), [100 * e for e in curve], color=f"C{k}",
+                    marker=".", alpha=0.8, label=name if n == 0 else None)
+            best = min(range(len(curve)), key=curve.__getitem__)
+            ax.plot(offset + best + 1, 100 * curve[best], color=f"C{k}", marker="*", markersize=10)
+    ax.set_xlabel("epochs of updates (stage 2 after its base)")
+    ax.set_ylabel("dev error, clean + noisy copies (%)")
+    ax.set_title("Development criterion per epoch (star: best epoch, the one evaluated)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_table(results_by_system):
+    """Markdown: the pre-registered metric (corrupted mean EER) with clean EER, minDCF and geometry."""
+    runs = {name: [json.loads(pathlib.Path(p).read_text()) for p in paths] for name, paths in results_by_system.items()}
+
+    def corrupted(run, value):
+        values = [value(c) for name, c in run["conditions"].items() if name != "clean"]
+        return sum(values) / len(values)
+
+    columns = {
+        "Clean EER (%)": lambda run: run["conditions"]["clean"]["EER"],
+        "Corrupted mean EER (%)": lambda run: corrupted(run, lambda c: c["EER"]),
+        "Clean minDCF": lambda run: run["conditions"]["clean"]["minDCF"],
+        "Corrupted minDCF": lambda run: corrupted(run, lambda c: c["minDCF"]),
+        "Compactness clean": lambda run: run["conditions"]["clean"]["geometry"]["compactness"],
+        "Compactness corrupted": lambda run: corrupted(run, lambda c: c["geometry"]["compactness"]),
+        "Separation clean": lambda run: run["conditions"]["clean"]["geometry"]["separation"],
+        "Drift": lambda run: corrupted(run, lambda c: c["geometry"]["drift"]),
+    }
+    lines = ["| System | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for name, seeds in runs.items():
+        text = []
+        for value in columns.values():
+            mean, sd = mean_and_sd([value(run) for run in seeds])
+            digits = 2 if abs(mean) > 1.5 else 4
+            text.append(f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(seeds) > 1 else f"{mean:.{digits}f}")
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(text) + " |")
+    return "\n".join(lines) + (
+        "\n\nMean ± sample sd over seeds. Corrupted: the 16 conditions noise / music / babble x 0-20 dB + reverb"
+        " (test side). Compactness: mean cosine of an utterance to its speaker centroid; separation: mean"
+        " 1 - cos between speaker centroids; drift: mean 1 - cos(clean, corrupted) embedding.\n"
+    )
+
+
 def write_text(path, text):
     """Writes ``path`` atomically."""
     path = pathlib.Path(path)
@@ -342,14 +498,13 @@ def main(argv=None):
     folders = corpus_folders(shared.resolve(), args.output_folder, args.max_speakers, args.max_utterances)
     runner = Runner(args, common_overrides(args, shared.resolve(), folders))
     start, cpu = time.time(), time.process_time() + children_cpu()
-    for seed in args.seeds:
-        runner.run_seed(seed, args.variants, "base" in args.systems, "joint" in args.systems)
+    runner.prepare()
+    runner.run_seed_chains(args.seeds, args.variants, args.systems)
     table = runner.compare(args.systems, args.seeds, args.output_folder)
     print(table.read_text(encoding="utf-8"))
+    print((args.output_folder / "summary.md").read_text(encoding="utf-8"))
     if args.extra_variants:
-        for seed in args.variant_seeds:
-            runner.run_seed(seed, {**args.variants, **args.extra_variants}, "base" in args.systems,
-                            "joint" in args.systems)
+        runner.run_seed_chains(args.variant_seeds, {**args.variants, **args.extra_variants}, args.systems)
         systems = [*args.systems, *args.extra_variants]
         folder = args.output_folder / "variants" / ("seeds_" + "_".join(map(str, args.variant_seeds)))
         table = runner.compare(systems, args.variant_seeds, folder)

@@ -1,0 +1,27 @@
+"""SpeechBrain's early-stopping epoch counter, with its state kept in checkpoints.
+
+SpeechBrain 1.1.2 does not register ``EpochCounterWithStopper``'s own checkpoint
+hooks, so its checkpoints fall back to ``EpochCounter``'s and keep only the
+epoch: a resumed run forgets its best score and that it had stopped, and trains
+on past the stop. This subclass registers them.
+"""
+from speechbrain.utils import epoch_loop
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+
+@register_checkpoint_hooks
+class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
+    """``speechbrain.utils.epoch_loop.EpochCounterWithStopper`` whose checkpoints hold the stopper's state."""
+
+    @mark_as_saver
+    def _save(self, path):
+        super()._save(path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+        if text.isdigit():  # written by the unregistered counter: only the epoch is known
+            self.current = int(text) if end_of_epoch else int(text) - 1
+            return
+        super()._recover(path, end_of_epoch)

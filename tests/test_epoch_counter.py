@@ -1,0 +1,31 @@
+"""The early-stopping counter survives a checkpoint: a resumed run remembers its best score and its stop."""
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.epoch_counter import EpochCounterWithStopper
+
+
+def run(counter, metrics):
+    seen = []
+    for epoch in counter:
+        seen.append(epoch)
+        counter.update_metric(metrics[epoch - 1])
+    return seen
+
+
+def test_stopper_state_is_saved_and_recovered(tmp_path):
+    counter = EpochCounterWithStopper(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
+    checkpointer = Checkpointer(tmp_path, recoverables={"counter": counter})
+    metrics = [0.5, 0.4, 0.45, 0.46, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1]
+    assert run(counter, metrics) == [1, 2, 3, 4]  # epochs 3 and 4 do not beat 0.4: stop
+    checkpointer.save_checkpoint(end_of_epoch=True)
+    resumed = EpochCounterWithStopper(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
+    Checkpointer(tmp_path, recoverables={"counter": resumed}).recover_if_possible()
+    assert (resumed.current, resumed.best_limit, resumed.best_score, resumed.should_stop) == (4, 2, 0.4, True)
+    assert run(resumed, metrics) == []  # a finished run does not train on
+
+
+def test_a_checkpoint_of_the_plain_counter_still_loads(tmp_path):
+    (tmp_path / "counter.ckpt").write_text("8")
+    counter = EpochCounterWithStopper(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
+    counter._recover(tmp_path / "counter.ckpt")
+    assert counter.current == 8 and not counter.should_stop
