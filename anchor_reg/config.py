@@ -2,14 +2,17 @@
 
 HyperPyYAML already rejects unknown override keys; this adds the YAML file
 and line for syntax errors, a type check of overrides against the file's
-defaults (``--number_of_epochs=abc`` is an error, not a string), and an
-early check that the output folder can be written.
+defaults (``--number_of_epochs=abc`` is an error, not a string), a range
+check of every key's value (the table in :mod:`anchor_reg.checks`) before
+anything is built, and an early check that the output folder can be written.
 """
 import os
 import pathlib
 
 import ruamel.yaml
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+
+from anchor_reg.checks import ORDERED, RANGES, plain, tagged
 
 
 class ConfigError(ValueError):
@@ -82,6 +85,28 @@ def check_override_types(defaults, overrides, source):
             )
 
 
+def check_values(values, source):
+    """Raises :class:`ConfigError` for the first key whose value is out of its range.
+
+    Arguments
+    ---------
+    values : mapping
+        Top level of the YAML (overrides applied, references resolved).
+    source : str
+        The YAML file, for the message.
+    """
+    for key, rule in RANGES.items():
+        if key in values and not tagged(values[key]) and not rule.test(plain(values[key])):
+            raise ConfigError(f"{source}: key '{key}' must be {rule.wants}, got {plain(values[key])!r}")
+    for low, high in ORDERED:
+        if low in values and high in values and values[low] > values[high]:
+            raise ConfigError(
+                f"{source}: key '{low}' must be <= {high} ({plain(values[high])!r}), got {plain(values[low])!r}"
+            )
+    if isinstance(values.get("stage1_overrides"), dict):  # stage 2 passes them to stage 1: check them now
+        check_values(values["stage1_overrides"], f"{source} (stage1_overrides)")
+
+
 def load_hparams(hparams_file, overrides=None):
     """Loads a HyperPyYAML file with overrides, naming the file/key on any error.
 
@@ -107,6 +132,7 @@ def load_hparams(hparams_file, overrides=None):
     overrides = parse_overrides(overrides)
     check_override_types(defaults, overrides, str(path))
     try:
+        check_values(_read_yaml(resolve_references(text, overrides).getvalue(), str(path)), str(path))
         return load_hyperpyyaml(text, overrides)
     except ConfigError:
         raise
