@@ -366,7 +366,8 @@ def prepare_babble(
     if len(talkers) < fewest:
         raise ValueError(
             f"Babble needs at least {fewest} talkers; {source} has "
-            f"{len(talkers)}"
+            f"{len(talkers)} (give it more speakers: more training speakers "
+            "for train.csv, a larger verification_speakers for test.csv)"
         )
     rng = random.Random(f"{seed}-babble")
     seg = round(seg_dur * sample_rate)

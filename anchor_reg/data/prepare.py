@@ -22,6 +22,9 @@ import pathlib
 import random
 import re
 
+from anchor_reg.checks import DATASETS
+from anchor_reg.config import ConfigError
+from anchor_reg.data.audio import AudioError
 from anchor_reg.data.folder import prepare_folder_of_speakers, write_csv
 from anchor_reg.data.noise import (
     NOISE_FIELDS,
@@ -37,13 +40,16 @@ from anchor_reg.data.voxceleb import prepare_voxceleb
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("synthetic", "folder", "voxceleb")
-EVAL_NOISE_TYPES = ("noise", "music", "babble")
 _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
 
 def prepare_data(hparams):
     """Prepares speech, noise and RIR CSVs in ``hparams["prep_folder"]``.
+
+    With ``dataset: synthetic`` the corpus is generated into ``data_folder``
+    first (:func:`generate_synthetic`). A problem with the data or the data
+    keys raises :class:`~anchor_reg.config.ConfigError` (one line naming the
+    key or file) or :class:`~anchor_reg.data.audio.AudioError`.
 
     Arguments
     ---------
@@ -62,9 +68,7 @@ def prepare_data(hparams):
     """
     dataset = hparams["dataset"]
     if dataset not in DATASETS:
-        raise ValueError(
-            f"key 'dataset' must be one of {DATASETS}, got '{dataset}'"
-        )
+        raise ConfigError(f"key 'dataset' must be one of {', '.join(DATASETS)}, got '{dataset}'")
     prep = pathlib.Path(hparams["prep_folder"])
     prep.mkdir(parents=True, exist_ok=True)
     common = dict(
@@ -74,39 +78,55 @@ def prepare_data(hparams):
         sample_rate=hparams["sample_rate"],
         skip_bad_files=hparams["skip_bad_files"],
     )
-    sources = noise_sources(hparams)
-    if dataset == "voxceleb":
-        prepare_voxceleb(
-            hparams["data_folders"],
-            prep,
-            trial_list=hparams["trial_list"] or "veri_test2.txt",
-            **common,
-        )
-    else:
-        prepare_folder_of_speakers(
-            sources.pop("speech"),
-            prep,
-            verification_speakers=hparams["verification_speakers"],
-            trial_list=hparams["trial_list"],
-            test_seg_dur=hparams["test_seg_dur"],
-            **common,
-        )
-    return prepare_noise(hparams, sources)
+    try:
+        if dataset == "synthetic":
+            generate_synthetic(hparams)
+        sources = noise_sources(hparams)
+        if dataset == "voxceleb":
+            prepare_voxceleb(
+                hparams["data_folders"],
+                prep,
+                trial_list=hparams["trial_list"] or "veri_test2.txt",
+                **common,
+            )
+        else:
+            prepare_folder_of_speakers(
+                sources.pop("speech"),
+                prep,
+                verification_speakers=hparams["verification_speakers"],
+                trial_list=hparams["trial_list"],
+                test_seg_dur=hparams["test_seg_dur"],
+                **common,
+            )
+        return prepare_noise(hparams, sources)
+    except (ConfigError, AudioError):
+        raise
+    except (ValueError, TypeError) as err:  # the preparation's own checks: the message names the cause
+        raise ConfigError(f"data preparation ({dataset} data): {err}".replace("\n", " ")) from err
+
+
+def generate_synthetic(hparams):
+    """Generates (or reuses) the synthetic corpus in ``data_folder``; never
+    writes into a folder that holds anything else (FileExistsError)."""
+    generate_corpus(
+        hparams["data_folder"],
+        num_speakers=hparams["synthetic_speakers"],
+        utts_per_speaker=hparams["synthetic_utts_per_speaker"],
+        num_noises=hparams["synthetic_noises"],
+        seed=hparams["data_seed"],
+        sample_rate=hparams["sample_rate"],
+    )
 
 
 def noise_sources(hparams):
-    """Where speech, noise and RIRs come from for this dataset (folders or CSVs)."""
+    """Where speech, noise and RIRs come from for this dataset (folders or CSVs).
+
+    Reads nothing and writes nothing: for ``synthetic``, the folders of the
+    corpus :func:`generate_synthetic` makes.
+    """
     dataset = hparams["dataset"]
     if dataset == "synthetic":
         root = pathlib.Path(hparams["data_folder"])
-        generate_corpus(
-            root,
-            num_speakers=hparams["synthetic_speakers"],
-            utts_per_speaker=hparams["synthetic_utts_per_speaker"],
-            num_noises=hparams["synthetic_noises"],
-            seed=hparams["data_seed"],
-            sample_rate=hparams["sample_rate"],
-        )
         return {
             "speech": [str(root / "speech")],
             "noise": {
@@ -125,13 +145,23 @@ def noise_sources(hparams):
         raise FileNotFoundError(
             f"data_folders: {', '.join(missing)} not found (set --data_folder=...)"
         )
+    if not hparams["rir_folder"]:
+        raise ConfigError(
+            "rir_folder: no RIR folder given (set --rir_folder= to a folder of RIR audio or the RIRS_NOISES root)"
+        )
     sources = {
         "speech": list(hparams["data_folders"]),
         "rir": hparams["rir_folder"],
     }
     if dataset == "voxceleb":
+        if not hparams["musan_folder"]:
+            raise ConfigError("musan_folder: no MUSAN folder given (set --musan_folder= to the MUSAN root)")
         sources["musan"] = hparams["musan_folder"]
     else:
+        if not hparams["noise_folders"]:
+            raise ConfigError(
+                "noise_folders: no noise folders given (set --noise_folders=\"{noise: <folder>, music: <folder>}\")"
+            )
         sources["noise"] = dict(hparams["noise_folders"])
     return sources
 
@@ -174,10 +204,6 @@ def prepare_noise(hparams, sources):
             kind,
             sample_rate=sample_rate,
             skip_bad_files=skip,
-        )
-    if not per_type:
-        raise ValueError(
-            "no noise given: set noise_folders (folder dataset) or musan_folder (voxceleb)"
         )
     train_parts = []
     for kind, csv_file in per_type.items():
@@ -223,12 +249,7 @@ def prepare_noise(hparams, sources):
         )
         copy_csv(eval_babble, prep / "eval_babble.csv")
 
-    rir_folder = sources.get("rir")
-    if not rir_folder:
-        raise ValueError(
-            "rir_folder: no RIR folder given (a folder of RIR audio or the RIRS_NOISES root)"
-        )
-    rir_folder = pathlib.Path(rir_folder)
+    rir_folder = pathlib.Path(sources["rir"])
     if (rir_folder / "simulated_rirs").is_dir() or (
         rir_folder / "real_rirs_isotropic_noises"
     ).is_dir():
