@@ -28,9 +28,10 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from anchor_reg.anchors import AnchorStoreError, checkpoint_fingerprint, extract_anchors
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
+from anchor_reg.checkpointer import CheckpointError
 from anchor_reg.config import ConfigError, check_writable, load_hparams, overrides_for, parse_overrides
 from anchor_reg.data.audio import AudioError, read_audio_checked
-from anchor_reg.data.prepare import prepare_data
+from anchor_reg.data.prepare import check_prepared, prepare_data
 from anchor_reg.report import verification_report
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def dataio_prep(hparams, label_encoder_source=None):
         for name in ("train", "dev")
     }
 
-    skip_report = pathlib.Path(hparams["output_folder"]) / "skipped_audio.txt"
+    skip_report = pathlib.Path(hparams["skip_report"])
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
@@ -68,6 +69,7 @@ def dataio_prep(hparams, label_encoder_source=None):
             if not hparams["skip_bad_files"]:
                 raise
             logger.warning("skipping bad audio: %s (listed in %s)", err, skip_report)
+            skip_report.parent.mkdir(parents=True, exist_ok=True)
             with open(skip_report, "a", encoding="utf-8") as report:
                 report.write(f"{err}\n")
             return None
@@ -127,6 +129,7 @@ def load_stage(hparams_file, overrides):
     check_writable(hparams["output_folder"])
     check_writable(hparams["prep_folder"], key="prep_folder")
     run_on_main(prepare_data, kwargs={"hparams": hparams})
+    check_prepared(hparams)
     speakers = set(read_column(pathlib.Path(hparams["prep_folder"]) / "train.csv", "spk_id"))
     overrides = dict(overrides, num_train_speakers=len(speakers))
     return load_hparams(hparams_file, overrides), overrides
@@ -246,7 +249,8 @@ def ensure_anchors(hparams, stage1, base, run_opts):
     )
     reader.load_checkpoint(base["checkpoint"])
     base_brain.modules.eval()
-    train_data, _, _ = dataio_prep(stage1, label_encoder_source=base["label_encoder"])
+    train_data, _, _ = dataio_prep(dict(stage1, skip_report=hparams["anchors_skip_report"]),
+                                   label_encoder_source=base["label_encoder"])
     sampler = None
     if base_brain.distributed_launch:
         sampler = torch.utils.data.distributed.DistributedSampler(train_data, shuffle=False)
@@ -323,7 +327,7 @@ def main(argv=None):
         print(verification_report(hparams, systems, run_opts.get("device", "cpu")))
 
 
-EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, CheckpointError, FileNotFoundError, FileExistsError)
 
 
 def error_message(err):
@@ -334,10 +338,15 @@ def error_message(err):
     return str(err).strip()
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """``main`` for the command line: an expected error exits with status 1 and one ``error:`` line."""
     try:
-        main()
+        main(argv)
     except EXPECTED_ERRORS as err:
         logger.debug("".join(traceback.format_exception(err)))
         sys.exit(f"error: {error_message(err)}\n(checkpoints and results already written are kept; "
                  "fix the problem and run the same command to resume)")
+
+
+if __name__ == "__main__":
+    cli()

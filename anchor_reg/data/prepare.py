@@ -18,6 +18,7 @@ pointing at RIRS_NOISES).
 
 import csv
 import logging
+import os
 import pathlib
 import random
 import re
@@ -40,6 +41,7 @@ from anchor_reg.data.voxceleb import prepare_voxceleb
 
 logger = logging.getLogger(__name__)
 
+SHORT_VERIFICATION_FRACTION = 0.5  # warn of verification utterances shorter than this x the shortest crop
 _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
 
@@ -103,6 +105,52 @@ def prepare_data(hparams):
         raise
     except (ValueError, TypeError) as err:  # the preparation's own checks: the message names the cause
         raise ConfigError(f"data preparation ({dataset} data): {err}".replace("\n", " ")) from err
+
+
+def check_prepared(hparams):
+    """Refuses prepared data that gives no training step; warns of short verification utterances.
+
+    Run before a stage trains (the files themselves were checked while
+    preparing: unreadable, NaN/Inf or digitally silent audio is refused
+    there, naming the file).
+
+    Arguments
+    ---------
+    hparams : dict
+        Needs ``prep_folder`` and ``batch_size``.
+
+    Raises
+    ------
+    ConfigError
+        If ``train.csv`` holds fewer rows per process than one batch (the
+        incomplete last batch is dropped, so an epoch would train nothing).
+    """
+    prep = pathlib.Path(hparams["prep_folder"])
+    train_rows = _read_rows(prep / "train.csv")
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if len(train_rows) // world_size < hparams["batch_size"]:
+        raise ConfigError(
+            f"batch_size: {hparams['batch_size']} is more than the {len(train_rows)} rows of "
+            f"{prep / 'train.csv'}{f' shared by {world_size} processes' if world_size > 1 else ''}, "
+            "so an epoch has no training step: lower --batch_size or give more data"
+        )
+    shortest_crop = min(float(row["duration"]) for row in train_rows)
+    short = [
+        row for name in ("enrol", "test") for row in _read_rows(prep / f"{name}.csv")
+        if float(row["duration"]) < SHORT_VERIFICATION_FRACTION * shortest_crop
+    ]
+    if short:
+        logger.warning(
+            "%d verification utterance(s) are shorter than %g x the shortest training crop (%.2f s), "
+            "e.g. %s (%.2f s): their embeddings will be poor; drop them or use longer ones",
+            len(short), SHORT_VERIFICATION_FRACTION, shortest_crop, short[0]["wav"], float(short[0]["duration"]),
+        )
+
+
+def _read_rows(csv_file):
+    """Rows of a prepared CSV as dicts."""
+    with open(csv_file, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def generate_synthetic(hparams):
