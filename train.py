@@ -333,7 +333,7 @@ EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, CheckpointError, F
 def error_message(err):
     """One clear line for an expected error (DataLoader workers wrap theirs in a traceback)."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[-1].startswith(type(err).__name__ + ":"):
+    if len(lines) > 1 and lines[-1].split(":", 1)[0].split(".")[-1] == type(err).__name__:
         return lines[-1].split(":", 1)[1].strip()
     return str(err).strip()
 

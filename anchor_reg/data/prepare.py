@@ -28,6 +28,7 @@ from anchor_reg.config import ConfigError
 from anchor_reg.data.audio import AudioError
 from anchor_reg.data.folder import prepare_folder_of_speakers, write_csv
 from anchor_reg.data.noise import (
+    BABBLE_TALKERS,
     NOISE_FIELDS,
     find_audio_files,
     merge_noise_csvs,
@@ -80,6 +81,14 @@ def prepare_data(hparams):
         sample_rate=hparams["sample_rate"],
         skip_bad_files=hparams["skip_bad_files"],
     )
+    held_out = hparams["verification_speakers"]
+    if dataset == "folder" and not hparams["trial_list"] and isinstance(held_out, int) and not isinstance(
+        held_out, bool
+    ) and held_out * len(hparams["data_folders"]) < BABBLE_TALKERS[0]:
+        raise ConfigError(
+            f"verification_speakers: the evaluation babble mixes {BABBLE_TALKERS[0]} to {BABBLE_TALKERS[1]} "
+            f"verification speakers, so at least {BABBLE_TALKERS[0]} are needed in all, got {held_out}"
+        )
     try:
         if dataset == "synthetic":
             generate_synthetic(hparams)
