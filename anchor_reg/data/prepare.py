@@ -82,9 +82,10 @@ def prepare_data(hparams):
         skip_bad_files=hparams["skip_bad_files"],
     )
     held_out = hparams["verification_speakers"]
-    if dataset == "folder" and not hparams["trial_list"] and isinstance(held_out, int) and not isinstance(
-        held_out, bool
-    ) and held_out * len(hparams["data_folders"]) < BABBLE_TALKERS[0]:
+    folders = len(hparams["data_folders"])
+    if dataset == "folder" and not hparams["trial_list"] and isinstance(held_out, int) and (
+        held_out * folders < BABBLE_TALKERS[0]
+    ):
         raise ConfigError(
             f"verification_speakers: the evaluation babble mixes {BABBLE_TALKERS[0]} to {BABBLE_TALKERS[1]} "
             f"verification speakers, so at least {BABBLE_TALKERS[0]} are needed in all, got {held_out}"
