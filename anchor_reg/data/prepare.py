@@ -145,10 +145,8 @@ def check_prepared(hparams):
             "so an epoch has no training step: lower --batch_size or give more data"
         )
     shortest_crop = min(float(row["duration"]) for row in train_rows)
-    short = [
-        row for name in ("enrol", "test") for row in _read_rows(prep / f"{name}.csv")
-        if float(row["duration"]) < SHORT_VERIFICATION_FRACTION * shortest_crop
-    ]
+    verification = {row["ID"]: row for name in ("enrol", "test") for row in _read_rows(prep / f"{name}.csv")}
+    short = [row for row in verification.values() if float(row["duration"]) < SHORT_VERIFICATION_FRACTION * shortest_crop]
     if short:
         logger.warning(
             "%d verification utterance(s) are shorter than %g x the shortest training crop (%.2f s), "

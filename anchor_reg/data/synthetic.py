@@ -901,8 +901,9 @@ def _refuse_foreign_folder(out, manifest):
     if foreign:
         raise FileExistsError(
             f"data_folder: {out} holds files that are not a generated synthetic corpus "
-            f"(e.g. {foreign[0]}) and is never written to: pass --dataset=folder to train "
-            "on them, or give an empty --data_folder for the synthetic corpus"
+            f"(e.g. {foreign[0]}) and is never written to: pass --dataset=folder (with "
+            "--noise_folders and --rir_folder) to train on them, or give an empty --data_folder "
+            "for the synthetic corpus"
         )
 
 
