@@ -198,9 +198,9 @@ def prep_cases(prepared):
     speech = str(corpus / "speech")
     noise = {"noise": str(corpus / "noise/noise"), "music": str(corpus / "noise/music")}
     return [
-        ({"dataset": "folder", "data_folder": speech, "noise_folders": noise, "verification_speakers": 3},
+        ({"dataset": "folder", "data_folder": speech, "noise_folders": noise},
          "rir_folder: no RIR folder given (set --rir_folder= to a folder of RIR audio or the RIRS_NOISES root)"),
-        ({"dataset": "folder", "data_folder": speech, "rir_folder": str(corpus / "rir"), "verification_speakers": 3},
+        ({"dataset": "folder", "data_folder": speech, "rir_folder": str(corpus / "rir")},
          'noise_folders: no noise folders given (set --noise_folders="{noise: <folder>, music: <folder>}")'),
         ({"dataset": "voxceleb", "data_folder": speech, "rir_folder": str(corpus / "rir")},
          "musan_folder: no MUSAN folder given (set --musan_folder= to the MUSAN root)"),

@@ -81,19 +81,12 @@ def prepare_data(hparams):
         sample_rate=hparams["sample_rate"],
         skip_bad_files=hparams["skip_bad_files"],
     )
-    held_out = hparams["verification_speakers"]
-    folders = len(hparams["data_folders"])
-    if dataset == "folder" and not hparams["trial_list"] and isinstance(held_out, int) and (
-        held_out * folders < BABBLE_TALKERS[0]
-    ):
-        raise ConfigError(
-            f"verification_speakers: the evaluation babble mixes {BABBLE_TALKERS[0]} to {BABBLE_TALKERS[1]} "
-            f"verification speakers, so at least {BABBLE_TALKERS[0]} are needed in all, got {held_out}"
-        )
     try:
         if dataset == "synthetic":
             generate_synthetic(hparams)
         sources = noise_sources(hparams)
+        if dataset == "folder":
+            check_babble_talkers(hparams)
         if dataset == "voxceleb":
             prepare_voxceleb(
                 hparams["data_folders"],
@@ -115,6 +108,19 @@ def prepare_data(hparams):
         raise
     except (ValueError, TypeError) as err:  # the preparation's own checks: the message names the cause
         raise ConfigError(f"data preparation ({dataset} data): {err}".replace("\n", " ")) from err
+
+
+def check_babble_talkers(hparams):
+    """Refuses (before preparing) a number of verification speakers too small for the evaluation babble.
+
+    The folder dataset mixes its evaluation babble from the held-out speakers.
+    """
+    held_out, fewest = hparams["verification_speakers"], BABBLE_TALKERS[0]
+    if not hparams["trial_list"] and isinstance(held_out, int) and held_out * len(hparams["data_folders"]) < fewest:
+        raise ConfigError(
+            f"verification_speakers: the evaluation babble mixes {fewest} to {BABBLE_TALKERS[1]} "
+            f"verification speakers, so at least {fewest} are needed in all, got {held_out}"
+        )
 
 
 def check_prepared(hparams):
@@ -348,8 +354,7 @@ def split_noise_csv(csv_file, train_csv, eval_csv, seed, eval_fraction=0.5):
     Segments cut from one file (IDs ``<name>_<start>_<stop>``) stay together, so
     no evaluation noise was heard in training. Both sides get at least one file.
     """
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(csv_file)
     sources = sorted({_SEGMENT_SUFFIX.sub("", row["ID"]) for row in rows})
     if len(sources) < 2:
         raise ValueError(
@@ -378,6 +383,4 @@ def copy_csv(src, dst):
     """Copies a noise CSV (atomically) unless it is already ``dst``."""
     if pathlib.Path(src).resolve() == pathlib.Path(dst).resolve():
         return
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    write_csv(rows, dst, NOISE_FIELDS)
+    write_csv(_read_rows(src), dst, NOISE_FIELDS)
