@@ -247,7 +247,7 @@ def test_cli_exit_status_and_one_line_with_two_loader_workers(prepared, tmp_path
     bad = speech / "spk0001" / "sess1" / "utt00.wav"
     bad.write_bytes(b"XXXX" + bad.read_bytes()[4:])  # same size: the preparation is reused, loading fails
     args = tiny_command("stage1.yaml", tmp_path, num_workers=2, **folder_dataset(prepared, speech))
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {bad}: unreadable audio (Error opening '{bad}': Format not recognised.)"]
