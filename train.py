@@ -32,17 +32,18 @@ import speechbrain as sb
 from hyperpyyaml import resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from anchor_reg.anchors import ANCHOR_TYPES, AnchorStoreError, load_or_extract
+from anchor_reg.anchors import AnchorStoreError, load_or_extract
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.base import architecture_overrides, base_folder, end_of_epoch, load_base, start_from_base
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
+from anchor_reg.checkpointer import CheckpointError
 from anchor_reg.config import (
     ConfigError, check_writable, load_hparams, overrides_for, parse_overrides, yaml_stream,
 )
 from anchor_reg.data.audio import AudioError, read_audio_checked
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.data.dev_copies import NoisyDevCopies
-from anchor_reg.data.prepare import prepare_data
+from anchor_reg.data.prepare import check_prepared, prepare_data
 from anchor_reg.provenance import load_record, record_differences, rows_digest
 from anchor_reg.report import verification_report
 
@@ -70,7 +71,7 @@ def dataio_prep(hparams, label_encoder_source=None):
         for name in ("train", "dev")
     }
 
-    skip_report = pathlib.Path(hparams["output_folder"]) / "skipped_audio.txt"
+    skip_report = pathlib.Path(hparams["skip_report"])
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
@@ -81,6 +82,7 @@ def dataio_prep(hparams, label_encoder_source=None):
             if not hparams["skip_bad_files"]:
                 raise
             logger.warning("skipping bad audio: %s (listed in %s)", err, skip_report)
+            skip_report.parent.mkdir(parents=True, exist_ok=True)
             with open(skip_report, "a", encoding="utf-8") as report:
                 report.write(f"{err}\n")
             return None
@@ -155,11 +157,10 @@ def load_stage(hparams_file, overrides, model_file=None):
 
 
 def check_startup(hparams):
-    """Checks what later steps need before any training starts (anchor type, evaluation noise lists)."""
-    if hparams["stage"] not in BRAINS:
-        raise ConfigError(f"key 'stage' must be one of {sorted(BRAINS)}, got '{hparams['stage']}'")
-    if hparams["stage"] == "stage2" and hparams["anchor_type"] not in ANCHOR_TYPES:
-        raise ConfigError(f"anchor_type: '{hparams['anchor_type']}' is not one of {', '.join(ANCHOR_TYPES)}")
+    """Checks what later steps need before any training starts (the evaluation noise lists).
+
+    Key values (``stage``, ``anchor_type`` ...) were checked when the YAML loaded (:mod:`anchor_reg.checks`).
+    """
     if hparams["evaluate_after_training"]:
         prep = pathlib.Path(hparams["prep_folder"])
         prepared = sorted(p.stem[len("eval_"):] for p in prep.glob("eval_*.csv") if p.stem != "eval_rir")
@@ -315,13 +316,20 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
 
 
 # ---------------------------------------------------------------- main ----
-def run(hparams_file, overrides, run_opts):
-    """Prepares the data, checks what later steps need, trains the stage; returns its hparams."""
+def prepare(hparams_file, overrides):
+    """Prepares the data and checks it; returns the stage's hparams and overrides (with the speaker count)."""
     hparams = load_hparams(hparams_file, overrides)
     check_writable(hparams["output_folder"])
     check_writable(hparams["prep_folder"], key="prep_folder")
     run_on_main(prepare_data, kwargs={"hparams": hparams})
     hparams, overrides = load_stage(hparams_file, overrides)
+    check_prepared(hparams)
+    return hparams, overrides
+
+
+def run(hparams_file, overrides, run_opts):
+    """Prepares the data, checks what later steps need, trains the stage; returns its hparams."""
+    hparams, overrides = prepare(hparams_file, overrides)
     check_startup(hparams)
     if hparams["stage"] == "stage2":
         return train_stage2(hparams_file, hparams, overrides, run_opts)
@@ -350,21 +358,26 @@ def main(argv=None):
         print(verification_report(hparams, systems, run_opts.get("device", "cpu")))
 
 
-EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, FileNotFoundError)
+EXPECTED_ERRORS = (ConfigError, AnchorStoreError, AudioError, CheckpointError, FileNotFoundError, FileExistsError)
 
 
 def error_message(err):
     """One clear line for an expected error (DataLoader workers wrap theirs in a traceback)."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[-1].startswith(type(err).__name__ + ":"):
+    if len(lines) > 1 and lines[-1].split(":", 1)[0].split(".")[-1] == type(err).__name__:
         return lines[-1].split(":", 1)[1].strip()
     return str(err).strip()
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """``main`` for the command line: an expected error exits with status 1 and one ``error:`` line."""
     try:
-        main()
+        main(argv)
     except EXPECTED_ERRORS as err:
         logger.debug("".join(traceback.format_exception(err)))
         sys.exit(f"error: {error_message(err)}\n(checkpoints and results already written are kept; "
                  "fix the problem and run the same command to resume)")
+
+
+if __name__ == "__main__":
+    cli()

@@ -330,9 +330,9 @@ class AnchorStore:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             version = payload["provenance"].get("format_version")
-        except Exception as err:  # corrupt, truncated, or not an anchor store
+        except Exception as err:  # corrupt, truncated, or not an anchor store (torch's text is not for users)
             raise AnchorStoreError(
-                f"anchor store {path} is unreadable or corrupt ({type(err).__name__}: {err}); "
+                f"anchor store {path} is unreadable or corrupt ({type(err).__name__}); "
                 "delete it and re-run to re-extract the anchors"
             ) from err
         if version != FORMAT_VERSION:

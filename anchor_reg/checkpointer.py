@@ -7,14 +7,31 @@ recovering it. Here ``CKPT.yaml`` is written last and atomically: an
 interrupted save leaves a folder that is not a checkpoint, and recovery picks
 the previous complete one (which ``save_and_keep_only`` only deletes after the
 new save finished).
+
+Such partial folders (a kill, a full disk) are removed: a save that fails
+removes its own and raises :class:`CheckpointError` (one line naming the
+folder), and recovery removes those earlier runs left. A save holds an
+exclusive ``flock`` on the save folder, so a folder another process is still
+writing is never taken for a partial one.
 """
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
 import time
 
 import yaml
-from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 from speechbrain.utils.distributed import if_main_process
 
 from anchor_reg.atomic import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only folder ...)."""
 
 
 class AtomicCheckpointer(Checkpointer):
@@ -30,8 +47,64 @@ class AtomicCheckpointer(Checkpointer):
     def save_checkpoint(self, *args, **kwargs):
         """Saves the parameter files, then marks the folder as a checkpoint."""
         self._pending_meta = None
-        checkpoint = super().save_checkpoint(*args, **kwargs)
-        if if_main_process() and self._pending_meta is not None:
-            fpath, meta = self._pending_meta
-            write_text_atomic(fpath, "# yamllint disable\n" + yaml.dump(meta))
+        try:
+            with self._save_lock(blocking=True):
+                checkpoint = super().save_checkpoint(*args, **kwargs)
+                if if_main_process() and self._pending_meta is not None:
+                    fpath, meta = self._pending_meta
+                    write_text_atomic(fpath, "# yamllint disable\n" + yaml.dump(meta))
+        except OSError as err:
+            folder = self._pending_meta[0].parent if self._pending_meta else self.checkpoints_dir
+            if self._pending_meta and not (folder / METAFNAME).exists():
+                shutil.rmtree(folder, ignore_errors=True)  # ours, half written: never a checkpoint
+            raise CheckpointError(
+                f"save_folder: cannot write a checkpoint to {folder} ({err.strerror or err}); "
+                "free disk space or make the folder writable (the last complete checkpoint is kept)"
+            ) from err
         return checkpoint
+
+    def recover_if_possible(self, *args, **kwargs):
+        """Removes partial checkpoint folders left by earlier runs, then recovers."""
+        self.remove_partial_checkpoints()
+        return super().recover_if_possible(*args, **kwargs)
+
+    def remove_partial_checkpoints(self):
+        """Deletes ``CKPT+*`` folders without ``CKPT.yaml`` in this save folder (main process).
+
+        Skipped while another process holds the save lock (a save in progress).
+
+        Returns
+        -------
+        list of pathlib.Path
+            The folders removed.
+        """
+        if not if_main_process() or not self.checkpoints_dir.is_dir():
+            return []
+        removed = []
+        with self._save_lock(blocking=False) as locked:
+            if not locked:
+                return []
+            for folder in sorted(self.checkpoints_dir.glob(f"{CKPT_PREFIX}+*")):
+                if folder.is_dir() and not (folder / METAFNAME).exists():
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+                    logger.info("removed the partial checkpoint %s (no %s: an interrupted save)", folder, METAFNAME)
+        return removed
+
+    @contextlib.contextmanager
+    def _save_lock(self, blocking):
+        """Exclusive flock on the save folder (main process); yields whether it is held."""
+        if not if_main_process():
+            yield False
+            return
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.checkpoints_dir, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock

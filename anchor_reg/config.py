@@ -2,8 +2,9 @@
 
 HyperPyYAML already rejects unknown override keys; this adds the YAML file
 and line for syntax errors, a type check of overrides against the file's
-defaults (``--number_of_epochs=abc`` is an error, not a string), and an
-early check that the output folder can be written.
+defaults (``--number_of_epochs=abc`` is an error, not a string), a range
+check of every key's value (the table in :mod:`anchor_reg.checks`) before
+anything is built, and an early check that the output folder can be written.
 """
 import io
 import os
@@ -11,7 +12,9 @@ import pathlib
 import re
 
 import ruamel.yaml
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+
+from anchor_reg.checks import ORDERED, RANGES, plain, tagged
 
 
 class ConfigError(ValueError):
@@ -105,6 +108,28 @@ def yaml_stream(hparams_file, model_file=None):
     return stream
 
 
+def check_values(values, source):
+    """Raises :class:`ConfigError` for the first key whose value is out of its range.
+
+    Arguments
+    ---------
+    values : mapping
+        Top level of the YAML (overrides applied, references resolved).
+    source : str
+        The YAML file, for the message.
+    """
+    for key, rule in RANGES.items():
+        if key in values and not tagged(values[key]) and not rule.test(plain(values[key])):
+            raise ConfigError(f"{source}: key '{key}' must be {rule.wants}, got {plain(values[key])!r}")
+    for low, high in ORDERED:
+        if low in values and high in values and values[low] > values[high]:
+            raise ConfigError(
+                f"{source}: key '{low}' must be <= {high} ({plain(values[high])!r}), got {plain(values[low])!r}"
+            )
+    if isinstance(values.get("stage1_overrides"), dict):  # stage 2 passes them to stage 1: check them now
+        check_values(values["stage1_overrides"], f"{source} (stage1_overrides)")
+
+
 def load_hparams(hparams_file, overrides=None, model_file=None):
     """Loads a HyperPyYAML file with overrides, naming the file/key on any error.
 
@@ -132,6 +157,8 @@ def load_hparams(hparams_file, overrides=None, model_file=None):
     overrides = parse_overrides(overrides)
     check_override_types(defaults, overrides, str(path))
     try:
+        resolved = resolve_references(yaml_stream(path, model_file), overrides).getvalue()
+        check_values(_read_yaml(resolved, str(path)), str(path))
         return load_hyperpyyaml(yaml_stream(path, model_file), overrides)
     except ConfigError:
         raise

@@ -1,6 +1,7 @@
 """Stage 2 from a SpeechBrain inference model (a folder or a hub ID): a tiny stage 1, exported, is the base."""
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -130,8 +131,9 @@ def test_new_speakers_get_a_head_of_normalised_anchor_centroids_at_step_0(export
         seen["head"] = self.modules.classifier.weight.detach().clone()
 
     monkeypatch.setattr(AnchorRegBrain, "on_fit_start", recording_on_fit_start)
-    # one verification speaker instead of two: 5 training speakers, the base knows 4
-    run_train("stage2.yaml", tmp, base_model=str(export), experiment_name="new_speakers", verification_speakers=1)
+    # a corpus of 7 speakers instead of 6: 5 training speakers, the base knows 4
+    run_train("stage2.yaml", tmp, base_model=str(export), experiment_name="new_speakers", synthetic_speakers=7,
+              data_folder=str(tmp / "corpus7"))
     root = seed_folder(tmp, "new_speakers")
     assert "a new head whose rows are the anchors' speaker centroids" in (root / "stage2" / "log.txt").read_text()
     store = AnchorStore.from_file(root / "anchors" / "anchors.pt")
@@ -175,8 +177,7 @@ def test_hyperparams_without_an_embedding_model_are_named(exported):
     start = text.index("embedding_model: !new:")
     end = text.index("classifier: !new:", start)
     text = text[:start] + text[end:]
-    text = text.replace("  embedding_model: !ref <embedding_model>\n", "")
-    text = text.replace("    embedding_model: !ref <embedding_model>\n", "")
+    text = re.sub(r"(?m)^ *embedding_model: !ref <embedding_model>\n", "", text)
     (folder / "hyperparams.yaml").write_text(text)
     with pytest.raises(ConfigError, match=f"base_model: {folder}: .*has no key.*embedding_model"):
         run_train("stage2.yaml", tmp, base_model=str(folder), experiment_name="no_embedding_model")

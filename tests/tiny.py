@@ -3,6 +3,7 @@ import pathlib
 import re
 import sys
 
+import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
@@ -62,6 +63,37 @@ def run_train(yaml_name, tmp_path, *flags, **extra):
     import train
 
     return train.main(tiny_command(yaml_name, tmp_path, *flags, **extra))
+
+
+def tree(folder):
+    """``{relative path: bytes or 'dir'}`` of everything under ``folder`` (empty if absent)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): "dir" if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))
+    }
+
+
+def files(folder):
+    """``{relative path: bytes}`` of the files under ``folder`` (folders made empty are not a change)."""
+    return {path: data for path, data in tree(folder).items() if data != "dir"}
+
+
+def refused(yaml_name, tmp, **overrides):
+    """Runs train.py's command line; returns its one `error:` line (asserting exit status 1)."""
+    sys.path.insert(0, str(REPO))
+    import train
+
+    with pytest.raises(SystemExit) as stop:
+        train.cli(tiny_command(yaml_name, tmp, **overrides))
+    message = stop.value.code
+    assert isinstance(message, str), "sys.exit(<str>) is what gives exit status 1"
+    lines = message.splitlines()
+    assert lines[0].startswith("error: ") and "Traceback" not in message
+    assert lines[1:] == [
+        "(checkpoints and results already written are kept; fix the problem and run the same command to resume)"
+    ]
+    return lines[0]
 
 
 def check_mixed_precision_outputs(stage_folder, with_anchors):

@@ -8,7 +8,7 @@ Example
 -------
 >>> import numpy as np, soundfile as sf
 >>> path = getfixture("tmp_path") / "tone.wav"
->>> sf.write(path, np.zeros(8000, dtype="float32"), 16000)
+>>> sf.write(path, 0.1 * np.sin(np.arange(8000, dtype="float32")), 16000)
 >>> inspect_audio(path)
 0.5
 >>> read_audio_checked(path, start=0, stop=100).shape
@@ -28,6 +28,7 @@ from anchor_reg.atomic import atomic_path, write_text_atomic
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
+SILENCE_PEAK = 2.0**-15  # a file whose peak is below one 16-bit step holds no signal
 
 
 class AudioError(ValueError):
@@ -157,11 +158,15 @@ def validate_audio_files(
             problems[str(path)] = problem
     bad_files = listing([f"{path}: {why}" for path, why in problems.items()])
     if problems and not skip_bad_files:
-        raise AudioError(
-            f"{len(problems)} bad audio file(s) (fix them, or pass "
-            "skip_bad_files=True to leave them out):\n" + bad_files,
-            problems,
-        )
+        first = "{}: {}".format(*next(iter(problems.items())))
+        if len(problems) == 1:  # one line, naming the file
+            message = f"{first} (fix or remove the file, or pass --skip_bad_files=True to leave it out)"
+        else:
+            message = (
+                f"{len(problems)} bad audio file(s), the first {first} (fix or remove them, or pass "
+                f"--skip_bad_files=True to leave them out); all of them:\n{bad_files}"
+            )
+        raise AudioError(message, problems)
     if problems:
         logger.warning(
             "Skipping %d bad audio file(s)%s:\n%s",
@@ -199,7 +204,7 @@ def _check_file(path, sample_rate, mono=True):
             problem = _format_problem(audio, sample_rate, mono)
             if problem is None:
                 samples = audio.read(dtype="float32")
-                problem = _samples_problem(samples, audio.frames)
+                problem = _samples_problem(samples, audio.frames) or _silence_problem(samples)
             duration = audio.frames / audio.samplerate
     except (sf.SoundFileError, RuntimeError) as error:
         return None, f"unreadable audio ({error})"
@@ -234,6 +239,13 @@ def _samples_problem(samples, expected_frames):
         )
     if not np.isfinite(samples).all():
         return "NaN or Inf samples"
+    return None
+
+
+def _silence_problem(samples):
+    """For a whole file without a sample above 16-bit resolution, the problem."""
+    if np.abs(samples).max() < SILENCE_PEAK:
+        return "digitally silent (no sample reaches 1/32768)"
     return None
 
 

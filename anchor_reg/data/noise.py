@@ -57,6 +57,7 @@ NOISE_FIELDS = [
     "noise_type_opts",
 ]
 NOISE_TYPES = ("noise", "music", "babble", "rir")
+BABBLE_TALKERS = (3, 7)  # fewest and most talkers in one babble mixture
 
 
 def prepare_noise_folder(folder, save_csv, noise_type, **options):
@@ -205,7 +206,7 @@ def prepare_musan(
     *,
     seg_dur=5.0,
     n_babble=1000,
-    babble_speakers=(3, 7),
+    babble_speakers=BABBLE_TALKERS,
     seed=1234,
     sample_rate=16000,
     skip_bad_files=False,
@@ -294,7 +295,7 @@ def prepare_babble(
     speech,
     save_folder,
     n_mixtures,
-    speakers_per_mix=(3, 7),
+    speakers_per_mix=BABBLE_TALKERS,
     seg_dur=5.0,
     seed=1234,
     sample_rate=16000,
@@ -366,7 +367,8 @@ def prepare_babble(
     if len(talkers) < fewest:
         raise ValueError(
             f"Babble needs at least {fewest} talkers; {source} has "
-            f"{len(talkers)}"
+            f"{len(talkers)} (give it more speakers: more training speakers "
+            "for train.csv, a larger verification_speakers for test.csv)"
         )
     rng = random.Random(f"{seed}-babble")
     seg = round(seg_dur * sample_rate)

@@ -18,12 +18,17 @@ pointing at RIRS_NOISES).
 
 import csv
 import logging
+import os
 import pathlib
 import random
 import re
 
+from anchor_reg.checks import DATASETS
+from anchor_reg.config import ConfigError
+from anchor_reg.data.audio import AudioError
 from anchor_reg.data.folder import prepare_folder_of_speakers, write_csv
 from anchor_reg.data.noise import (
+    BABBLE_TALKERS,
     NOISE_FIELDS,
     find_audio_files,
     merge_noise_csvs,
@@ -37,13 +42,17 @@ from anchor_reg.data.voxceleb import prepare_voxceleb
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("synthetic", "folder", "voxceleb")
-EVAL_NOISE_TYPES = ("noise", "music", "babble")
+SHORT_VERIFICATION_FRACTION = 0.5  # warn of verification utterances shorter than this x the shortest crop
 _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
 
 def prepare_data(hparams):
     """Prepares speech, noise and RIR CSVs in ``hparams["prep_folder"]``.
+
+    With ``dataset: synthetic`` the corpus is generated into ``data_folder``
+    first (:func:`generate_synthetic`). A problem with the data or the data
+    keys raises :class:`~anchor_reg.config.ConfigError` (one line naming the
+    key or file) or :class:`~anchor_reg.data.audio.AudioError`.
 
     Arguments
     ---------
@@ -62,9 +71,7 @@ def prepare_data(hparams):
     """
     dataset = hparams["dataset"]
     if dataset not in DATASETS:
-        raise ValueError(
-            f"key 'dataset' must be one of {DATASETS}, got '{dataset}'"
-        )
+        raise ConfigError(f"key 'dataset' must be one of {', '.join(DATASETS)}, got '{dataset}'")
     prep = pathlib.Path(hparams["prep_folder"])
     prep.mkdir(parents=True, exist_ok=True)
     common = dict(
@@ -74,39 +81,114 @@ def prepare_data(hparams):
         sample_rate=hparams["sample_rate"],
         skip_bad_files=hparams["skip_bad_files"],
     )
-    sources = noise_sources(hparams)
-    if dataset == "voxceleb":
-        prepare_voxceleb(
-            hparams["data_folders"],
-            prep,
-            trial_list=hparams["trial_list"] or "veri_test2.txt",
-            **common,
+    try:
+        if dataset == "synthetic":
+            generate_synthetic(hparams)
+        sources = noise_sources(hparams)
+        if dataset == "folder":
+            check_babble_talkers(hparams)
+        if dataset == "voxceleb":
+            prepare_voxceleb(
+                hparams["data_folders"],
+                prep,
+                trial_list=hparams["trial_list"] or "veri_test2.txt",
+                **common,
+            )
+        else:
+            prepare_folder_of_speakers(
+                sources.pop("speech"),
+                prep,
+                verification_speakers=hparams["verification_speakers"],
+                trial_list=hparams["trial_list"],
+                test_seg_dur=hparams["test_seg_dur"],
+                **common,
+            )
+        return prepare_noise(hparams, sources)
+    except (ConfigError, AudioError):
+        raise
+    except (ValueError, TypeError) as err:  # the preparation's own checks: the message names the cause
+        raise ConfigError(f"data preparation ({dataset} data): {err}".replace("\n", " ")) from err
+
+
+def check_babble_talkers(hparams):
+    """Refuses (before preparing) a number of verification speakers too small for the evaluation babble.
+
+    The folder dataset mixes its evaluation babble from the held-out speakers.
+    """
+    held_out, fewest = hparams["verification_speakers"], BABBLE_TALKERS[0]
+    if not hparams["trial_list"] and isinstance(held_out, int) and held_out * len(hparams["data_folders"]) < fewest:
+        raise ConfigError(
+            f"verification_speakers: the evaluation babble mixes {fewest} to {BABBLE_TALKERS[1]} "
+            f"verification speakers, so at least {fewest} are needed in all, got {held_out}"
         )
-    else:
-        prepare_folder_of_speakers(
-            sources.pop("speech"),
-            prep,
-            verification_speakers=hparams["verification_speakers"],
-            trial_list=hparams["trial_list"],
-            test_seg_dur=hparams["test_seg_dur"],
-            **common,
+
+
+def check_prepared(hparams):
+    """Refuses prepared data that gives no training step; warns of short verification utterances.
+
+    Run before a stage trains (the files themselves were checked while
+    preparing: unreadable, NaN/Inf or digitally silent audio is refused
+    there, naming the file).
+
+    Arguments
+    ---------
+    hparams : dict
+        Needs ``prep_folder`` and ``batch_size``.
+
+    Raises
+    ------
+    ConfigError
+        If ``train.csv`` holds fewer rows per process than one batch (the
+        incomplete last batch is dropped, so an epoch would train nothing).
+    """
+    prep = pathlib.Path(hparams["prep_folder"])
+    train_rows = _read_rows(prep / "train.csv")
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if len(train_rows) // world_size < hparams["batch_size"]:
+        raise ConfigError(
+            f"batch_size: {hparams['batch_size']} is more than the {len(train_rows)} rows of "
+            f"{prep / 'train.csv'}{f' shared by {world_size} processes' if world_size > 1 else ''}, "
+            "so an epoch has no training step: lower --batch_size or give more data"
         )
-    return prepare_noise(hparams, sources)
+    shortest_crop = min(float(row["duration"]) for row in train_rows)
+    verification = {row["ID"]: row for name in ("enrol", "test") for row in _read_rows(prep / f"{name}.csv")}
+    short = [row for row in verification.values() if float(row["duration"]) < SHORT_VERIFICATION_FRACTION * shortest_crop]
+    if short:
+        logger.warning(
+            "%d verification utterance(s) are shorter than %g x the shortest training crop (%.2f s), "
+            "e.g. %s (%.2f s): their embeddings will be poor; drop them or use longer ones",
+            len(short), SHORT_VERIFICATION_FRACTION, shortest_crop, short[0]["wav"], float(short[0]["duration"]),
+        )
+
+
+def _read_rows(csv_file):
+    """Rows of a prepared CSV as dicts."""
+    with open(csv_file, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def generate_synthetic(hparams):
+    """Generates (or reuses) the synthetic corpus in ``data_folder``; never
+    writes into a folder that holds anything else (FileExistsError)."""
+    generate_corpus(
+        hparams["data_folder"],
+        num_speakers=hparams["synthetic_speakers"],
+        utts_per_speaker=hparams["synthetic_utts_per_speaker"],
+        num_noises=hparams["synthetic_noises"],
+        seed=hparams["data_seed"],
+        sample_rate=hparams["sample_rate"],
+    )
 
 
 def noise_sources(hparams):
-    """Where speech, noise and RIRs come from for this dataset (folders or CSVs)."""
+    """Where speech, noise and RIRs come from for this dataset (folders or CSVs).
+
+    Reads nothing and writes nothing: for ``synthetic``, the folders of the
+    corpus :func:`generate_synthetic` makes.
+    """
     dataset = hparams["dataset"]
     if dataset == "synthetic":
         root = pathlib.Path(hparams["data_folder"])
-        generate_corpus(
-            root,
-            num_speakers=hparams["synthetic_speakers"],
-            utts_per_speaker=hparams["synthetic_utts_per_speaker"],
-            num_noises=hparams["synthetic_noises"],
-            seed=hparams["data_seed"],
-            sample_rate=hparams["sample_rate"],
-        )
         return {
             "speech": [str(root / "speech")],
             "noise": {
@@ -125,13 +207,23 @@ def noise_sources(hparams):
         raise FileNotFoundError(
             f"data_folders: {', '.join(missing)} not found (set --data_folder=...)"
         )
+    if not hparams["rir_folder"]:
+        raise ConfigError(
+            "rir_folder: no RIR folder given (set --rir_folder= to a folder of RIR audio or the RIRS_NOISES root)"
+        )
     sources = {
         "speech": list(hparams["data_folders"]),
         "rir": hparams["rir_folder"],
     }
     if dataset == "voxceleb":
+        if not hparams["musan_folder"]:
+            raise ConfigError("musan_folder: no MUSAN folder given (set --musan_folder= to the MUSAN root)")
         sources["musan"] = hparams["musan_folder"]
     else:
+        if not hparams["noise_folders"]:
+            raise ConfigError(
+                "noise_folders: no noise folders given (set --noise_folders=\"{noise: <folder>, music: <folder>}\")"
+            )
         sources["noise"] = dict(hparams["noise_folders"])
     return sources
 
@@ -174,10 +266,6 @@ def prepare_noise(hparams, sources):
             kind,
             sample_rate=sample_rate,
             skip_bad_files=skip,
-        )
-    if not per_type:
-        raise ValueError(
-            "no noise given: set noise_folders (folder dataset) or musan_folder (voxceleb)"
         )
     train_parts = []
     for kind, csv_file in per_type.items():
@@ -223,12 +311,7 @@ def prepare_noise(hparams, sources):
         )
         copy_csv(eval_babble, prep / "eval_babble.csv")
 
-    rir_folder = sources.get("rir")
-    if not rir_folder:
-        raise ValueError(
-            "rir_folder: no RIR folder given (a folder of RIR audio or the RIRS_NOISES root)"
-        )
-    rir_folder = pathlib.Path(rir_folder)
+    rir_folder = pathlib.Path(sources["rir"])
     if (rir_folder / "simulated_rirs").is_dir() or (
         rir_folder / "real_rirs_isotropic_noises"
     ).is_dir():
@@ -271,8 +354,7 @@ def split_noise_csv(csv_file, train_csv, eval_csv, seed, eval_fraction=0.5):
     Segments cut from one file (IDs ``<name>_<start>_<stop>``) stay together, so
     no evaluation noise was heard in training. Both sides get at least one file.
     """
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(csv_file)
     sources = sorted({_SEGMENT_SUFFIX.sub("", row["ID"]) for row in rows})
     if len(sources) < 2:
         raise ValueError(
@@ -301,6 +383,4 @@ def copy_csv(src, dst):
     """Copies a noise CSV (atomically) unless it is already ``dst``."""
     if pathlib.Path(src).resolve() == pathlib.Path(dst).resolve():
         return
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    write_csv(rows, dst, NOISE_FIELDS)
+    write_csv(_read_rows(src), dst, NOISE_FIELDS)

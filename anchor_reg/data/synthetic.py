@@ -885,6 +885,28 @@ def _check_options(options):
         )
 
 
+def _refuse_foreign_folder(out, manifest):
+    """Raises FileExistsError unless ``out`` is absent, empty or a corpus this module made.
+
+    ``manifest`` is the folder's manifest (None if it has none); a folder with
+    the in-progress marker is an interrupted generation, also ours.
+    """
+    if not out.exists():
+        return
+    ours = {SPEECH_DIR, NOISE_DIR, RIR_DIR, MANIFEST, IN_PROGRESS, f".{MANIFEST}.tmp"}
+    entries = sorted(os.listdir(out)) if out.is_dir() else [out.name]
+    foreign = [name for name in entries if name not in ours]
+    if not foreign and entries and manifest is None and IN_PROGRESS not in entries:
+        foreign = entries  # speech/, noise/ or rir/ that generate_corpus did not make
+    if foreign:
+        raise FileExistsError(
+            f"data_folder: {out} holds files that are not a generated synthetic corpus "
+            f"(e.g. {foreign[0]}) and is never written to: pass --dataset=folder (with "
+            "--noise_folders and --rir_folder) to train on them, or give an empty --data_folder "
+            "for the synthetic corpus"
+        )
+
+
 def generate_corpus(
     out_folder,
     *,
@@ -951,17 +973,8 @@ def generate_corpus(
         )
         return previous
 
+    _refuse_foreign_folder(out, previous)
     ours = [out / d for d in (SPEECH_DIR, NOISE_DIR, RIR_DIR)]
-    if (
-        previous is None
-        and not (out / IN_PROGRESS).exists()
-        and any(p.exists() for p in ours)
-    ):
-        raise FileExistsError(
-            f"{out} already holds speech/, noise/ or rir/ that "
-            "generate_corpus did not make; "
-            "use an empty folder for the synthetic corpus"
-        )
     out.mkdir(parents=True, exist_ok=True)
     (out / IN_PROGRESS).write_text(json.dumps(options))
     manifest_path.unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""The range of every recipe key, in one table.
+
+:func:`anchor_reg.config.check_values` applies it when a YAML loads with its
+overrides (references resolved, nothing built yet), so a value that would make
+a run meaningless (``snr_low > snr_high``, a negative λ, ``noisy_copies=0``,
+``batch_size=8.5`` ...) stops it before any work, with one line naming the key
+and the value. A key a YAML does not have is not checked.
+
+>>> RANGES["dev_ratio"].test(0.1), RANGES["dev_ratio"].test(1.0), RANGES["dev_ratio"].wants
+(True, False, 'a number in (0, 1)')
+"""
+import collections
+import math
+
+from anchor_reg.anchors import ANCHOR_TYPES
+from anchor_reg.losses import DISTANCES, WeightSchedule
+
+Rule = collections.namedtuple("Rule", "test wants")
+
+
+def integer(low):
+    """An int (not a bool) >= ``low``."""
+    return Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low, f"an integer >= {low}")
+
+
+def number(low=-math.inf, high=math.inf, *, open_low=False, open_high=False):
+    """A finite number in the interval (``open_*``: the end is excluded)."""
+    def test(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+    if high == math.inf:
+        wants = f"a number {'>' if open_low else '>='} {low}" if low > -math.inf else "a finite number"
+    else:
+        wants = f"a number in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    return Rule(test, wants)
+
+
+def one_of(choices):
+    """One of ``choices`` (strings)."""
+    return Rule(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def optional(rule):
+    """None or what ``rule`` accepts."""
+    return Rule(lambda v: v is None or rule.test(v), f"null or {rule.wants}")
+
+
+def list_of(rule, wants):
+    """A list whose items ``rule`` accepts."""
+    return Rule(lambda v: isinstance(v, list) and all(rule.test(x) for x in v), wants)
+
+
+def _verification_speakers(v):
+    """At least 2 held-out speakers: a count, a fraction, or their ids."""
+    if isinstance(v, list):
+        return len(v) >= 2 and all(isinstance(s, str) for s in v)
+    return integer(2).test(v) or number(0, 1, open_low=True, open_high=True).test(v)
+
+
+POSITIVE = number(0, open_low=True)
+NON_NEGATIVE = number(0)
+DATASETS = ("synthetic", "folder", "voxceleb")
+EVAL_NOISE_TYPES = ("noise", "music", "babble")
+
+RANGES = {
+    # which trainer, seeds
+    "stage": one_of(("stage1", "stage2", "joint")),
+    "seed": integer(0),
+    "data_seed": integer(0),
+    # data
+    "dataset": one_of(DATASETS),
+    "sample_rate": integer(8000),
+    "seg_dur": POSITIVE,
+    "dev_ratio": number(0, 1, open_low=True, open_high=True),
+    "verification_speakers": Rule(_verification_speakers, "an integer >= 2, a fraction in (0, 1) or a list of >= 2 speaker ids"),
+    "test_seg_dur": optional(POSITIVE),
+    "synthetic_speakers": integer(3),
+    "synthetic_utts_per_speaker": integer(2),
+    "synthetic_noises": integer(2),
+    "babble_mixtures": integer(1),
+    # training
+    "number_of_epochs": integer(1),
+    "stage1_epochs": integer(1),
+    "stage2_epochs": integer(1),
+    "batch_size": integer(1),
+    "anchor_batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "lr": POSITIVE,
+    "lr_final": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "num_workers": integer(0),
+    "keep_checkpoints": integer(1),
+    "ckpt_interval_steps": integer(0),
+    # augmentation
+    "snr_low": number(),
+    "snr_high": number(),
+    "noisy_copies": integer(1),
+    # anchor-distance / consistency term
+    "anchor_weight": NON_NEGATIVE,
+    "anchor_weight_final": NON_NEGATIVE,
+    "anchor_weight_warmup_epochs": integer(0),
+    "anchor_distance": one_of(DISTANCES),
+    "anchor_type": one_of(ANCHOR_TYPES),
+    "anchor_weight_schedule_kind": one_of(WeightSchedule.KINDS),
+    "consistency_weight": NON_NEGATIVE,
+    "consistency_distance": one_of(DISTANCES),
+    # model
+    "n_mels": integer(1),
+    "channels": integer(4),
+    "emb_dim": integer(1),
+    "num_train_speakers": integer(0),
+    # evaluation (stage YAMLs and verify.yaml)
+    "eval_snrs": list_of(number(), "a list of numbers"),
+    "eval_noise_types": list_of(one_of(EVAL_NOISE_TYPES), f"a list drawn from {', '.join(EVAL_NOISE_TYPES)}"),
+    "snrs": list_of(number(), "a list of numbers"),
+    "cohort_size": integer(1),
+    "norm_topk": integer(1),
+    "max_trials": optional(integer(1)),
+}
+
+# (low key, high key): low must not exceed high.
+ORDERED = [("snr_low", "snr_high")]
+
+
+def tagged(value):
+    """True for a ``!new:``/``!PLACEHOLDER`` ... node: built or filled in later, not a plain value."""
+    return str(getattr(getattr(value, "tag", None), "value", None) or "").startswith("!")
+
+
+def plain(value):
+    """ruamel's round-trip scalars and sequences as plain Python values (for the tests and the message)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
