@@ -191,7 +191,8 @@ def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
         return False
     folder = pathlib.Path(hparams["output_folder"])
     recorded = load_record((folder / "hyperparams.yaml").read_text(encoding="utf-8"))
-    ignored = hparams["rerun_may_change"]
+    # num_train_speakers follows the data, whose changes the training-rows digest names (load_base)
+    ignored = [*hparams["rerun_may_change"], "num_train_speakers"]
     kept = {key: recorded[key] for key in ignored if key in recorded}
     resolved = load_record(resolve_references(yaml_stream(hparams_file, model_file), dict(overrides, **kept)))
     differ = record_differences(recorded, resolved, ignored)
