@@ -46,7 +46,7 @@ from anchor_reg.corruption import (
     read_mono,
     stable_seed,
 )
-from anchor_reg.data.folder import read_trial_list, strip_trial_extension
+from anchor_reg.data.trials import read_trial_list, strip_trial_extension
 from anchor_reg.metrics import (
     MIN_DCF_NOTE,
     det_curve,

@@ -22,7 +22,8 @@ import pathlib
 import random
 import re
 
-from anchor_reg.data.folder import prepare_folder_of_speakers, write_csv
+from anchor_reg.data.cache import write_csv
+from anchor_reg.data.folder import prepare_folder_of_speakers
 from anchor_reg.data.noise import (
     NOISE_FIELDS,
     find_audio_files,
