@@ -14,8 +14,8 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
+from anchor_reg.compare import compare_systems
 from anchor_reg.evaluate import (
-    compare_systems,
     embed_utterances,
     pad_by_reflection,
     evaluate_model,

@@ -50,7 +50,8 @@ sys.path.insert(0, str(REPO))
 
 from anchor_reg.config import keys_of, overrides_for  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
-from anchor_reg.evaluate import compare_systems, evaluate_model, load_encoder  # noqa: E402
+from anchor_reg.compare import compare_systems  # noqa: E402
+from anchor_reg.evaluate import evaluate_model, load_encoder  # noqa: E402
 from anchor_reg.export import export_model  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
 
