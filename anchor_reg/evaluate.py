@@ -39,7 +39,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 
-from anchor_reg import compare, plots
+from anchor_reg import compare, plots, recipe_hparams
 from anchor_reg.config import load_hparams
 from anchor_reg.corruption import (
     Corruptor,
@@ -62,7 +62,6 @@ from anchor_reg.results import results_table, write_results
 logger = logging.getLogger(__name__)
 
 NORMS = (None, "s-norm", "as-norm")
-DEFAULT_YAML = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "verify.yaml"
 
 
 def load_encoder(path, device="cpu"):
@@ -518,7 +517,7 @@ def yaml_keys_help(hparams_file):
 def usage(argv):
     """Help text: the command forms, then the keys of the YAML named in ``argv`` (or verify.yaml)."""
     yaml_files = [arg for arg in argv if not arg.startswith("-") and pathlib.Path(arg).is_file()]
-    hparams_file = pathlib.Path(yaml_files[0]) if yaml_files else DEFAULT_YAML
+    hparams_file = pathlib.Path(yaml_files[0]) if yaml_files else recipe_hparams() / "verify.yaml"
     text = [
         "usage: python -m anchor_reg.evaluate HPARAMS.yaml [--key=value ...] [--device=cpu|cuda:0]",
         "       python -m anchor_reg.evaluate compare --output_folder=DIR NAME=RESULTS [NAME=RESULTS ...]",

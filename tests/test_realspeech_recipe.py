@@ -8,6 +8,8 @@ import pytest
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2")
 
+pytestmark = pytest.mark.slow  # trains every system
+
 
 def load_recipe():
     spec = importlib.util.spec_from_file_location("realspeech_recipe", SCRIPT)
@@ -44,12 +46,18 @@ def test_leaves_exports_results_table_and_plot(tiny_run):
     recipe, _, out = tiny_run
     expected = {c.name for c in recipe.default_conditions(recipe.NOISE_TYPES, recipe.SNRS, reverb=True)}
     assert len(expected) == 12  # clean, noise and babble at 5 SNRs, reverb
+    labels = [line.split()[0] for line in (out / "runs" / "realspeech" / "prepared" / "trials.txt").read_text().splitlines()]
+    n_target, n_nontarget = labels.count("1"), labels.count("0")
+    # an EER is the mean of a miss rate and a false-alarm rate: (misses / targets + false alarms / non-targets) / 2
+    possible_eers = [50 * (m / n_target + f / n_nontarget) for m in range(n_target + 1) for f in range(n_nontarget + 1)]
     for system in SYSTEMS:
         export = out / system / "export"
         assert (export / "hyperparams.yaml").is_file() and (export / "embedding_model.ckpt").is_file()
         results = json.loads((out / system / "seed1" / "results.json").read_text())
         assert results["system"] == system and set(results["conditions"]) == expected
-        assert all(0 <= cond["EER"] <= 100 for cond in results["conditions"].values())
+        for cond in results["conditions"].values():
+            assert (cond["n_trials"], cond["n_target"]) == (len(labels), n_target)
+            assert min(abs(cond["EER"] - eer) for eer in possible_eers) < 1e-9
     table = (out / "comparison.md").read_text()
     assert all(f"| {system} |" in table for system in SYSTEMS)
     assert "noise EER" in table and "babble EER" in table and "music" not in table

@@ -14,6 +14,7 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 
+from anchor_reg import recipe_hparams
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
 from anchor_reg.config import load_hparams, overrides_for
@@ -24,19 +25,11 @@ from anchor_reg.data.synthetic import NOISE_DIR, RIR_DIR, generate_corpus
 EMB_DIM = 192
 VOXCELEB2_ROWS = 1_092_009  # VoxCeleb2 dev utterances
 VOXCELEB2_SPEAKERS = 5994
-CHECKOUT_HPARAMS = pathlib.Path(__file__).resolve().parents[2] / "hparams"
 
 
 def hparams_folder(given=None):
     """The folder of stage1.yaml / stage2.yaml / joint.yaml: ``given``, the checkout's, or the installed copy."""
-    if given is not None:
-        folder = pathlib.Path(given)
-    elif CHECKOUT_HPARAMS.is_dir():
-        folder = CHECKOUT_HPARAMS
-    else:
-        import importlib.resources
-
-        folder = pathlib.Path(str(importlib.resources.files("anchor_reg.hparams")))
+    folder = recipe_hparams() if given is None else pathlib.Path(given)
     missing = [name for name in ("stage1.yaml", "stage2.yaml", "joint.yaml") if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"--hparams_folder {folder}: no {', '.join(missing)}")
