@@ -2,12 +2,9 @@
 import pathlib
 
 CHECKOUT_HPARAMS = pathlib.Path(__file__).resolve().parents[1] / "hparams"
+INSTALLED_HPARAMS = pathlib.Path(__file__).resolve().parent / "hparams"  # setup.py installs hparams/ there
 
 
 def recipe_hparams():
-    """The folder of the recipe's YAMLs: the checkout's ``hparams/``, else the copy installed as ``anchor_reg.hparams``."""
-    if CHECKOUT_HPARAMS.is_dir():
-        return CHECKOUT_HPARAMS
-    import importlib.resources
-
-    return pathlib.Path(str(importlib.resources.files("anchor_reg.hparams")))
+    """The folder of the recipe's YAMLs: the checkout's ``hparams/``, else the copy installed with the package."""
+    return CHECKOUT_HPARAMS if CHECKOUT_HPARAMS.is_dir() else INSTALLED_HPARAMS
