@@ -12,7 +12,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["anchor_reg", "anchor_reg.*"]),
+    # the recipe's YAMLs travel with the package (anchor_reg.hparams), so the installed
+    # console scripts (the benchmark loads stage1/stage2/joint.yaml) work outside a checkout
+    packages=find_packages(include=["anchor_reg", "anchor_reg.*"]) + ["anchor_reg.hparams"],
+    package_dir={"anchor_reg.hparams": "hparams"},
+    package_data={"anchor_reg.hparams": ["*.yaml"]},
     install_requires=[
         "speechbrain==1.1.2",
         "torch==2.14.1",
@@ -30,7 +34,8 @@ setup(
         "console_scripts": [
             "anchor-reg-export=anchor_reg.export:main",
             "anchor-reg-evaluate=anchor_reg.evaluate:main",
-            "anchor-reg-benchmark=anchor_reg.benchmark:main",
+            "anchor-reg-compare=anchor_reg.compare:main",
+            "anchor-reg-benchmark=anchor_reg.benchmark.cli:main",
         ]
     },
 )

@@ -4,19 +4,21 @@
 Conditions: ``clean``; every noise type (noise CSV) at every SNR, named
 ``<type>_<snr>dB``; ``reverb`` (RIR CSV) -- 17 conditions with three noise
 types and five SNRs. Corruption is deterministic (see anchor_reg.corruption).
-Each utterance is decoded once and kept in memory; per condition each
-utterance on the corrupted side is embedded once, in length-sorted batches.
-Trials are scored by cosine similarity, optionally followed by s-norm or
-adaptive s-norm (as-norm) against a cohort of training utterances.
+Each utterance is decoded once and kept in memory (:class:`TrialSet`); per
+condition (:func:`evaluate_condition`) each utterance on the corrupted side is
+corrupted, embedded once in length-sorted batches, the trials are scored by
+cosine similarity (optionally s-norm or adaptive s-norm against a cohort of
+training utterances) and the geometry of the embeddings is measured.
 
 Usage
 -----
-Evaluate a trained stage folder or an exported model folder::
+Evaluate a trained stage folder or an exported model folder (the keys of
+verify.yaml: ``python -m anchor_reg.evaluate hparams/verify.yaml --help``)::
 
     python -m anchor_reg.evaluate hparams/verify.yaml \\
         --model_path=results/default/1986/stage2 --output_folder=results/eval
 
-Compare systems (repeat a name once per seed to get mean +- sd)::
+Compare systems (:mod:`anchor_reg.compare`; repeat a name once per seed)::
 
     python -m anchor_reg.evaluate compare --output_folder=results/compare \\
         base=results/eval_base anchor=results/eval_anchor/results.json
@@ -25,20 +27,20 @@ Authors
  * anchor-reg contributors
 """
 
-import argparse
 import csv
-import json
 import logging
 import pathlib
+import re
 import sys
+import tempfile
+import traceback
 
 import numpy as np
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
-from anchor_reg import plots
-from anchor_reg.atomic import write_text_atomic
+from anchor_reg import compare, plots, recipe_hparams
+from anchor_reg.config import load_hparams
 from anchor_reg.corruption import (
     Corruptor,
     default_conditions,
@@ -47,22 +49,20 @@ from anchor_reg.corruption import (
     stable_seed,
 )
 from anchor_reg.data.batching import pad_by_reflection
-from anchor_reg.data.folder import read_trial_list, strip_trial_extension
+from anchor_reg.data.trials import read_trial_list, strip_trial_extension
 from anchor_reg.metrics import (
     MIN_DCF_NOTE,
     det_curve,
     eer,
     embedding_drift,
-    mean_and_sd,
     min_dcf,
     speaker_geometry,
 )
+from anchor_reg.results import results_table, write_results
 
 logger = logging.getLogger(__name__)
 
 NORMS = (None, "s-norm", "as-norm")
-PROJECTION_SPEAKERS = 6
-PROJECTION_UTTERANCES = 20
 
 
 def load_encoder(path, device="cpu"):
@@ -73,7 +73,8 @@ def load_encoder(path, device="cpu"):
     path : str or pathlib.Path
         An exported folder (``hyperparams.yaml`` + ``embedding_model.ckpt``)
         or a training stage folder (``hyperparams.yaml`` + ``save/``), which is
-        first exported to ``<path>/export`` with anchor_reg.export.
+        exported with anchor_reg.export into a temporary folder, loaded from
+        there and removed: nothing is written beside the stage.
     device : str
         Device to run the encoder on.
 
@@ -86,18 +87,18 @@ def load_encoder(path, device="cpu"):
     path = pathlib.Path(path)
     if not (path / "hyperparams.yaml").is_file():
         raise FileNotFoundError(f"{path} has no hyperparams.yaml: not a model folder.")
-    if not (path / "embedding_model.ckpt").is_file():
-        if not (path / "save").is_dir():
-            raise FileNotFoundError(
-                f"{path} has neither embedding_model.ckpt (exported model) "
-                "nor save/ (training stage folder)."
-            )
-        from anchor_reg.export import export_model
+    if (path / "embedding_model.ckpt").is_file():
+        return EncoderClassifier.from_hparams(source=str(path), savedir=str(path), run_opts={"device": device})
+    if not (path / "save").is_dir():
+        raise FileNotFoundError(
+            f"{path} has neither embedding_model.ckpt (exported model) "
+            "nor save/ (training stage folder)."
+        )
+    from anchor_reg.export import export_model
 
-        path = pathlib.Path(export_model(path, path / "export"))
-    return EncoderClassifier.from_hparams(
-        source=str(path), savedir=str(path), run_opts={"device": device}
-    )
+    with tempfile.TemporaryDirectory(prefix="anchor_reg_encoder_") as tmp:
+        export = export_model(path, pathlib.Path(tmp) / "export")
+        return EncoderClassifier.from_hparams(source=str(export), savedir=str(export), run_opts={"device": device})
 
 
 def read_utterances(csv_path):
@@ -227,6 +228,95 @@ def score_trials(enrol, test, cohort=None, topk=None):
     return normalised
 
 
+class TrialSet:
+    """The trials of an evaluation with everything every condition shares.
+
+    Reads the enrol/test CSVs and the trial list (optionally a seeded subset
+    of ``max_trials``), decodes each trial utterance once, embeds them clean
+    and, for score normalisation, embeds the cohort.
+
+    Attributes
+    ----------
+    trials : list of (int, str, str)
+        The evaluated trials.
+    index : _TrialIndex
+        Rows of the trial utterances and the corrupted side.
+    waveforms : dict
+        Utterance ID -> (T,) waveform.
+    clean : torch.Tensor
+        (U, D) clean embeddings in the order of ``index.ids``.
+    cohort : torch.Tensor or None
+        (C, D) clean cohort embeddings.
+    """
+
+    def __init__(self, encoder, *, enrol_csv, test_csv, trials, corrupt, batch_size, seed, max_trials=None,
+                 cohort_csv=None, cohort_size=2000):
+        utterances = {**read_utterances(enrol_csv), **read_utterances(test_csv)}
+        self.trials = _select_trials(read_trials(trials), max_trials, seed)
+        self.index = _TrialIndex(self.trials, utterances, corrupt, f"{trials} ({enrol_csv}, {test_csv})")
+        self.corrupt = corrupt
+        self.batch_size = batch_size
+        logger.info("Decoding %d utterances", len(self.index.ids))
+        self.waveforms = {utt_id: _load_segment(utterances[utt_id]) for utt_id in self.index.ids}
+        self.clean = embed_utterances(encoder, self.waveforms, self.index.ids, batch_size)
+        self.cohort = None
+        if cohort_csv:
+            self.cohort = _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed)
+
+
+def evaluate_condition(encoder, trial_set, condition, corruptor, topk=None):
+    """Scores the trials in one condition and measures the embeddings' geometry.
+
+    Arguments
+    ---------
+    encoder : object
+        Has ``encode_batch``.
+    trial_set : TrialSet
+        The trials, their waveforms and clean embeddings.
+    condition : anchor_reg.corruption.Condition
+        Clean, additive noise at an SNR, or reverb.
+    corruptor : anchor_reg.corruption.Corruptor
+        Corrupts the corrupted-side utterances.
+    topk : int, optional
+        as-norm's cohort scores per embedding (None: s-norm when the trial set has a cohort).
+
+    Returns
+    -------
+    row : dict
+        ``noise_type``, ``snr``, ``EER`` (%), ``minDCF``, ``n_trials``,
+        ``n_target``, ``geometry``.
+    curve : (torch.Tensor, torch.Tensor)
+        DET points (p_fa, p_miss).
+    side : torch.Tensor
+        (N, D) embeddings of the corrupted-side utterances in this condition.
+    """
+    index, clean = trial_set.index, trial_set.clean
+    embeddings = clean.clone()
+    if not condition.is_clean:
+        embeddings[index.side] = embed_utterances(
+            encoder,
+            trial_set.waveforms,
+            index.side_ids,
+            trial_set.batch_size,
+            transform=lambda wav, utt_id: corruptor(wav, utt_id, condition),
+        )
+    enrol_side = embeddings if trial_set.corrupt == "both" else clean
+    scores = score_trials(enrol_side[index.enrol_rows], embeddings[index.test_rows], trial_set.cohort, topk)
+    target, nontarget = scores[index.labels], scores[~index.labels]
+    geometry = speaker_geometry(embeddings[index.side], index.side_speakers)
+    geometry["drift"] = embedding_drift(clean[index.side], embeddings[index.side])
+    row = {
+        "noise_type": condition.noise_type,
+        "snr": condition.snr,
+        "EER": 100 * eer(target, nontarget)[0],
+        "minDCF": min_dcf(target, nontarget)[0],
+        "n_trials": len(trial_set.trials),
+        "n_target": int(index.labels.sum()),
+        "geometry": geometry,
+    }
+    return row, det_curve(target, nontarget), embeddings[index.side]
+
+
 def evaluate_model(
     encoder,
     *,
@@ -248,7 +338,7 @@ def evaluate_model(
     cohort_size=2000,
     norm_topk=300,
 ):
-    """Evaluates a speaker encoder on clean and corrupted trials.
+    """Evaluates a speaker encoder on clean and corrupted trials, one condition at a time.
 
     Arguments
     ---------
@@ -293,10 +383,7 @@ def evaluate_model(
     -------
     dict
         ``system``, ``settings``, ``min_dcf_definition`` and ``conditions``:
-        name -> ``noise_type``, ``snr``, ``EER`` (%), ``minDCF``,
-        ``n_trials``, ``n_target`` and ``geometry`` (``compactness``,
-        ``separation``, ``nearest_centroid_distance`` of the corrupted-side
-        utterances, and ``drift`` from their clean embeddings).
+        name -> :func:`evaluate_condition`'s row.
     """
     if corrupt not in ("test", "both"):
         raise ValueError(f"corrupt must be 'test' or 'both', got {corrupt!r}.")
@@ -315,56 +402,23 @@ def evaluate_model(
     if hasattr(encoder, "eval"):
         encoder.eval()
 
-    utterances = {**read_utterances(enrol_csv), **read_utterances(test_csv)}
-    trial_list = _select_trials(read_trials(trials), max_trials, seed)
-    index = _TrialIndex(trial_list, utterances, corrupt, f"{trials} ({enrol_csv}, {test_csv})")
-
-    logger.info("Decoding %d utterances", len(index.ids))
-    waveforms = {utt_id: _load_segment(utterances[utt_id]) for utt_id in index.ids}
-    clean = embed_utterances(encoder, waveforms, index.ids, batch_size)
-    cohort = None
-    if norm:
-        cohort = _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed)
+    trial_set = TrialSet(
+        encoder, enrol_csv=enrol_csv, test_csv=test_csv, trials=trials, corrupt=corrupt, batch_size=batch_size,
+        seed=seed, max_trials=max_trials, cohort_csv=cohort_csv if norm else None, cohort_size=cohort_size,
+    )
     topk = norm_topk if norm == "as-norm" else None
-
     results, curves, side_embeddings = {}, {}, {}
     for condition in all_conditions:
-        embeddings = clean.clone()
-        if not condition.is_clean:
-            embeddings[index.side] = embed_utterances(
-                encoder,
-                waveforms,
-                index.side_ids,
-                batch_size,
-                transform=lambda wav, utt_id, c=condition: corruptor(wav, utt_id, c),
-            )
-        enrol_side = embeddings if corrupt == "both" else clean
-        scores = score_trials(
-            enrol_side[index.enrol_rows], embeddings[index.test_rows], cohort, topk
+        row, curves[condition.name], side_embeddings[condition.name] = evaluate_condition(
+            encoder, trial_set, condition, corruptor, topk
         )
-        target, nontarget = scores[index.labels], scores[~index.labels]
-        geometry = speaker_geometry(embeddings[index.side], index.side_speakers)
-        geometry["drift"] = embedding_drift(clean[index.side], embeddings[index.side])
-        results[condition.name] = {
-            "noise_type": condition.noise_type,
-            "snr": condition.snr,
-            "EER": 100 * eer(target, nontarget)[0],
-            "minDCF": min_dcf(target, nontarget)[0],
-            "n_trials": len(trial_list),
-            "n_target": int(index.labels.sum()),
-            "geometry": geometry,
-        }
-        curves[condition.name] = det_curve(target, nontarget)
-        side_embeddings[condition.name] = embeddings[index.side]
+        results[condition.name] = row
         logger.info(
             "%s %s: EER %.2f%%, minDCF %.4f, drift %.4f",
-            system_name,
-            condition.name,
-            results[condition.name]["EER"],
-            results[condition.name]["minDCF"],
-            geometry["drift"],
+            system_name, condition.name, row["EER"], row["minDCF"], row["geometry"]["drift"],
         )
 
+    index = trial_set.index
     output = {
         "system": system_name,
         "settings": {
@@ -390,149 +444,84 @@ def evaluate_model(
     }
     if output_folder is not None:
         write_results(output, output_folder)
-        _write_plots(
-            output, curves, clean[index.side], side_embeddings, index.side_speakers, output_folder
+        plots.plot_evaluation(
+            output, curves, trial_set.clean[index.side], side_embeddings, index.side_speakers, output_folder
         )
     return output
 
 
-def write_results(results, output_folder):
-    """Writes ``results.json`` and ``results.md`` (atomically)."""
-    folder = pathlib.Path(output_folder)
-    write_text_atomic(folder / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text_atomic(folder / "results.md", results_table(results))
+# ------------------------------------------------------------ command line ----
+def evaluate_from_yaml(hparams_file, overrides, device):
+    """Loads the encoder and runs :func:`evaluate_model` with a verify.yaml's keys."""
+    hparams = load_hparams(hparams_file, overrides)
+    encoder = load_encoder(hparams["model_path"], device=device)
+    keys = ("enrol_csv", "test_csv", "trials", "noise_csvs", "rir_csv", "snrs", "corrupt", "norm", "cohort_csv",
+            "cohort_size", "norm_topk", "batch_size", "seed", "output_folder", "system_name", "conditions",
+            "max_trials")
+    return evaluate_model(encoder, **{key: hparams[key] for key in keys})
 
 
-def results_table(results):
-    """Markdown table of one system: a row per condition, EER % and minDCF."""
-    lines = [
-        f"# {results['system']}: speaker verification per condition",
-        "",
-        "| Condition | EER (%) | minDCF | Trials | Drift |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, cond in results["conditions"].items():
-        lines.append(
-            f"| {name} | {cond['EER']:.2f} | {cond['minDCF']:.4f} | "
-            f"{cond['n_trials']} | {cond['geometry']['drift']:.4f} |"
-        )
-    settings = results["settings"]
-    lines += [
-        "",
-        f"Corrupted side: {settings['corrupt']}; score normalisation: "
-        f"{settings['norm'] or 'none'}; seed {settings['seed']}.",
-        "",
-        f"EER is the equal error rate; {MIN_DCF_NOTE} Drift is the mean "
-        "1 - cos between clean and corrupted embeddings of the corrupted-side "
-        "utterances.",
-        "",
-    ]
+def yaml_keys_help(hparams_file):
+    """``--key=default  description`` lines of a YAML file's top-level keys (descriptions from its comments)."""
+    lines, comment = [], []
+    for line in pathlib.Path(hparams_file).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            if text.strip("#"):
+                comment.append(text)
+            continue
+        match = re.match(r"^([A-Za-z_]\w*):\s*(.*?)\s*$", line)
+        if match:
+            key, default = match.groups()
+            lines.append(f"  --{key}={default or '...'}" + (f"\n      {' '.join(comment)}" if comment else ""))
+            comment = []
+        elif not line.strip():
+            comment = []
     return "\n".join(lines)
 
 
-def compare_systems(systems, output_folder):
-    """Side-by-side table (``comparison.md``) and ``eer_vs_snr.png`` of systems.
-
-    Arguments
-    ---------
-    systems : dict
-        System name -> results (a results.json path, a folder holding one, a
-        results dict, or a list of those: one per seed, shown as
-        ``mean ± sd (n=k)``).
-    output_folder : str or pathlib.Path
-        Output folder.
-
-    Returns
-    -------
-    dict
-        System name -> column -> list of per-seed values (None where missing).
-    """
-    runs = {
-        name: [_load_results(item) for item in (value if isinstance(value, list) else [value])]
-        for name, value in systems.items()
-    }
-    noise_types = plots.noise_types_in(runs)
-    columns = (
-        ["Clean EER (%)"]
-        + [f"{kind} EER (%)" for kind in noise_types]
-        + ["Reverb EER (%)", "Clean minDCF", "Corrupted minDCF", "Drift"]
-    )
-    per_seed = {name: [_summary(run, noise_types) for run in seeds] for name, seeds in runs.items()}
-    summary = {
-        name: {column: [row[column] for row in rows] for column in columns}
-        for name, rows in per_seed.items()
-    }
-    lines = [
-        "# System comparison",
+def usage(argv):
+    """Help text: the command forms, then the keys of the YAML named in ``argv`` (or verify.yaml)."""
+    yaml_files = [arg for arg in argv if not arg.startswith("-") and pathlib.Path(arg).is_file()]
+    hparams_file = pathlib.Path(yaml_files[0]) if yaml_files else recipe_hparams() / "verify.yaml"
+    text = [
+        "usage: python -m anchor_reg.evaluate HPARAMS.yaml [--key=value ...] [--device=cpu|cuda:0]",
+        "       python -m anchor_reg.evaluate compare --output_folder=DIR NAME=RESULTS [NAME=RESULTS ...]",
         "",
-        "| System | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        __doc__.split("\n")[0],
     ]
-    for name, values in summary.items():
-        cells = [_format_cell(values[column], column) for column in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Noise-type columns average the EER over SNRs; Corrupted minDCF and "
-        "Drift (mean 1 - cos between clean and corrupted embeddings) average "
-        "over all corrupted conditions. With several seeds: mean ± sample sd "
-        f"(n = seeds). {MIN_DCF_NOTE}",
-        "",
-    ]
-    folder = pathlib.Path(output_folder)
-    write_text_atomic(folder / "comparison.md", "\n".join(lines))
-    plots.plot_eer_vs_snr(runs, folder / "eer_vs_snr.png")
-    return summary
+    if hparams_file.is_file():
+        text += ["", f"keys of {hparams_file} (override any with --key=value):", yaml_keys_help(hparams_file)]
+    else:
+        text += ["", "name the YAML file (e.g. hparams/verify.yaml) before --help to list its keys"]
+    return "\n".join(text)
 
 
 def main(argv=None):
-    """Command line: evaluate a model (HyperPyYAML) or ``compare`` systems."""
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if argv and argv[0] == "compare":
-        parser = argparse.ArgumentParser(
-            prog="python -m anchor_reg.evaluate compare",
-            description="Compare evaluated systems; repeat NAME once per seed.",
-        )
-        parser.add_argument("--output_folder", required=True)
-        parser.add_argument("systems", nargs="+", metavar="NAME=RESULTS")
-        args = parser.parse_args(argv[1:])
-        systems = {}
-        for item in args.systems:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                parser.error(f"expected NAME=RESULTS, got {item!r}")
-            systems.setdefault(name, []).append(path)
-        compare_systems(systems, args.output_folder)
-        print((pathlib.Path(args.output_folder) / "comparison.md").read_text())
-        return
+    """Command line: evaluate a model (HyperPyYAML) or ``compare`` systems; returns the exit code.
 
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as stream:
-        hparams = load_hyperpyyaml(stream, overrides)
-    device = run_opts.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    encoder = load_encoder(hparams["model_path"], device=device)
-    results = evaluate_model(
-        encoder,
-        enrol_csv=hparams["enrol_csv"],
-        test_csv=hparams["test_csv"],
-        trials=hparams["trials"],
-        noise_csvs=hparams["noise_csvs"],
-        rir_csv=hparams["rir_csv"],
-        snrs=hparams["snrs"],
-        corrupt=hparams["corrupt"],
-        norm=hparams["norm"],
-        cohort_csv=hparams["cohort_csv"],
-        cohort_size=hparams["cohort_size"],
-        norm_topk=hparams["norm_topk"],
-        batch_size=hparams["batch_size"],
-        seed=hparams["seed"],
-        output_folder=hparams["output_folder"],
-        system_name=hparams["system_name"],
-        conditions=hparams["conditions"],
-        max_trials=hparams["max_trials"],
-    )
+    Every failure is reported as one ``error:`` line on stderr (the traceback
+    is logged at DEBUG level).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "compare":
+        return compare.main(argv[1:], prog="python -m anchor_reg.evaluate compare")
+    if not argv or "-h" in argv or "--help" in argv:
+        print(usage(argv))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+        device = run_opts.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        results = evaluate_from_yaml(hparams_file, overrides, device)
+    except Exception as err:  # noqa: BLE001 -- the command line promises one line for every failure
+        logger.debug("".join(traceback.format_exception(err)))
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
     print(results_table(results))
+    return 0
+
 
 
 class _TrialIndex:
@@ -604,90 +593,5 @@ def _unit(embeddings):
     return torch.nn.functional.normalize(embeddings, dim=1)
 
 
-def _write_plots(results, curves, clean_side, side_embeddings, speakers, output_folder):
-    """EER-vs-SNR, DET and PCA figures of one evaluation."""
-    folder = pathlib.Path(output_folder)
-    conditions = results["conditions"]
-    plots.plot_eer_vs_snr({results["system"]: [results]}, folder / "eer_vs_snr.png")
-
-    hardest = {}
-    for name, cond in conditions.items():
-        kind = cond["noise_type"]
-        if kind and (kind not in hardest or cond["snr"] < conditions[hardest[kind]]["snr"]):
-            hardest[kind] = name
-    shown = ["clean", *hardest.values(), "reverb"]
-    plots.plot_det(
-        {name: curves[name] for name in shown if name in curves},
-        folder / "det.png",
-        title=f"{results['system']}: DET",
-    )
-
-    corrupted = [name for name in conditions if name != "clean"]
-    if not corrupted:
-        return
-    worst = max(corrupted, key=lambda name: conditions[name]["geometry"]["drift"])
-    counts = {spk: speakers.count(spk) for spk in set(speakers)}
-    chosen = sorted(counts, key=lambda spk: (-counts[spk], spk))[:PROJECTION_SPEAKERS]
-    rows = [
-        i
-        for spk in chosen
-        for i in [j for j, s in enumerate(speakers) if s == spk][:PROJECTION_UTTERANCES]
-    ]
-    plots.plot_embedding_projection(
-        clean_side[rows],
-        side_embeddings[worst][rows],
-        [speakers[i] for i in rows],
-        folder / "embeddings_pca.png",
-        title=f"{results['system']}: clean vs {worst} (largest drift)",
-    )
-
-
-def _load_results(item):
-    """Results dict from a dict, a results.json path or a folder holding one."""
-    if isinstance(item, dict):
-        return item
-    path = pathlib.Path(item)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"No results file at {path}.")
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
-def _summary(results, noise_types):
-    """Comparison columns of one run (None where the run lacks them)."""
-    conditions = results["conditions"]
-    corrupted = [cond for name, cond in conditions.items() if name != "clean"]
-
-    def of(name, key):
-        return conditions[name][key] if name in conditions else None
-
-    row = {
-        "Clean EER (%)": of("clean", "EER"),
-        "Reverb EER (%)": of("reverb", "EER"),
-        "Clean minDCF": of("clean", "minDCF"),
-        "Corrupted minDCF": mean_and_sd([c["minDCF"] for c in corrupted])[0],
-        "Drift": mean_and_sd([c["geometry"]["drift"] for c in corrupted])[0],
-    }
-    for kind in noise_types:
-        row[f"{kind} EER (%)"] = mean_and_sd(
-            [c["EER"] for c in corrupted if c["noise_type"] == kind]
-        )[0]
-    return row
-
-
-def _format_cell(values, column):
-    """``value`` for one run, ``mean ± sd (n=k)`` for several, – when missing."""
-    digits = 2 if "EER" in column else 4
-    mean, sd = mean_and_sd(values)
-    if mean is None:
-        return "–"
-    present = sum(value is not None for value in values)
-    if present == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f} (n={present})"
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Exports a trained stage to SpeechBrain's inference format and publishes it.
+"""Builds a SpeechBrain inference folder from a trained stage (and the command line that publishes it).
 
 The exported folder loads with
 ``speechbrain.inference.speaker.EncoderClassifier.from_hparams(source=folder)``
@@ -14,8 +14,13 @@ once pushed, from the Hugging Face hub. It holds:
   ``CategoricalEncoder`` file ``save/label_encoder.txt``). Each file is named
   after its Pretrainer loadable, which is where ``from_hparams(source=...)``
   looks for it, whatever the source is.
-- ``README.md`` (model card with hub metadata) and ``training_hparams.yaml``
-  (the stage's resolved training YAML, for provenance).
+- ``README.md`` (model card with hub metadata, :mod:`anchor_reg.model_card`) and
+  ``training_hparams.yaml`` (the stage's resolved training YAML, for provenance,
+  with this machine's absolute paths redacted: see :func:`redact_paths`).
+
+An earlier export at the destination is replaced only if it holds nothing
+but the files an export writes (``overwrite=True`` / ``--overwrite`` replaces
+it anyway). Publishing is :mod:`anchor_reg.hub`.
 
 Example
 -------
@@ -33,18 +38,16 @@ Authors
 
 import argparse
 import io
-import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import uuid
 
 import ruamel.yaml
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCardData, get_token
-from huggingface_hub.utils import HfHubHTTPError
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml.nodes import MappingNode, SequenceNode
 
@@ -55,6 +58,10 @@ from speechbrain.utils.checkpoints import (
     Checkpointer,
     torch_patched_state_dict_load,
 )
+
+from anchor_reg.hub import HubError, push_to_hub
+from anchor_reg.model_card import backbone_name, dataset_names, model_card
+from anchor_reg.results import ResultsError, load_results
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +74,14 @@ CHECKPOINT_FILES = {
     "mean_var_norm": ("normalizer.ckpt", "mean_var_norm.ckpt"),
 }
 REQUIRED_LOADABLES = ("embedding_model", "classifier")
-
-# Training YAML keys reported in the model card, with their descriptions.
-CARD_HPARAMS = {
-    "anchor_weight": "anchor loss weight (lambda)",
-    "anchor_distance": "anchor distance",
-    "anchor_type": "anchor type",
-    "snr_low": "lowest training SNR (dB)",
-    "snr_high": "highest training SNR (dB)",
-    "number_of_epochs": "epochs",
-    "lr": "learning rate",
-    "batch_size": "batch size",
-    "n_mels": "filter banks",
-    "channels": "channels",
-    "emb_dim": "embedding size",
-}
-# Canonical result name -> accepted names in a results.json condition entry.
-RESULT_ALIASES = {"EER": ("EER", "eer_percent"), "minDCF": ("minDCF", "min_dcf")}
-DEFAULT_DATASETS = ("synthetic",)
-DEFAULT_COMMIT_MESSAGE = "Upload anchor-reg speaker embedding model"
+# Every file an export writes (the optional loadables included).
+EXPORT_FILES = frozenset(
+    {f"{loadable}.ckpt" for loadable in CHECKPOINT_FILES}
+    | {"label_encoder.ckpt", "hyperparams.yaml", "training_hparams.yaml", "README.md"}
+)
+# Training-YAML keys whose absolute value is published as ``<key>/...`` (longest match first).
+PATH_ROOTS = ("output_base", "data_folder")
+ABSOLUTE_PATH = re.compile(r"(?<=[\s\[,:'\"])/(?=[\w.~-])[^\s,\]}'\"#]*")
 
 INFERENCE_YAML_TAIL = """
 audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
@@ -117,12 +113,14 @@ def export_model(
     results=None,
     model_name=None,
     datasets=None,
+    evaluate=None,
+    overwrite=False,
 ):
     """Writes a SpeechBrain inference folder for a trained stage.
 
     The folder is built next to ``out_folder``, checked by loading it with
     ``EncoderClassifier`` (parameters loaded strictly), and only then renamed
-    into place; an existing export at ``out_folder`` is replaced.
+    into place; an earlier export at ``out_folder`` is replaced.
 
     Arguments
     ---------
@@ -130,7 +128,8 @@ def export_model(
         Trained stage: ``hyperparams.yaml``, ``save/`` (checkpoints) and
         ``save/label_encoder.txt``.
     out_folder : str or pathlib.Path
-        Where the export goes (must be absent, empty or a previous export).
+        Where the export goes (must be absent, empty or a previous export
+        holding only the files an export writes, unless ``overwrite``).
     checkpoint : str or pathlib.Path, optional
         A ``CKPT+...`` folder; default: the latest end-of-epoch one in ``save/``.
     results : str, pathlib.Path or dict, optional
@@ -143,6 +142,12 @@ def export_model(
     datasets : list of str, optional
         Training data sets for the card; default: the training YAML's
         ``datasets`` key, else ``synthetic``.
+    evaluate : callable, optional
+        ``evaluate(folder) -> results`` run on the verified export before its
+        model card is written (the card then shows what it returns), so a
+        model is exported once and evaluated exactly as users will load it.
+    overwrite : bool
+        Replace an earlier export even if it holds files of its own.
 
     Returns
     -------
@@ -151,7 +156,7 @@ def export_model(
     """
     stage_folder = pathlib.Path(stage_folder).resolve()
     out_folder = pathlib.Path(out_folder).resolve()
-    _check_destination(stage_folder, out_folder)
+    _check_destination(stage_folder, out_folder, overwrite)
 
     training_yaml = stage_folder / "hyperparams.yaml"
     tree, model_text = _load_training_yaml(training_yaml)
@@ -160,9 +165,9 @@ def export_model(
     label_file = stage_folder / "save" / "label_encoder.txt"
     if not label_file.is_file():
         raise ExportError(f"label encoder not found: {label_file}")
-    results = _load_results(results, stage_folder)
+    results = _results(results, stage_folder)
     model_name = model_name or out_folder.name
-    datasets = _datasets(datasets, tree)
+    datasets = dataset_names(datasets, tree)
 
     out_folder.parent.mkdir(parents=True, exist_ok=True)
     build = out_folder.with_name(f".{out_folder.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -171,18 +176,22 @@ def export_model(
         for loadable, path in params.items():
             shutil.copyfile(path, build / f"{loadable}.ckpt")
         shutil.copyfile(label_file, build / "label_encoder.ckpt")
-        shutil.copyfile(training_yaml, build / "training_hparams.yaml")
+        (build / "training_hparams.yaml").write_text(
+            redact_paths(training_yaml.read_text(encoding="utf-8"), tree), encoding="utf-8"
+        )
         (build / "hyperparams.yaml").write_text(
             _inference_yaml(
                 tree, model_text, list(params) + ["label_encoder"], checkpoint
             ),
             encoding="utf-8",
         )
+        _verify_export(build, training_yaml)
+        if evaluate is not None:
+            results = _results(evaluate(build), stage_folder)
         (build / "README.md").write_text(
-            _model_card(tree, model_name, datasets, results, checkpoint.name),
+            model_card(tree, model_name, datasets, results, checkpoint.name),
             encoding="utf-8",
         )
-        _verify_export(build, training_yaml)
         _move_into_place(build, out_folder)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -191,7 +200,7 @@ def export_model(
     return out_folder
 
 
-def _check_destination(stage_folder, out_folder):
+def _check_destination(stage_folder, out_folder, overwrite):
     """Refuses destinations whose replacement would destroy other data."""
     if not (stage_folder / "hyperparams.yaml").is_file():
         raise ExportError(
@@ -207,15 +216,26 @@ def _check_destination(stage_folder, out_folder):
     if (
         out_folder.is_dir()
         and any(out_folder.iterdir())
-        and not _is_export(out_folder)
+        and not is_export(out_folder)
     ):
         raise ExportError(
             f"{out_folder} exists and is not a model export "
             "(no hyperparams.yaml + embedding_model.ckpt); refusing to replace it"
         )
+    added = sorted(
+        entry.name
+        for entry in (out_folder.iterdir() if out_folder.is_dir() else ())
+        if entry.name not in EXPORT_FILES and not entry.name.startswith(".")
+    )
+    if added and not overwrite:
+        raise ExportError(
+            f"{out_folder} is an earlier export that also holds {', '.join(added[:5])}"
+            f"{' ...' if len(added) > 5 else ''}, which export did not write: move them away, "
+            "choose another output folder, or pass --overwrite to replace the folder with them"
+        )
 
 
-def _is_export(folder):
+def is_export(folder):
     """Whether ``folder`` looks like the result of ``export_model``."""
     return (folder / "hyperparams.yaml").is_file() and (
         folder / "embedding_model.ckpt"
@@ -298,60 +318,48 @@ def _checkpoint_params(checkpoint):
     return params
 
 
-def _load_results(results, stage_folder):
-    """Returns the results (given, read from JSON, or found) or None.
-
-    Condition entries are normalised to ``{"EER": %, "minDCF": ..., other
-    scalar entries}``; ``eer_percent`` / ``min_dcf`` are accepted as names.
-    """
-    source = results
+def _results(results, stage_folder):
+    """The results for the model card (given, or ``results.json`` / ``eval/results.json`` of the stage), or None."""
     if results is None:
         candidates = [stage_folder / "results.json", stage_folder / "eval" / "results.json"]
-        source = next((p for p in candidates if p.is_file()), None)
-        if source is None:
+        results = next((path for path in candidates if path.is_file()), None)
+        if results is None:
             return None
-    if not isinstance(source, dict):
-        try:
-            results = json.loads(pathlib.Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ExportError(f"cannot read results file {source}: {_one_line(err)}") from err
-        source = str(source)
-    else:
-        source = "results"
-    conditions = results.get("conditions") if isinstance(results, dict) else None
-    if not isinstance(conditions, dict) or not conditions:
-        raise ExportError(
-            f'{source} must look like {{"system": ..., "conditions": '
-            '{condition: {"EER": ..., "minDCF": ...}}}'
-        )
-    rows = {}
-    for condition, metrics in conditions.items():
-        rows[condition] = _result_row(metrics) if isinstance(metrics, dict) else {}
-        if not isinstance(rows[condition].get("EER"), (int, float)):
-            raise ExportError(f"{source}: condition {condition!r} has no EER")
-    return {**results, "conditions": rows}
+    try:
+        return load_results(results)
+    except ResultsError as err:
+        raise ExportError(str(err)) from err
 
 
-def _result_row(metrics):
-    """One condition's results: EER, minDCF, then its other scalar entries."""
-    aliases = {a for names in RESULT_ALIASES.values() for a in names}
-    row = {}
-    for name, names in RESULT_ALIASES.items():
-        found = [metrics[a] for a in names if metrics.get(a) is not None]
-        if found:
-            row[name] = found[0]
-    row.update(
-        (key, value)
-        for key, value in metrics.items()
-        if key not in aliases and (value is None or isinstance(value, (str, int, float)))
+def redact_paths(yaml_text, tree):
+    """The training YAML text without this machine's absolute paths, for publishing.
+
+    An absolute path under the absolute value of a :data:`PATH_ROOTS` key becomes
+    ``<key>/<relative part>`` (e.g. ``<output_base>/default/1986/stage2/save``);
+    any other absolute path becomes ``<redacted>/<its last component>``.
+    Relative paths are kept as they are.
+
+    Example
+    -------
+    >>> print(redact_paths("data_folder: /home/me/corpus\\nwav: /home/me/corpus/a.wav\\nx: [/etc/rir.csv]",
+    ...                    {"data_folder": "/home/me/corpus"}))
+    data_folder: <data_folder>
+    wav: <data_folder>/a.wav
+    x: [<redacted>/rir.csv]
+    """
+    roots = sorted(
+        ((str(tree.get(key)).rstrip("/"), key) for key in PATH_ROOTS if str(tree.get(key, "")).startswith("/")),
+        key=lambda root: -len(root[0]),
     )
-    return row
 
+    def replace(match):
+        path = match.group(0)
+        for root, key in roots:
+            if path == root or path.startswith(root + "/"):
+                return f"<{key}>" + path[len(root):]
+        return "<redacted>/" + (path.rstrip("/").rsplit("/", 1)[-1] or "")
 
-def _datasets(datasets, tree):
-    """Training data set names: argument, YAML ``datasets`` key, or default."""
-    datasets = datasets or tree.get("datasets") or DEFAULT_DATASETS
-    return [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+    return ABSOLUTE_PATH.sub(replace, yaml_text)
 
 
 def _inference_yaml(tree, model_text, loadables, checkpoint):
@@ -359,19 +367,13 @@ def _inference_yaml(tree, model_text, loadables, checkpoint):
     header = (
         "# ############################################################################\n"
         "# Inference hyper-parameters exported by anchor_reg.export\n"
-        f"# Backbone: {_backbone_name(tree)}; checkpoint: {checkpoint.name}\n"
+        f"# Backbone: {backbone_name(tree)}; checkpoint: {checkpoint.name}\n"
         "# ############################################################################\n\n"
         f"sample_rate: {int(tree.get('sample_rate', 16000))}\n\n"
         "# Model, copied from the training YAML (training_hparams.yaml)\n"
     )
     pretrainer = "".join(f"    {name}: !ref <{name}>\n" for name in loadables)
     return header + model_text + INFERENCE_YAML_TAIL + pretrainer
-
-
-def _backbone_name(tree):
-    """Class name of the embedding model, e.g. ``ECAPA_TDNN``."""
-    tag = getattr(getattr(tree["embedding_model"], "tag", None), "value", None)
-    return tag.rsplit(".", 1)[-1] if tag else "unknown"
 
 
 def _verify_export(folder, training_yaml):
@@ -427,296 +429,6 @@ def _move_into_place(build, out_folder):
     shutil.rmtree(old)
 
 
-def _hparam(tree, key):
-    """Value of ``key``: top level first, else its first nested occurrence."""
-    if key in tree:
-        return tree[key]
-    for value in tree.values():
-        if isinstance(value, dict):
-            found = _hparam(value, key)
-            if found is not None:
-                return found
-    return None
-
-
-def _format_value(value):
-    """Renders a YAML value for a markdown table."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
-
-
-def _model_card(tree, model_name, datasets, results, checkpoint_name):
-    """Returns README.md: hub metadata header and model description."""
-    backbone = _backbone_name(tree)
-    backbone_tag = backbone.replace("_", "-")
-    repo_id = model_name if "/" in model_name else f"<hf-user>/{model_name}"
-    metadata = ModelCardData(
-        language="en",
-        license="apache-2.0",
-        library_name="speechbrain",
-        tags=[
-            "speechbrain",
-            "speaker-verification",
-            "speaker-recognition",
-            "embeddings",
-            backbone_tag,
-            "pytorch",
-            "noise-robust",
-        ],
-        datasets=datasets,
-        metrics=["EER", "minDCF"],
-        model_name=model_name if results else None,
-        eval_results=_eval_results(results, datasets[0]) if results else None,
-    )
-    found = {key: _hparam(tree, key) for key in CARD_HPARAMS}
-    hparams = {
-        key: value
-        for key, value in found.items()
-        if value is not None and not isinstance(value, dict)
-    }
-    emb_dim = hparams.get("emb_dim") or _hparam(tree["embedding_model"], "lin_neurons")
-    sample_rate = int(tree.get("sample_rate", 16000))
-    sections = [
-        f"---\n{metadata.to_yaml()}\n---\n",
-        f"# {model_name}: noise-robust speaker embeddings ({backbone_tag})\n",
-        "This is a [SpeechBrain](https://speechbrain.github.io) speaker-embedding "
-        f"model ({backbone_tag}"
-        + (f", {emb_dim}-dimensional embeddings" if emb_dim else "")
-        + ") trained with the anchor-based stage-wise strategy of "
-        "[arXiv:2510.18530](https://arxiv.org/abs/2510.18530) "
-        "(recipe: anchor-reg) for speaker verification in noise.\n",
-        _training_section(hparams, datasets, checkpoint_name),
-    ]
-    if results:
-        sections.append(_results_section(results))
-    sections += [_usage_section(repo_id, emb_dim, sample_rate), CITATION]
-    return "\n".join(sections)
-
-
-def _training_section(hparams, datasets, checkpoint_name):
-    """Markdown: how the model was trained and its key hyper-parameters."""
-    lines = [
-        "## Training\n",
-        "1. **Stage 1** trains a base speaker classifier to set discriminative "
-        "speaker boundaries.",
-        "2. **Anchors**: the frozen stage-1 model embeds the training "
-        "utterances once; these embeddings are fixed anchors.",
-        "3. **Stage 2** fine-tunes a copy of the base model on noisy inputs, "
-        "regularised by an anchor-distance loss that keeps each embedding "
-        "close to its fixed anchor.\n",
-    ]
-    if not any(key.startswith("anchor_") for key in hparams):
-        lines.append(
-            "The training configuration has no `anchor_*` keys: this model is "
-            "not anchor-regularised (e.g. a stage-1 or baseline model).\n"
-        )
-    lines.append(
-        f"Training data: {', '.join(datasets)}. Exported from checkpoint "
-        f"`{checkpoint_name}`; the full training configuration is in "
-        "`training_hparams.yaml`.\n"
-    )
-    if hparams:
-        lines += ["| hyper-parameter | key | value |", "|---|---|---|"]
-        lines += [
-            f"| {CARD_HPARAMS[key]} | `{key}` | {_format_value(value)} |"
-            for key, value in hparams.items()
-        ]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _format_result(name, value):
-    """Formats one results-table cell."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}" if name == "EER" else f"{value:.4g}"
-    return str(value)
-
-
-def _results_section(results):
-    """Markdown table of EER (%), minDCF and other entries per condition."""
-    conditions = results["conditions"]
-    names = []
-    for row in conditions.values():
-        names += [name for name in row if name not in names]
-    header = ["condition"] + [f"{n} (%)" if n == "EER" else n for n in names]
-    lines = [
-        "## Results\n",
-        f"System: {results.get('system', 'this model')}.\n",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for condition, row in conditions.items():
-        cells = [_format_result(n, row[n]) if n in row else "-" for n in names]
-        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
-    if results.get("min_dcf_definition"):
-        lines.append(f"\n{results['min_dcf_definition']}")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _eval_results(results, dataset):
-    """Hub ``model-index`` entries: EER and minDCF for each condition."""
-    dataset = results.get("dataset", dataset)
-    return [
-        EvalResult(
-            task_type="speaker-verification",
-            task_name="Speaker Verification",
-            dataset_type=dataset,
-            dataset_name=f"{dataset} ({condition})",
-            dataset_config=condition,
-            metric_type=metric.lower(),
-            metric_name="EER (%)" if metric == "EER" else metric,
-            metric_value=float(metrics[metric]),
-        )
-        for condition, metrics in results["conditions"].items()
-        for metric in ("EER", "minDCF")
-        if isinstance(metrics.get(metric), (int, float))
-    ]
-
-
-def _usage_section(repo_id, emb_dim, sample_rate):
-    """Markdown: how to load the model and verify two files."""
-    return f"""## Usage
-
-```python
-from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
-
-encoder = EncoderClassifier.from_hparams(
-    source="{repo_id}", savedir="pretrained_models/{repo_id.split('/')[-1]}"
-)
-signal = encoder.load_audio("speech.wav")  # resampled to {sample_rate} Hz mono
-embedding = encoder.encode_batch(signal.unsqueeze(0))  # {emb_dim or "emb_dim"} values
-
-verification = SpeakerRecognition.from_hparams(
-    source="{repo_id}", savedir="pretrained_models/{repo_id.split('/')[-1]}"
-)
-score, same_speaker = verification.verify_files("enrol.wav", "test.wav")
-```
-
-`score` is the cosine similarity of the two embeddings. `verify_files` decides
-with SpeechBrain's default threshold (0.25), which is not calibrated for this
-model: choose a threshold on your own trials and call
-`verification.verify_batch(wavs1, wavs2, threshold=...)`.
-"""
-
-
-CITATION = """## Citation
-
-```bibtex
-@misc{anchor_reg,
-  title={A Stage-Wise Learning Strategy with Fixed Anchors for Robust Speaker Verification},
-  author={Gu, Bin and others},
-  year={2025},
-  eprint={2510.18530},
-  archivePrefix={arXiv},
-  primaryClass={cs.SD}
-}
-
-@misc{speechbrain,
-  title={{SpeechBrain}: A General-Purpose Speech Toolkit},
-  author={Mirco Ravanelli and Titouan Parcollet and Peter Plantinga and
-    Aku Rouhe and Samuele Cornell and Loren Lugosch and Cem Subakan and
-    Nauman Dawalatabad and Abdelwahab Heba and Jianyuan Zhong and
-    Ju-Chieh Chou and Sung-Lin Yeh and Szu-Wei Fu and Chien-Feng Liao and
-    Elena Rastorgueva and François Grondin and William Aris and Hwidong Na and
-    Yan Gao and Renato De Mori and Yoshua Bengio},
-  year={2021},
-  eprint={2106.04624},
-  archivePrefix={arXiv},
-  primaryClass={eess.AS}
-}
-```
-"""
-
-
-def _files_to_upload(out_folder):
-    """Sorted relative paths of the files in ``out_folder``, hidden ones
-    (e.g. caches) left out."""
-    out_folder = pathlib.Path(out_folder)
-    return sorted(
-        path.relative_to(out_folder).as_posix()
-        for path in out_folder.rglob("*")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(out_folder).parts)
-    )
-
-
-def push_to_hub(
-    out_folder,
-    repo_id,
-    *,
-    token=None,
-    private=False,
-    exist_ok=False,
-    dry_run=False,
-    commit_message=DEFAULT_COMMIT_MESSAGE,
-):
-    """Uploads an exported folder to a Hugging Face model repository.
-
-    Arguments
-    ---------
-    out_folder : str or pathlib.Path
-        A folder written by ``export_model``; never modified.
-    repo_id : str
-        ``USER/NAME`` of the model repository.
-    token : str, optional
-        Hub token; default: ``HF_TOKEN`` or the cached ``huggingface-cli login``.
-    private : bool
-        Create the repository as private.
-    exist_ok : bool
-        Push a new commit to an existing repository instead of refusing.
-    dry_run : bool
-        Only return what would be uploaded: no token, no network.
-    commit_message : str
-        Message of the hub commit.
-
-    Returns
-    -------
-    list of str
-        Relative paths of the uploaded (or, in a dry run, to-upload) files.
-    """
-    out_folder = pathlib.Path(out_folder)
-    if not _is_export(out_folder):
-        raise ExportError(f"not an exported model folder: {out_folder}")
-    files = _files_to_upload(out_folder)
-    if dry_run:
-        return files
-    token = token or get_token()
-    if not token:
-        raise ExportError(
-            f"no Hugging Face token to push {repo_id}: pass --token, set HF_TOKEN "
-            "or run `huggingface-cli login`"
-        )
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=exist_ok, repo_type="model")
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(out_folder),
-            repo_type="model",
-            allow_patterns=files,
-            commit_message=commit_message,
-        )
-    except HfHubHTTPError as err:
-        if err.response is not None and err.response.status_code == 409:
-            raise ExportError(
-                f"Hugging Face repo {repo_id} already exists; pass --exist-ok "
-                "(exist_ok=True) to push a new commit to it"
-            ) from err
-        raise ExportError(
-            f"pushing to Hugging Face repo {repo_id} failed: {_one_line(err)}"
-        ) from err
-    except Exception as err:  # network / client errors vary with the hub client
-        raise ExportError(
-            f"cannot reach the Hugging Face hub to push {repo_id}: "
-            f"{type(err).__name__}: {_one_line(err)}"
-        ) from err
-    return files
-
-
 def _parse_args(argv):
     """Command-line arguments of ``python -m anchor_reg.export``."""
     parser = argparse.ArgumentParser(
@@ -725,7 +437,11 @@ def _parse_args(argv):
         "and optionally push it to the Hugging Face hub.",
     )
     parser.add_argument("stage_folder", help="trained stage folder")
-    parser.add_argument("out_folder", help="export folder (replaced if an export)")
+    parser.add_argument("out_folder", help="export folder (an earlier export there is replaced)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier export even if it holds files export did not write",
+    )
     parser.add_argument("--checkpoint", help="CKPT+... folder (default: latest)")
     parser.add_argument("--results", help="results.json for the model card")
     parser.add_argument("--datasets", nargs="+", help="training data set names")
@@ -760,6 +476,7 @@ def main(argv=None):
             results=args.results,
             model_name=args.model_name or args.repo_id,
             datasets=args.datasets,
+            overwrite=args.overwrite,
         )
         print(f"exported {out_folder}")
         if args.push or args.dry_run:
@@ -775,7 +492,7 @@ def main(argv=None):
             print(f"{verb} to {args.repo_id or 'the hub'}:")
             for name in files:
                 print(f"  {name}  {(out_folder / name).stat().st_size} bytes")
-    except ExportError as err:
+    except (ExportError, HubError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -21,6 +21,8 @@ from anchor_reg.atomic import atomic_path  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
 
 DET_TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
+PROJECTION_SPEAKERS = 6
+PROJECTION_UTTERANCES = 20
 
 
 def save_figure(figure, path):
@@ -31,6 +33,60 @@ def save_figure(figure, path):
     finally:
         plt.close(figure)
     return pathlib.Path(path)
+
+
+def plot_evaluation(results, curves, clean_side, side_embeddings, speakers, output_folder):
+    """The three figures of one evaluation: ``eer_vs_snr.png``, ``det.png``, ``embeddings_pca.png``.
+
+    Arguments
+    ---------
+    results : dict
+        :func:`anchor_reg.evaluate.evaluate_model`'s output.
+    curves : dict
+        Condition -> (p_fa, p_miss) of :func:`anchor_reg.metrics.det_curve`.
+    clean_side : torch.Tensor
+        (N, D) clean embeddings of the corrupted-side utterances.
+    side_embeddings : dict
+        Condition -> (N, D) embeddings of the same utterances in that condition.
+    speakers : list of str
+        Speaker of each of the N utterances.
+    output_folder : str or pathlib.Path
+        Where the PNG files go.
+    """
+    folder = pathlib.Path(output_folder)
+    conditions = results["conditions"]
+    plot_eer_vs_snr({results["system"]: [results]}, folder / "eer_vs_snr.png")
+
+    hardest = {}
+    for name, cond in conditions.items():
+        kind = cond["noise_type"]
+        if kind and (kind not in hardest or cond["snr"] < conditions[hardest[kind]]["snr"]):
+            hardest[kind] = name
+    shown = ["clean", *hardest.values(), "reverb"]
+    plot_det(
+        {name: curves[name] for name in shown if name in curves},
+        folder / "det.png",
+        title=f"{results['system']}: DET",
+    )
+
+    corrupted = [name for name in conditions if name != "clean"]
+    if not corrupted:
+        return
+    worst = max(corrupted, key=lambda name: conditions[name]["geometry"]["drift"])
+    counts = {spk: speakers.count(spk) for spk in set(speakers)}
+    chosen = sorted(counts, key=lambda spk: (-counts[spk], spk))[:PROJECTION_SPEAKERS]
+    rows = [
+        i
+        for spk in chosen
+        for i in [j for j, s in enumerate(speakers) if s == spk][:PROJECTION_UTTERANCES]
+    ]
+    plot_embedding_projection(
+        clean_side[rows],
+        side_embeddings[worst][rows],
+        [speakers[i] for i in rows],
+        folder / "embeddings_pca.png",
+        title=f"{results['system']}: clean vs {worst} (largest drift)",
+    )
 
 
 def plot_eer_vs_snr(systems, path):

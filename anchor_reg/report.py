@@ -1,6 +1,6 @@
 """The short verification table printed at the end of ``train.py``.
 
-Each system (a stage folder) is exported to SpeechBrain's inference format,
+Each system (a stage folder) is exported once to SpeechBrain's inference format,
 reloaded through ``EncoderClassifier`` (so the table measures exactly what
 users will download), and scored on the prepared trials: clean, and each
 evaluation noise type at ``eval_snrs``. The full grid lives in
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_types, snrs,
                    batch_size=16, device="cpu", with_reverb=False, seed=1234):
-    """Exports a stage folder into ``out_folder/export`` and evaluates it there.
+    """Exports a stage folder once into ``out_folder/export``, evaluating the export before its model card is written.
 
     An inference model folder (a base model: ``hyperparams.yaml`` and
     ``embedding_model.ckpt``, no ``save/``) is evaluated as it is.
@@ -28,29 +28,33 @@ def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_
     -------
     dict
         :func:`anchor_reg.evaluate.evaluate_model`'s results (also in
-        ``out_folder/results.json``).
+        ``out_folder/results.json`` and in the export's model card).
     """
     prep, out = pathlib.Path(prep_folder), pathlib.Path(out_folder)
-    is_stage = (pathlib.Path(stage_folder) / "save").is_dir()
-    export = export_model(stage_folder, out / "export") if is_stage else pathlib.Path(stage_folder)
     conditions = [c.name for c in default_conditions(noise_types, snrs, reverb=with_reverb)]
-    results = evaluate_model(
-        load_encoder(export, device),
-        enrol_csv=prep / "enrol.csv",
-        test_csv=prep / "test.csv",
-        trials=prep / "trials.txt",
-        noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in noise_types},
-        rir_csv=prep / "eval_rir.csv",
-        snrs=snrs,
-        conditions=conditions,
-        batch_size=batch_size,
-        seed=seed,
-        output_folder=out,
-        system_name=system_name,
-    )
-    if is_stage:
-        export_model(stage_folder, export, results=results)  # model card with the measured table
-    return results
+    measured = {}
+
+    def evaluate(export_folder):
+        measured["results"] = evaluate_model(
+            load_encoder(export_folder, device),
+            enrol_csv=prep / "enrol.csv",
+            test_csv=prep / "test.csv",
+            trials=prep / "trials.txt",
+            noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in noise_types},
+            rir_csv=prep / "eval_rir.csv",
+            snrs=snrs,
+            conditions=conditions,
+            batch_size=batch_size,
+            seed=seed,
+            output_folder=out,
+            system_name=system_name,
+        )
+        return measured["results"]
+
+    if not (pathlib.Path(stage_folder) / "save").is_dir():  # an inference folder (a hub or folder base)
+        return evaluate(pathlib.Path(stage_folder))
+    export_model(stage_folder, out / "export", evaluate=evaluate)
+    return measured["results"]
 
 
 def verification_table(results_by_system, noise_types, snrs):

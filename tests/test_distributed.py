@@ -12,6 +12,8 @@ import torch
 from anchor_reg.anchors import AnchorStore
 from tiny import REPO, tiny_command
 
+pytestmark = pytest.mark.slow  # each test launches training processes
+
 TIMEOUT_S = 240
 
 

@@ -14,8 +14,8 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
+from anchor_reg.compare import compare_systems
 from anchor_reg.evaluate import (
-    compare_systems,
     embed_utterances,
     evaluate_model,
     load_encoder,
@@ -403,3 +403,44 @@ def test_bad_inputs(tiny_data, encoder, tmp_path):
         evaluate_model(encoder, **no_noise, conditions=["music_5dB"])
     with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
         load_encoder(tmp_path)
+
+
+def test_cli_failures_are_one_error_line(tiny_data, tmp_path, capsys):
+    verify_yaml = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "verify.yaml"
+    common = [f"--enrol_csv={tiny_data['enrol_csv']}", f"--test_csv={tiny_data['test_csv']}",
+              f"--trials={tiny_data['trials']}", f"--output_folder={tmp_path / 'out'}", "--device=cpu"]
+    for argv, named in (
+        ([str(verify_yaml), f"--model_path={tmp_path / 'nowhere'}", *common], "nowhere has no hyperparams.yaml"),
+        ([str(tmp_path / "missing.yaml"), "--model_path=x"], "missing.yaml does not exist"),
+        ([str(verify_yaml), *common], "model_path"),  # a !PLACEHOLDER left unset
+        ([str(verify_yaml), f"--model_path={tmp_path}", "--no_such_key=1", *common], "no_such_key"),
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert not (tmp_path / "out").exists()
+    assert main(["compare", f"--output_folder={tmp_path / 'cmp'}", f"a={tmp_path / 'none.json'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read results file {tmp_path / 'none.json'}")
+
+
+def test_cli_help_lists_every_key_of_the_yaml(capsys):
+    from anchor_reg.config import keys_of
+
+    verify_yaml = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "verify.yaml"
+    assert main([str(verify_yaml), "--help"]) == 0
+    listed = [line.split("=")[0].strip()[2:] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  --")]
+    assert listed == list(keys_of_in_order(verify_yaml)) and set(listed) == keys_of(verify_yaml)
+    assert main(["--help"]) == 0  # without a YAML: the recipe's verify.yaml
+    lines = capsys.readouterr().out.splitlines()
+    # each key with its default, and under it the comment the YAML gives it
+    assert lines[lines.index("  --system_name=model") + 1].strip() == "Name of the system in tables and plots."
+    assert "  --norm_topk=300" in lines
+
+
+def keys_of_in_order(yaml_file):
+    """Top-level keys of a YAML file in file order (ruamel round-trip keeps it)."""
+    import ruamel.yaml
+
+    return list(ruamel.yaml.YAML().load(pathlib.Path(yaml_file).read_text()))

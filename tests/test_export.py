@@ -19,8 +19,10 @@ import torch
 from huggingface_hub.utils import HfHubHTTPError, filter_repo_objects
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-from anchor_reg import export
-from anchor_reg.export import ExportError, export_model, main, push_to_hub
+from anchor_reg import hub, report
+from anchor_reg.evaluate import load_encoder
+from anchor_reg.export import ExportError, export_model, main
+from anchor_reg.hub import HubError, push_to_hub
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
@@ -233,9 +235,19 @@ def test_export_layout_and_inference_yaml(ecapa_stage, ecapa_export):
         assert needed in text
     for training_only in ("AddNoise", "Adam", "manual_seed", "Checkpointer", "nonexistent"):
         assert training_only not in text
-    assert (ecapa_export / "training_hparams.yaml").read_bytes() == (
-        stage / "hyperparams.yaml"
-    ).read_bytes()
+    # the training YAML, with this machine's absolute paths redacted (data_folder is a PATH_ROOTS key)
+    expected = (stage / "hyperparams.yaml").read_text()
+    for path, published in (
+        ("/nonexistent/data/train.csv", "<data_folder>/train.csv"),
+        ("/nonexistent/data", "<data_folder>"),
+        ("/nonexistent/results/1986/stage2/save", "<redacted>/save"),
+        ("/nonexistent/results/1986/stage2", "<redacted>/stage2"),
+        ("/nonexistent/noise.csv", "<redacted>/noise.csv"),
+    ):
+        assert path in expected
+        expected = expected.replace(path, published)
+    published = (ecapa_export / "training_hparams.yaml").read_text()
+    assert published == expected and "/nonexistent" not in published
     assert (ecapa_export / "label_encoder.ckpt").read_bytes() == (
         stage / "save" / "label_encoder.txt"
     ).read_bytes()
@@ -247,14 +259,19 @@ def test_encoder_classifier_matches_training(ecapa_stage, ecapa_export, wav_file
     assert {p.name for p in ecapa_export.iterdir()} == EXPORTED  # load added nothing
 
 
-def test_speaker_recognition_verify_files(ecapa_export, wav_files, tmp_path):
+def test_speaker_recognition_verify_files(ecapa_stage, ecapa_export, wav_files, tmp_path):
     # savedir elsewhere: files are linked from the source folder, still offline
     verification = SpeakerRecognition.from_hparams(
         source=str(ecapa_export), savedir=str(tmp_path / "cache"), run_opts={"device": "cpu"}
     )
     score, decision = verification.verify_files(str(wav_files[0]), str(wav_files[1]))
-    assert -1.0 <= float(score) <= 1.0
-    assert bool(decision) == (float(score) > 0.25)
+    # the cosine of the two files' training-time embeddings, thresholded at SpeechBrain's default 0.25
+    first, second = (
+        training_embeddings(ecapa_stage[1], *padded_batch([path])).reshape(-1) for path in wav_files
+    )
+    cosine = float(torch.nn.functional.cosine_similarity(first, second, dim=0))
+    assert float(score) == pytest.approx(cosine, abs=1e-4)
+    assert bool(decision) == (cosine > 0.25)
     same, _ = verification.verify_files(str(wav_files[0]), str(wav_files[0]))
     assert float(same) == pytest.approx(1.0, abs=1e-5)
 
@@ -321,6 +338,63 @@ def test_results_argument(ecapa_stage, tmp_path):
     with pytest.raises(ExportError, match="cannot read results file"):
         export_model(ecapa_stage[0], tmp_path / "bad", results=tmp_path / "none.json")
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_refuses_to_replace_files_it_did_not_write(ecapa_stage, ecapa_export, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(ecapa_export, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="also holds notes.txt, which export did not write.*--overwrite"):
+        export_model(ecapa_stage[0], out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main([str(ecapa_stage[0]), str(out)]) == 1
+    assert (out / "notes.txt").is_file()
+    assert main([str(ecapa_stage[0]), str(out), "--overwrite"]) == 0
+    assert {p.name for p in out.iterdir()} == EXPORTED
+
+
+def test_export_evaluates_once_before_writing_the_card(ecapa_stage, tmp_path, wav_files):
+    seen = []
+
+    def evaluate(folder):
+        seen.append({p.name for p in folder.iterdir()})
+        check_embeddings_match(folder, ecapa_stage[1], wav_files)  # the verified export, as users load it
+        return {"system": "s", "conditions": {"clean": {"EER": 4.0, "minDCF": 0.5}}}
+
+    out = export_model(ecapa_stage[0], tmp_path / "out", evaluate=evaluate)
+    assert seen == [EXPORTED - {"README.md"}]
+    assert "| clean | 4.00 | 0.5 |" in (out / "README.md").read_text()
+
+
+def test_report_exports_each_stage_once(ecapa_stage, tmp_path, monkeypatch):
+    exports = []
+
+    def counting_export(*args, **kwargs):
+        exports.append(args)
+        return export_model(*args, **kwargs)
+
+    def fake_evaluate_model(encoder, **kwargs):
+        assert hasattr(encoder, "encode_batch")
+        return {"system": kwargs["system_name"], "conditions": {"clean": {"EER": 2.5, "minDCF": 0.125}}}
+
+    monkeypatch.setattr(report, "export_model", counting_export)
+    monkeypatch.setattr(report, "evaluate_model", fake_evaluate_model)
+    results = report.evaluate_stage(ecapa_stage[0], tmp_path / "prep", tmp_path / "out", system_name="stage2",
+                                    noise_types=["noise"], snrs=[0])
+    assert len(exports) == 1 and results["conditions"]["clean"]["EER"] == 2.5
+    assert "| clean | 2.50 | 0.125 |" in (tmp_path / "out" / "export" / "README.md").read_text()
+
+
+def test_load_encoder_of_a_stage_folder_writes_nothing(ecapa_stage, tmp_path, wav_files):
+    stage = tmp_path / "stage2"
+    shutil.copytree(ecapa_stage[0], stage)
+    before = sorted(p.relative_to(stage) for p in stage.rglob("*"))
+    encoder = load_encoder(stage)
+    assert sorted(p.relative_to(stage) for p in stage.rglob("*")) == before
+    wavs, lens = padded_batch(wav_files)
+    torch.testing.assert_close(
+        encoder.encode_batch(wavs, lens), training_embeddings(ecapa_stage[1], wavs, lens), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_resnet_backbone_exports_and_loads(tmp_path, wav_files):
@@ -467,8 +541,8 @@ def test_push_without_token_fails_before_network(ecapa_export, monkeypatch):
     calls = fake_hub(monkeypatch)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(export, "get_token", lambda: None)
-    with pytest.raises(ExportError, match="no Hugging Face token"):
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    with pytest.raises(HubError, match="no Hugging Face token"):
         push_to_hub(ecapa_export, "someone/anchor-ecapa")
     assert calls == []
 
@@ -484,21 +558,21 @@ def test_push_token_from_environment(ecapa_export, monkeypatch):
 def test_push_refuses_existing_repo(ecapa_export, monkeypatch):
     conflict = types.SimpleNamespace(status_code=409, headers={}, request=None)
     calls = fake_hub(monkeypatch, HfHubHTTPError("409 Conflict", response=conflict))
-    with pytest.raises(ExportError, match="already exists; pass --exist-ok"):
+    with pytest.raises(HubError, match="already exists; pass --exist-ok"):
         push_to_hub(ecapa_export, "someone/anchor-ecapa", token="hf_test")
     assert [call[0] for call in calls] == ["create_repo"]
 
 
 def test_push_network_down_names_repo(ecapa_export):
     # the real client, with offline mode on: no request leaves the machine
-    with pytest.raises(ExportError, match="someone/anchor-ecapa"):
+    with pytest.raises(HubError, match="someone/anchor-ecapa"):
         push_to_hub(ecapa_export, "someone/anchor-ecapa", token="hf_test")
     assert (ecapa_export / "embedding_model.ckpt").is_file()
 
 
 def test_dry_run_lists_files_without_token(ecapa_export, monkeypatch):
     calls = fake_hub(monkeypatch)
-    monkeypatch.setattr(export, "get_token", lambda: None)
+    monkeypatch.setattr(hub, "get_token", lambda: None)
     assert push_to_hub(ecapa_export, "someone/x", dry_run=True) == sorted(EXPORTED)
     assert calls == []
 

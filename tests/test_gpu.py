@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 
-from anchor_reg import benchmark
+from anchor_reg.benchmark import cli
 from tiny import check_mixed_precision_outputs, run_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,13 +27,14 @@ def test_mixed_precision_training_on_gpu(yaml_name, precision, tmp_path, caplog)
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_benchmark_runs_on_gpu(precision, tmp_path):
-    options = benchmark.parse_args([
+    options = cli.parse_args([
         "--quick", "--device", "cuda", "--precision", precision, "--channels", "64", "--batch_size", "8",
         "--crop", "1.0", "--speakers", "50", "--store_rows", "20000", "--steps", "2",
         "--output", str(tmp_path / "benchmark.json"),
     ])
-    sizes = {"embed_utterances": 8, "eval_speakers": 3, "eval_utterances": 2, "loader_steps": 3, "lookups": 5}
-    out = benchmark.run_benchmarks(options, pathlib.Path(tmp_path) / "work", sizes=sizes, log=lambda _: None)
+    sizes = {"embed_utterances": 8, "corpus_speakers": 8, "corpus_utterances": 4, "eval_speakers": 3,
+             "loader_steps": 3, "lookups": 5}
+    out = cli.run_benchmarks(options, pathlib.Path(tmp_path) / "work", sizes=sizes, log=lambda _: None)
     assert out["settings"]["device_name"] == torch.cuda.get_device_name(0)
     figures = {f["name"]: f for f in out["figures"]}
     assert figures["stage2_utterances_per_s"]["value"] > 0

@@ -12,14 +12,9 @@ import pytest
 import soundfile as sf
 
 from anchor_reg.data.audio import AudioError
-from anchor_reg.data.folder import (
-    CSV_FIELDS,
-    generate_trials,
-    prepare_folder_of_speakers,
-    segment_bounds,
-    split_dev,
-    strip_trial_extension,
-)
+from anchor_reg.data.cache import CSV_FIELDS
+from anchor_reg.data.folder import prepare_folder_of_speakers, segment_bounds, split_dev
+from anchor_reg.data.trials import generate_trials, strip_trial_extension
 
 SR = 16000
 CORPORA = ("librispeech-train", "dsp", "asc")

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 import soundfile as sf
 
-from anchor_reg.data.folder import CSV_FIELDS, strip_trial_extension
+from anchor_reg.data.cache import CSV_FIELDS
+from anchor_reg.data.trials import strip_trial_extension
 from anchor_reg.data.voxceleb import prepare_voxceleb
 
 SR = 16000

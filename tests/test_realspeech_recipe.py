@@ -9,6 +9,8 @@ import pytest
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
 
+pytestmark = pytest.mark.slow  # trains every system
+
 
 def load_recipe():
     spec = importlib.util.spec_from_file_location("realspeech_recipe", SCRIPT)
@@ -46,11 +48,18 @@ def test_leaves_exports_results_tables_and_plots(tiny_run):
     recipe, _, out = tiny_run
     expected = {"clean", "reverb"} | {f"{kind}_{snr}dB" for kind in ("noise", "music", "babble")
                                       for snr in (0, 5, 10, 15, 20)}
+    labels = [line.split()[0] for line in (out / "runs" / "realspeech" / "prepared" / "trials.txt").read_text().splitlines()]
+    n_target, n_nontarget = labels.count("1"), labels.count("0")
+    # an EER is the mean of a miss rate and a false-alarm rate: (misses / targets + false alarms / non-targets) / 2
+    possible_eers = [50 * (m / n_target + f / n_nontarget) for m in range(n_target + 1) for f in range(n_nontarget + 1)]
     for system in SYSTEMS:
         export = out / system / "export"
         assert (export / "hyperparams.yaml").is_file() and (export / "embedding_model.ckpt").is_file()
         results = json.loads((out / system / "seed1" / "results.json").read_text())
         assert results["system"] == system and set(results["conditions"]) == expected
+        for cond in results["conditions"].values():
+            assert (cond["n_trials"], cond["n_target"]) == (len(labels), n_target)
+            assert min(abs(cond["EER"] - eer) for eer in possible_eers) < 1e-9
     table = (out / "comparison.md").read_text()
     assert all(f"| {system} |" in table for system in SYSTEMS)
     assert "noise EER" in table and "music EER" in table and "babble EER" in table

@@ -1,6 +1,7 @@
 """Bad inputs, stale anchors, interrupted runs: clear errors and nothing lost."""
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +34,18 @@ def tree_digest(folder):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished tiny stage1 -> anchors -> stage2 chain (batch 2, so epochs have many steps)."""
+def finished_chain(tmp_path_factory):
+    """A finished tiny stage1 -> anchors -> stage2 chain (batch 2, so epochs have many steps), never modified."""
     tmp = tmp_path_factory.mktemp("reliable")
     run_train("stage2.yaml", tmp, batch_size=2)
+    return tmp
+
+
+@pytest.fixture
+def trained(finished_chain, tmp_path):
+    """This test's own copy of the finished chain: (folder, results root)."""
+    tmp = tmp_path / "chain"
+    shutil.copytree(finished_chain, tmp)
     return tmp, tmp / "results" / "default" / "1986"
 
 
@@ -78,11 +87,15 @@ def test_cli_prints_one_clear_line_not_a_traceback(tmp_path):
 
 
 # ------------------------------------------------------------------- audio
+@pytest.mark.slow
 def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     tmp, root = trained
+    stage1 = REPO / "hparams" / "stage1.yaml"
+    train.load_stage(stage1, tiny_options(tmp, stage1))  # the copy's CSVs now name the copy's own files
     prep = root.parent / "prepared"
     row = (prep / "train.csv").read_text().splitlines()[1].split(",")
     wav = pathlib.Path(row[2])
+    assert wav.is_relative_to(tmp)
     original = wav.read_bytes()
     try:
         wav.write_bytes(b"XXXX" + original[4:])  # same size: the preparation is reused, loading fails
@@ -106,6 +119,7 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
 
 
 # ----------------------------------------------------------------- anchors
+@pytest.mark.slow
 def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
     run_train("stage2.yaml", tmp_path)
     root = tmp_path / "results" / "default" / "1986"
@@ -136,6 +150,7 @@ def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
                   output_folder=str(root / "stage2_new"))
 
 
+@pytest.mark.slow
 def test_kill_during_extraction_leaves_no_store_and_next_run_extracts(tmp_path, monkeypatch):
     real_save = torch.save
 
@@ -157,6 +172,7 @@ def test_kill_during_extraction_leaves_no_store_and_next_run_extracts(tmp_path, 
 
 
 # ------------------------------------------------------------ interruption
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     tmp, root = trained
     stage1_before = tree_digest(root / "stage1" / "save")

@@ -28,6 +28,7 @@ from anchor_reg.atomic import atomic_path, write_text_atomic
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
+AUDIO_EXTENSIONS = (".wav", ".flac")  # audio files a data folder may hold
 SILENCE_PEAK = 2.0**-15  # a file whose peak is below one 16-bit step holds no signal
 
 

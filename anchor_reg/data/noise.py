@@ -30,19 +30,19 @@ import numpy as np
 import soundfile as sf
 
 from anchor_reg.data.audio import (
+    AUDIO_EXTENSIONS,
     read_audio_checked,
     validate_audio_files,
     write_audio_atomic,
 )
-from anchor_reg.data.folder import (
-    AUDIO_EXTENSIONS,
+from anchor_reg.data.cache import (
     file_size,
     input_fingerprint,
     options_unchanged,
     save_options,
-    segment_bounds,
     write_csv,
 )
+from anchor_reg.data.folder import segment_bounds
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import re
 from anchor_reg.checks import DATASETS
 from anchor_reg.config import ConfigError
 from anchor_reg.data.audio import AudioError
-from anchor_reg.data.folder import prepare_folder_of_speakers, write_csv
+from anchor_reg.data.cache import write_csv
+from anchor_reg.data.folder import prepare_folder_of_speakers
 from anchor_reg.data.noise import (
     BABBLE_TALKERS,
     NOISE_FIELDS,

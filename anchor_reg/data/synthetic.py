@@ -41,6 +41,8 @@ import numpy as np
 import soundfile
 from scipy import signal as sps
 
+from anchor_reg.atomic import atomic_path, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 VERSION = 1
@@ -749,9 +751,8 @@ def _write_wav(path, x, sample_rate):
     """Writes float audio in [-1, 1] as 16-bit PCM wav, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pcm = np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
-    tmp = path.with_name(f".{path.name}.tmp")
-    soundfile.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        soundfile.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def _speaker_job(out, options, speaker):
@@ -1014,9 +1015,7 @@ def generate_corpus(
         "speech_seconds": round(sum(results[:num_speakers]), 3),
         "rir_rt60": dict(results[len(jobs) - num_rirs :]),
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     (out / IN_PROGRESS).unlink()
     logger.info("Synthetic corpus ready: %s", manifest["counts"])
     return manifest

@@ -65,8 +65,9 @@ sys.path.insert(0, str(REPO))
 
 from anchor_reg.config import keys_of, load_hparams, overrides_for, parse_overrides  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
+from anchor_reg.compare import compare_systems  # noqa: E402
 from anchor_reg.data.prepare import prepare_data  # noqa: E402
-from anchor_reg.evaluate import compare_systems, evaluate_model, load_encoder  # noqa: E402
+from anchor_reg.evaluate import evaluate_model, load_encoder  # noqa: E402
 from anchor_reg.export import export_model  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
 

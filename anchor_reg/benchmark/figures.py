@@ -1,0 +1,361 @@
+"""The benchmark's figures: one function per figure, each ``bench_x(work, sizes) -> figure or [figures]``.
+
+``work`` is a :class:`anchor_reg.benchmark.workload.Workload`, ``sizes`` the
+run's sizes (:data:`anchor_reg.benchmark.cli.QUICK`). The command line runs
+:data:`FIGURES` in order; a new figure is a function appended there (and its
+target, if any, in :data:`TARGETS`).
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import speechbrain as sb
+import torch
+
+import anchor_reg
+from anchor_reg.anchors import AnchorStore
+from anchor_reg.benchmark.timing import MMAP_THRESHOLD, cpu_peak, interleaved, paired_ratio, timed
+from anchor_reg.benchmark.workload import EMB_DIM, LiveTeacher, Workload, random_store, rows_through_network, voxceleb2_ids
+from anchor_reg.brains import AnchorRegBrain
+from anchor_reg.data.audio import read_audio_checked
+from anchor_reg.evaluate import embed_utterances, evaluate_model, read_utterances
+
+SEED = 1000  # every timed round seeds torch with SEED + round: the variants of a round augment alike
+
+# figure -> (comparison, target); "<=" means lower is better
+TARGETS = {
+    "anchor_term_overhead": ("<=", 1.05),
+    "live_teacher_cost": (">=", 1.3),
+    "batched_embedding_speedup": (">=", 3.0),
+    "noisy_evaluation_cost": ("<=", 1.1),
+    "data_wait_fraction": ("<=", 0.10),
+    "anchor_store_memory": ("<=", 1.1),
+    "anchor_store_save_s": ("<=", 3.0),
+    "anchor_store_load_s": ("<=", 3.0),
+    "anchor_store_lookup_ms": ("<=", 1.0),
+    "peak_memory_ratio": ("<=", 1.1),
+}
+
+
+def figure(name, value, description, **details):
+    """One result: ``value`` against its target from :data:`TARGETS` (if any)."""
+    result = {"name": name, "description": description, "value": float(value)}
+    if name in TARGETS:
+        op, target = TARGETS[name]
+        result.update(target=f"{op} {target:g}", passed=bool(value <= target if op == "<=" else value >= target))
+    else:
+        result.update(target=None, passed=None)
+    result["details"] = details
+    return result
+
+
+def bench_anchor_term(work, sizes):
+    """Figure 1: ``AnchorRegBrain.fit_batch`` / ``SpeakerBrain.fit_batch`` on the same modules, batch and Augmenter."""
+    batch = work.batch
+    timings = interleaved(
+        {
+            "with_anchor": lambda: work.stage2.fit_batch(batch),
+            "without_anchor": lambda: work.stage2_without_anchor.fit_batch(batch),
+        },
+        sizes["steps"],
+        work.device,
+        seed=SEED,
+    )
+    ratio = timings["with_anchor"]["median_s"] / timings["without_anchor"]["median_s"]
+    rows = rows_through_network(work.stage2, batch)  # also leaves the Augmenter's state for this batch
+    emb = torch.randn(rows, 1, EMB_DIM, device=work.device, requires_grad=True)
+
+    def anchor_term_alone():  # AnchorRegBrain's own term: lookup + replication + distance, forward and backward
+        work.stage2.extra_objective({"emb": emb}, batch).backward()
+
+    alone = interleaved({"anchor_term": anchor_term_alone}, max(20, sizes["steps"]), work.device)["anchor_term"]
+    return figure(
+        "anchor_term_overhead", ratio, "stage-2 step time (fit_batch), with / without the anchor term",
+        rows_through_net=rows, store_rows=len(work.store),
+        paired_ratio=paired_ratio(timings, "with_anchor", "without_anchor"),
+        anchor_term_alone_ms=1000 * alone["median_s"],
+        anchor_term_alone_over_step=alone["median_s"] / timings["without_anchor"]["median_s"], timings=timings,
+    )
+
+
+def bench_live_teacher(work, sizes):
+    """Figure 2: stage-2 step with a live teacher / with fixed anchors (both ``AnchorRegBrain.fit_batch``).
+
+    The live teacher stands in for the store: a frozen copy of the model
+    re-embeds the B clean crops at every step. Measured for the recipe's batch
+    (clean + noisy copy of each crop, 2B rows through the network) and, without
+    a target, for a noisy-only batch (``clean_copies: False``, B rows): the
+    teacher's share of the step is then twice as large.
+    """
+    batch = work.batch
+    teacher = LiveTeacher(work.hparams, batch, work.device)
+    noisy_only = work.yaml("stage2.yaml", clean_copies=False)["wav_augment"]
+    results = {}
+    for name, augmenter in (("clean_and_noisy", work.hparams["wav_augment"]), ("noisy_only", noisy_only)):
+        live = work.brain(AnchorRegBrain, anchors=teacher, wav_augment=augmenter)
+        fixed = work.brain(AnchorRegBrain, anchors=work.store, wav_augment=augmenter)
+        timings = interleaved(
+            {"live_teacher": lambda: live.fit_batch(batch), "fixed_anchors": lambda: fixed.fit_batch(batch)},
+            sizes["steps"],
+            work.device,
+            seed=SEED,
+        )
+        results[name] = dict(
+            ratio=timings["live_teacher"]["median_s"] / timings["fixed_anchors"]["median_s"],
+            rows_through_net=rows_through_network(fixed, batch), teacher_rows=len(batch.id),
+            paired_ratio=paired_ratio(timings, "live_teacher", "fixed_anchors"), timings=timings,
+        )
+    main, noisy = results["clean_and_noisy"], results["noisy_only"]
+    return [
+        figure(
+            "live_teacher_cost", main.pop("ratio"),
+            "stage-2 step time, live teacher (frozen copy re-embeds the clean crop) / fixed anchors", **main,
+        ),
+        figure(
+            "live_teacher_cost_noisy_only", noisy.pop("ratio"),
+            "the same with clean_copies=False (noisy copy only; no target: not the recipe's default)", **noisy,
+        ),
+    ]
+
+
+def evaluation_waveforms(work, count, seconds, seed=1):
+    """``count`` prepared verification utterances, each repeated or cut to a length drawn in ``seconds``."""
+    rows = {**read_utterances(work.prep_folder / "enrol.csv"), **read_utterances(work.prep_folder / "test.csv")}
+    ids = sorted(rows)
+    rng = np.random.default_rng(seed)
+    sample_rate = work.hparams["sample_rate"]
+    waveforms = {}
+    for k in range(count):
+        row = rows[ids[k % len(ids)]]
+        wav = read_audio_checked(row["wav"], sample_rate, row["start"], row["stop"])
+        length = int(rng.uniform(*seconds) * sample_rate)
+        waveforms[f"utt{k:03d}"] = wav.repeat(math.ceil(length / wav.numel()))[:length]
+    return waveforms
+
+
+def bench_batched_embedding(work, sizes):
+    """Figure 3: ``embed_utterances`` in length-sorted batches vs one utterance at a time."""
+    encoder = work.encoder()
+    waveforms = evaluation_waveforms(work, sizes["embed_utterances"], sizes["utterance_seconds"])
+    ids = sorted(waveforms)
+    batch_size = work.options.eval_batch_size
+    embed_utterances(encoder, waveforms, ids[:2], batch_size)  # warm-up
+    results = {}
+    timings = interleaved(
+        {
+            "batched": lambda: results.__setitem__("batched", embed_utterances(encoder, waveforms, ids, batch_size)),
+            "one_at_a_time": lambda: results.__setitem__("single", embed_utterances(encoder, waveforms, ids, 1)),
+        },
+        1,
+        work.device,
+        warmup=0,
+    )
+    cosine = torch.nn.functional.cosine_similarity(results["batched"], results["single"], dim=1)
+    lengths = [waveforms[i].numel() / work.hparams["sample_rate"] for i in ids]
+    speedup = timings["one_at_a_time"]["median_s"] / timings["batched"]["median_s"]
+    return figure(
+        "batched_embedding_speedup", speedup,
+        "evaluation embeddings: one utterance at a time / length-sorted batches (time)",
+        utterances=len(ids), batch_size=batch_size, seconds_min=round(min(lengths), 2),
+        seconds_max=round(max(lengths), 2), seconds_total=round(sum(lengths), 1),
+        cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()),
+        max_cosine_difference=float((1 - cosine).max()), timings=timings,
+        note="padded (by reflection) utterances differ slightly: ECAPA convolutions see the padding near the end",
+    )
+
+
+def bench_noisy_evaluation(work, sizes):
+    """Figure 4: ``evaluate_model`` on the prepared trials with all 17 conditions / 17 x a clean-only call."""
+    encoder = work.encoder()
+    prep = work.prep_folder
+    counts = {}
+
+    def run(conditions):
+        output = evaluate_model(
+            encoder, enrol_csv=prep / "enrol.csv", test_csv=prep / "test.csv", trials=prep / "trials.txt",
+            noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in work.hparams["eval_noise_types"]},
+            rir_csv=prep / "eval_rir.csv", batch_size=work.options.eval_batch_size, conditions=conditions,
+        )
+        counts[len(output["conditions"])] = output["settings"]
+
+    run(["clean"])  # warm-up
+    all_conditions = None  # evaluate_model's default grid: clean, 3 types x 5 SNRs, reverb
+    timings = interleaved({"clean_only": lambda: run(["clean"]), "all_conditions": lambda: run(all_conditions)},
+                          1, work.device, warmup=0)
+    n_conditions = max(counts)
+    ratio = timings["all_conditions"]["median_s"] / (n_conditions * timings["clean_only"]["median_s"])
+    return figure(
+        "noisy_evaluation_cost", ratio,
+        f"evaluate_model time, {n_conditions} conditions / ({n_conditions} x clean only)",
+        conditions=n_conditions, utterances=counts[n_conditions]["n_utterances"],
+        corrupted_utterances=counts[n_conditions]["n_corrupted_utterances"],
+        all_over_clean=timings["all_conditions"]["median_s"] / timings["clean_only"]["median_s"], timings=timings,
+    )
+
+
+def bench_data_loading(work, sizes, num_workers=2):
+    """Figure 5: share of a stage-2 training step (``fit_batch``) spent waiting for ``next(batch)``.
+
+    The loader is the Brain's own (``make_dataloader``) over the prepared train.csv.
+    """
+    loader = work.stage2.make_dataloader(
+        work.dataset, sb.Stage.TRAIN, batch_size=work.options.batch_size, shuffle=True,
+        num_workers=num_workers, drop_last=True,
+    )
+    steps = min(sizes["loader_steps"], len(loader))
+    waits, computes = [], []
+    iterator = iter(loader)
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(iterator)
+        waits.append(time.perf_counter() - start)
+        computes.append(timed(lambda: work.stage2.fit_batch(batch), work.device))
+    del iterator
+    wait, compute = sum(waits[1:]), sum(computes[1:])
+    return figure(
+        "data_wait_fraction", wait / (wait + compute),
+        f"share of a training step waiting for data (num_workers={num_workers}, after the first batch)",
+        batch_size=work.options.batch_size, steps_measured=steps - 1, first_batch_wait_s=round(waits[0], 4),
+        wait_s=[round(w, 4) for w in waits], compute_s=[round(c, 4) for c in computes],
+        note="compute = AnchorRegBrain.fit_batch (Augmenter + forward + backward + optimizer step)",
+    )
+
+
+def bench_anchor_store(work, sizes, batch=512):
+    """Figure 6: the anchor store at VoxCeleb2 scale: memory, save, load, lookup."""
+    num_rows, lookups = sizes["store_rows"], sizes["lookups"]
+    ids = voxceleb2_ids(num_rows)
+    start = time.perf_counter()
+    store = random_store(ids)
+    build_s = time.perf_counter() - start
+    raw = num_rows * EMB_DIM * 4
+    path = pathlib.Path(work.scratch) / "anchors.pt"
+    save_s = timed(lambda: store.save(path), "cpu")
+    del store
+    loaded = {}
+    load_s = timed(lambda: loaded.__setitem__("store", AnchorStore.from_file(path)), "cpu")
+    store = loaded["store"]
+    rng = np.random.default_rng(0)
+    queries = [[ids[k] for k in rng.integers(0, num_rows, size=batch)] for _ in range(lookups)]
+    # the first pass touches the freshly loaded pages; training does thousands of lookups, so the
+    # figure is the steady state (second pass) and the first pass is reported beside it
+    first_pass = [timed(lambda q=q: store.lookup(q), "cpu") for q in queries]
+    times = [timed(lambda q=q: store.lookup(q), "cpu") for q in queries]
+    lookup_ms = 1000 * statistics.median(times)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # index_select is parallelised: on a busy machine waking a thread dominates
+    try:
+        one_thread_ms = 1000 * statistics.median(timed(lambda q=q: store.lookup(q), "cpu") for q in queries)
+    finally:
+        torch.set_num_threads(threads)
+    details = {"rows": num_rows, "raw_bytes": raw, "store_nbytes": store.nbytes(), "file_bytes": path.stat().st_size,
+               "build_s": round(build_s, 2), "example_id": ids[0]}
+    path.unlink()
+    return [
+        figure("anchor_store_memory", store.nbytes() / raw,
+               f"AnchorStore.nbytes / raw (N x {EMB_DIM} x 4 B), N = {num_rows:,}", **details),
+        figure("anchor_store_save_s", save_s, "AnchorStore.save seconds (atomic temp file + rename)", rows=num_rows),
+        figure("anchor_store_load_s", load_s, "AnchorStore.from_file seconds (file in the page cache)", rows=num_rows),
+        figure("anchor_store_lookup_ms", lookup_ms,
+               f"lookup of {batch} IDs, median ms over {lookups} (after a first pass)",
+               rows=num_rows, torch_threads=threads, p90_ms=1000 * float(np.percentile(times, 90)),
+               first_pass_median_ms=1000 * statistics.median(first_pass),
+               one_thread_median_ms=one_thread_ms),
+    ]
+
+
+def memory_probe(kind, overrides, options):
+    """Peak memory (bytes) of one training step, in this (fresh) process.
+
+    ``stage1``: ``SpeakerBrain.fit_batch``, ``stage2``: ``AnchorRegBrain.fit_batch``,
+    both on stage 2's modules and Augmenter (clean + noisy: 2B rows), so the
+    same number of rows goes through the network and stage 2 adds lookup +
+    replication + anchor distance. One warm-up step allocates the optimizer
+    state first, then the second step (augmented alike) is measured: CPU with
+    :func:`cpu_peak`, GPU with ``max_memory_allocated`` minus the bytes allocated before.
+    """
+    work = Workload(overrides, argparse.Namespace(**options))
+    brain = work.stage2 if kind == "stage2" else work.stage2_without_anchor
+
+    def step():
+        torch.manual_seed(SEED)
+        brain.fit_batch(work.batch)
+
+    step()
+    device = work.device
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak, method = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
+    else:
+        peak, method = cpu_peak(step)
+    return {"kind": kind, "rows": rows_through_network(brain, work.batch), "step_peak_bytes": peak, "method": method}
+
+
+def bench_peak_memory(work, sizes):
+    """Figure 7: step peak memory, stage 2 / stage 1, each measured in a fresh subprocess."""
+    probes = {}
+    package_root = str(pathlib.Path(anchor_reg.__file__).resolve().parents[1])
+    for kind in ("stage1", "stage2"):
+        args = json.dumps([kind, work.overrides, vars(work.options)])
+        code = ("import json; from anchor_reg.benchmark.figures import memory_probe; "
+                f"print(json.dumps(memory_probe(*json.loads({args!r}))))")
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+            MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),  # freed tensors leave the RSS at once
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory probe '{kind}' failed:\n{done.stderr[-2000:]}")
+        probes[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = probes["stage2"]["step_peak_bytes"] / max(1, probes["stage1"]["step_peak_bytes"])
+    return figure(
+        "peak_memory_ratio", ratio, f"step peak memory, stage 2 / stage 1, {probes['stage1']['rows']} rows each",
+        method=probes["stage1"]["method"] + f"; each kind in a fresh subprocess with MALLOC_MMAP_THRESHOLD_="
+        f"{MMAP_THRESHOLD}, second step measured",
+        stage1_bytes=probes["stage1"]["step_peak_bytes"], stage2_bytes=probes["stage2"]["step_peak_bytes"],
+    )
+
+
+def bench_throughput(work, sizes):
+    """Figure 8 (no target): utterances/s of full training steps (``fit_batch``), augmentation included.
+
+    Stage 1: ``SpeakerBrain`` on stage1.yaml (half of the batches get one more
+    DropFreq/DropChunk copy); stage 2: ``AnchorRegBrain`` on stage2.yaml (clean
+    + noisy copy, AAM + anchor term); joint: ``JointBrain`` on joint.yaml (clean
+    + noisy copy, AAM + online consistency term).
+    """
+    brains = {"stage1": work.stage1_brain(), "stage2": work.stage2, "joint": work.joint_brain()}
+    timings = interleaved({name: (lambda b=b: b.fit_batch(work.batch)) for name, b in brains.items()},
+                          max(2, sizes["steps"] // 2), work.device, seed=SEED)
+    size = len(work.batch.id)
+    return [
+        figure(f"{name}_utterances_per_s", size / timings[name]["median_s"],
+               f"{name} training throughput (utterances/s, fit_batch with augmentation)",
+               batch_size=size, median_step_s=timings[name]["median_s"])
+        for name in brains
+    ]
+
+
+# What the command line runs, in order: (progress label, bench function).
+FIGURES = [
+    ("1 anchor term", bench_anchor_term),
+    ("2 live teacher", bench_live_teacher),
+    ("3 batched embeddings", bench_batched_embedding),
+    ("4 noisy evaluation", bench_noisy_evaluation),
+    ("5 data loading", bench_data_loading),
+    ("6 anchor store", bench_anchor_store),
+    ("7 peak memory", bench_peak_memory),
+    ("8 throughput", bench_throughput),
+]

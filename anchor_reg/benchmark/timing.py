@@ -1,0 +1,98 @@
+"""Clocks and memory probes of the benchmark: interleaved medians, peak resident memory."""
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+MMAP_THRESHOLD = 1 << 17  # bytes; glibc serves larger blocks with mmap and unmaps them on free
+
+
+def synchronize(device):
+    """Waits for queued GPU work, so wall-clock times are the work's."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device):
+    """Seconds one call of ``function()`` takes."""
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(variants, repeats, device, warmup=1, seed=None):
+    """Median seconds of each variant, run in alternating order to cancel drift.
+
+    Arguments
+    ---------
+    variants : dict
+        Name -> callable without arguments.
+    repeats : int
+        Timed calls of each variant.
+    device : str
+        Synchronised around each call.
+    warmup : int
+        Untimed calls of each variant first.
+    seed : int, optional
+        Seeds torch before every call with ``seed + round``, so the variants of
+        one round draw the same random numbers (e.g. the Augmenter's choices).
+
+    Returns
+    -------
+    dict
+        Name -> {"median_s", "times_s"}.
+    """
+    names = list(variants)
+
+    def call(name, round_):
+        if seed is not None:
+            torch.manual_seed(seed + round_)
+        variants[name]()
+
+    for round_ in range(warmup):
+        for name in names:
+            call(name, -1 - round_)
+    times = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            times[name].append(timed(lambda: call(name, i), device))
+    return {name: {"median_s": statistics.median(t), "times_s": [round(x, 5) for x in t]} for name, t in times.items()}
+
+
+def paired_ratio(timings, numerator, denominator):
+    """Median of the per-round ratios of two interleaved variants (robust to load drift)."""
+    pairs = zip(timings[numerator]["times_s"], timings[denominator]["times_s"])
+    return statistics.median(a / b for a, b in pairs)
+
+
+def cpu_peak(function):
+    """(bytes, method): how far the resident memory rises above its level before ``function()``.
+
+    Linux: reset the peak (``VmHWM``) through ``/proc/self/clear_refs``, read it
+    after the call, subtract the RSS before. Elsewhere: growth of ``ru_maxrss``
+    (0 when the call stays below an earlier peak).
+    """
+    try:
+        before = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+            stream.write("5")
+    except OSError:
+        unit = 1 if sys.platform == "darwin" else 1024
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+        function()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit - before, "ru_maxrss growth"
+    function()
+    return _proc_status_bytes("VmHWM") - before, "VmHWM (reset by clear_refs) minus VmRSS before"
+
+
+def _proc_status_bytes(field):
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status", encoding="ascii") as stream:
+        for line in stream:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")

@@ -1,0 +1,258 @@
+"""The model card (``README.md``) of an exported model: hub metadata, training, results, usage.
+
+The metadata header is ``huggingface_hub``'s ``ModelCardData`` (tags, data
+sets, and a ``model-index`` with EER and minDCF per condition when results
+are given); the body names the training hyper-parameters of
+:data:`CARD_HPARAMS` found in the training YAML.
+"""
+from huggingface_hub import EvalResult, ModelCardData
+
+# Training YAML keys reported in the model card, with their descriptions.
+CARD_HPARAMS = {
+    "anchor_weight": "anchor loss weight (lambda)",
+    "anchor_distance": "anchor distance",
+    "anchor_type": "anchor type",
+    "snr_low": "lowest training SNR (dB)",
+    "snr_high": "highest training SNR (dB)",
+    "number_of_epochs": "epochs",
+    "lr": "learning rate",
+    "batch_size": "batch size",
+    "n_mels": "filter banks",
+    "channels": "channels",
+    "emb_dim": "embedding size",
+}
+DEFAULT_DATASETS = ("synthetic",)
+
+
+def dataset_names(datasets, tree):
+    """Training data set names: argument, YAML ``datasets`` key, or default."""
+    datasets = datasets or tree.get("datasets") or DEFAULT_DATASETS
+    return [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+
+
+def backbone_name(tree):
+    """Class name of the embedding model, e.g. ``ECAPA_TDNN``."""
+    tag = getattr(getattr(tree["embedding_model"], "tag", None), "value", None)
+    return tag.rsplit(".", 1)[-1] if tag else "unknown"
+
+
+def _hparam(tree, key):
+    """Value of ``key``: top level first, else its first nested occurrence."""
+    if key in tree:
+        return tree[key]
+    for value in tree.values():
+        if isinstance(value, dict):
+            found = _hparam(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _format_value(value):
+    """Renders a YAML value for a markdown table."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def model_card(tree, model_name, datasets, results, checkpoint_name):
+    """README.md of an export: hub metadata header, model description, results, usage.
+
+    Arguments
+    ---------
+    tree : dict
+        The stage's resolved training YAML (round-trip parsed).
+    model_name : str
+        Hub repo id (``USER/NAME``) or a name.
+    datasets : list of str
+        Training data set names.
+    results : dict, optional
+        :func:`anchor_reg.results.load_results`'s dict, or None.
+    checkpoint_name : str
+        The exported ``CKPT+...`` folder's name.
+    """
+    backbone = backbone_name(tree)
+    backbone_tag = backbone.replace("_", "-")
+    repo_id = model_name if "/" in model_name else f"<hf-user>/{model_name}"
+    metadata = ModelCardData(
+        language="en",
+        license="apache-2.0",
+        library_name="speechbrain",
+        tags=[
+            "speechbrain",
+            "speaker-verification",
+            "speaker-recognition",
+            "embeddings",
+            backbone_tag,
+            "pytorch",
+            "noise-robust",
+        ],
+        datasets=datasets,
+        metrics=["EER", "minDCF"],
+        model_name=model_name if results else None,
+        eval_results=_eval_results(results, datasets[0]) if results else None,
+    )
+    found = {key: _hparam(tree, key) for key in CARD_HPARAMS}
+    hparams = {
+        key: value
+        for key, value in found.items()
+        if value is not None and not isinstance(value, dict)
+    }
+    emb_dim = hparams.get("emb_dim") or _hparam(tree["embedding_model"], "lin_neurons")
+    sample_rate = int(tree.get("sample_rate", 16000))
+    sections = [
+        f"---\n{metadata.to_yaml()}\n---\n",
+        f"# {model_name}: noise-robust speaker embeddings ({backbone_tag})\n",
+        "This is a [SpeechBrain](https://speechbrain.github.io) speaker-embedding "
+        f"model ({backbone_tag}"
+        + (f", {emb_dim}-dimensional embeddings" if emb_dim else "")
+        + ") trained with the anchor-based stage-wise strategy of "
+        "[arXiv:2510.18530](https://arxiv.org/abs/2510.18530) "
+        "(recipe: anchor-reg) for speaker verification in noise.\n",
+        _training_section(hparams, datasets, checkpoint_name),
+    ]
+    if results:
+        sections.append(_results_section(results))
+    sections += [_usage_section(repo_id, emb_dim, sample_rate), CITATION]
+    return "\n".join(sections)
+
+
+def _training_section(hparams, datasets, checkpoint_name):
+    """Markdown: how the model was trained and its key hyper-parameters."""
+    lines = [
+        "## Training\n",
+        "1. **Stage 1** trains a base speaker classifier to set discriminative "
+        "speaker boundaries.",
+        "2. **Anchors**: the frozen stage-1 model embeds the training "
+        "utterances once; these embeddings are fixed anchors.",
+        "3. **Stage 2** fine-tunes a copy of the base model on noisy inputs, "
+        "regularised by an anchor-distance loss that keeps each embedding "
+        "close to its fixed anchor.\n",
+    ]
+    if not any(key.startswith("anchor_") for key in hparams):
+        lines.append(
+            "The training configuration has no `anchor_*` keys: this model is "
+            "not anchor-regularised (e.g. a stage-1 or baseline model).\n"
+        )
+    lines.append(
+        f"Training data: {', '.join(datasets)}. Exported from checkpoint "
+        f"`{checkpoint_name}`; the full training configuration is in "
+        "`training_hparams.yaml`.\n"
+    )
+    if hparams:
+        lines += ["| hyper-parameter | key | value |", "|---|---|---|"]
+        lines += [
+            f"| {CARD_HPARAMS[key]} | `{key}` | {_format_value(value)} |"
+            for key, value in hparams.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _format_result(name, value):
+    """Formats one results-table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if name == "EER" else f"{value:.4g}"
+    return str(value)
+
+
+def _results_section(results):
+    """Markdown table of EER (%), minDCF and other entries per condition."""
+    conditions = {
+        condition: {key: value for key, value in row.items() if value is None or isinstance(value, (str, int, float))}
+        for condition, row in results["conditions"].items()
+    }
+    names = []
+    for row in conditions.values():
+        names += [name for name in row if name not in names]
+    header = ["condition"] + [f"{n} (%)" if n == "EER" else n for n in names]
+    lines = [
+        "## Results\n",
+        f"System: {results.get('system', 'this model')}.\n",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for condition, row in conditions.items():
+        cells = [_format_result(n, row[n]) if n in row else "-" for n in names]
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    if results.get("min_dcf_definition"):
+        lines.append(f"\n{results['min_dcf_definition']}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _eval_results(results, dataset):
+    """Hub ``model-index`` entries: EER and minDCF for each condition."""
+    dataset = results.get("dataset", dataset)
+    return [
+        EvalResult(
+            task_type="speaker-verification",
+            task_name="Speaker Verification",
+            dataset_type=dataset,
+            dataset_name=f"{dataset} ({condition})",
+            dataset_config=condition,
+            metric_type=metric.lower(),
+            metric_name="EER (%)" if metric == "EER" else metric,
+            metric_value=float(metrics[metric]),
+        )
+        for condition, metrics in results["conditions"].items()
+        for metric in ("EER", "minDCF")
+        if isinstance(metrics.get(metric), (int, float))
+    ]
+
+
+def _usage_section(repo_id, emb_dim, sample_rate):
+    """Markdown: how to load the model and verify two files."""
+    return f"""## Usage
+
+```python
+from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
+
+encoder = EncoderClassifier.from_hparams(
+    source="{repo_id}", savedir="pretrained_models/{repo_id.split('/')[-1]}"
+)
+signal = encoder.load_audio("speech.wav")  # resampled to {sample_rate} Hz mono
+embedding = encoder.encode_batch(signal.unsqueeze(0))  # {emb_dim or "emb_dim"} values
+
+verification = SpeakerRecognition.from_hparams(
+    source="{repo_id}", savedir="pretrained_models/{repo_id.split('/')[-1]}"
+)
+score, same_speaker = verification.verify_files("enrol.wav", "test.wav")
+```
+
+`score` is the cosine similarity of the two embeddings. `verify_files` decides
+with SpeechBrain's default threshold (0.25), which is not calibrated for this
+model: choose a threshold on your own trials and call
+`verification.verify_batch(wavs1, wavs2, threshold=...)`.
+"""
+
+
+CITATION = """## Citation
+
+```bibtex
+@misc{anchor_reg,
+  title={A Stage-Wise Learning Strategy with Fixed Anchors for Robust Speaker Verification},
+  author={Gu, Bin and others},
+  year={2025},
+  eprint={2510.18530},
+  archivePrefix={arXiv},
+  primaryClass={cs.SD}
+}
+
+@misc{speechbrain,
+  title={{SpeechBrain}: A General-Purpose Speech Toolkit},
+  author={Mirco Ravanelli and Titouan Parcollet and Peter Plantinga and
+    Aku Rouhe and Samuele Cornell and Loren Lugosch and Cem Subakan and
+    Nauman Dawalatabad and Abdelwahab Heba and Jianyuan Zhong and
+    Ju-Chieh Chou and Sung-Lin Yeh and Szu-Wei Fu and Chien-Feng Liao and
+    Elena Rastorgueva and François Grondin and William Aris and Hwidong Na and
+    Yan Gao and Renato De Mori and Yoshua Bengio},
+  year={2021},
+  eprint={2106.04624},
+  archivePrefix={arXiv},
+  primaryClass={eess.AS}
+}
+```
+"""

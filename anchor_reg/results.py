@@ -1,0 +1,101 @@
+"""Evaluation results on disk: ``results.json`` and ``results.md`` of one system.
+
+A results dict is ``{"system": str, "settings": {...}, "min_dcf_definition":
+str, "conditions": {name: {"EER": %, "minDCF": ..., ...}}}`` (see
+:func:`anchor_reg.evaluate.evaluate_model`). :func:`load_results` is the one
+reader used by comparison, plots and the model card.
+"""
+import json
+import pathlib
+
+from anchor_reg.atomic import write_text_atomic
+from anchor_reg.metrics import MIN_DCF_NOTE
+
+# Canonical metric name -> names accepted in a condition entry.
+METRIC_ALIASES = {"EER": ("EER", "eer_percent"), "minDCF": ("minDCF", "min_dcf")}
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read or does not look like results."""
+
+
+def write_results(results, output_folder):
+    """Writes ``results.json`` and ``results.md`` (atomically)."""
+    folder = pathlib.Path(output_folder)
+    write_text_atomic(folder / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(folder / "results.md", results_table(results))
+
+
+def load_results(item):
+    """A results dict from a dict, a ``results.json`` path or a folder holding one.
+
+    Each condition's metrics are named ``EER`` / ``minDCF`` (``eer_percent`` /
+    ``min_dcf`` are accepted and renamed); every condition must have a numeric EER.
+
+    Raises
+    ------
+    ResultsError
+        Naming the file: missing, not JSON, or not shaped like results.
+    """
+    source = "results"
+    results = item
+    if not isinstance(item, dict):
+        path = pathlib.Path(item)
+        if path.is_dir():
+            path = path / "results.json"
+        source = str(path)
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ResultsError(f"cannot read results file {path}: {' '.join(str(err).split())}") from err
+    conditions = results.get("conditions") if isinstance(results, dict) else None
+    if not isinstance(conditions, dict) or not conditions:
+        raise ResultsError(
+            f'{source} must look like {{"system": ..., "conditions": '
+            '{condition: {"EER": ..., "minDCF": ...}}}'
+        )
+    rows = {}
+    for condition, metrics in conditions.items():
+        rows[condition] = _canonical_names(metrics) if isinstance(metrics, dict) else {}
+        if not isinstance(rows[condition].get("EER"), (int, float)):
+            raise ResultsError(f"{source}: condition {condition!r} has no EER")
+    return {**results, "conditions": rows}
+
+
+def _canonical_names(metrics):
+    """A condition entry with its metrics under their canonical names, first."""
+    aliases = {alias for names in METRIC_ALIASES.values() for alias in names}
+    row = {}
+    for name, names in METRIC_ALIASES.items():
+        found = [metrics[alias] for alias in names if metrics.get(alias) is not None]
+        if found:
+            row[name] = found[0]
+    row.update((key, value) for key, value in metrics.items() if key not in aliases)
+    return row
+
+
+def results_table(results):
+    """Markdown table of one system: a row per condition, EER % and minDCF."""
+    lines = [
+        f"# {results['system']}: speaker verification per condition",
+        "",
+        "| Condition | EER (%) | minDCF | Trials | Drift |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, cond in results["conditions"].items():
+        lines.append(
+            f"| {name} | {cond['EER']:.2f} | {cond['minDCF']:.4f} | "
+            f"{cond['n_trials']} | {cond['geometry']['drift']:.4f} |"
+        )
+    settings = results["settings"]
+    lines += [
+        "",
+        f"Corrupted side: {settings['corrupt']}; score normalisation: "
+        f"{settings['norm'] or 'none'}; seed {settings['seed']}.",
+        "",
+        f"EER is the equal error rate; {MIN_DCF_NOTE} Drift is the mean "
+        "1 - cos between clean and corrupted embeddings of the corrupted-side "
+        "utterances.",
+        "",
+    ]
+    return "\n".join(lines)
