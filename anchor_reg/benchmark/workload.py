@@ -117,12 +117,16 @@ def training_batch(dataset, batch_size, crop_seconds):
     return sb.dataio.batch.PaddedBatch([dataset[i] for i in full[:batch_size]])
 
 
-def make_brain(cls, hparams, device, precision, **replace):
-    """A Brain ready for ``fit_batch``: optimiser built, train mode, epoch 1 (as in training)."""
+def make_brain(cls, hparams, device, precision, anchors=None, **replace):
+    """A Brain ready for ``fit_batch``: optimiser built, train mode, epoch 1 (as in training).
+
+    ``anchors`` (a store, or a stand-in with its ``lookup``) goes to ``AnchorRegBrain``.
+    """
     hparams = dict(hparams, **replace)
     brain = cls(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts={"device": device, "precision": precision, "noprogressbar": True},
+        **({"anchors": anchors} if anchors is not None else {}),
     )
     brain.init_optimizers()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
