@@ -179,6 +179,13 @@ def training_rows(hparams):
     return ids, speakers, rows_digest(ids, speakers)
 
 
+def is_location(value):
+    """True for a path (a string holding '/') or a non-empty list of paths."""
+    if isinstance(value, list):
+        return bool(value) and all(is_location(item) for item in value)
+    return isinstance(value, str) and "/" in value
+
+
 def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     """True if the stage finished training with these settings; refuses a finished stage trained otherwise.
 
@@ -195,7 +202,10 @@ def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     ignored = [*hparams["rerun_may_change"], "num_train_speakers"]
     kept = {key: recorded[key] for key in ignored if key in recorded}
     resolved = load_record(resolve_references(yaml_stream(hparams_file, model_file), dict(overrides, **kept)))
-    differ = record_differences(recorded, resolved, ignored)
+    # locations (folders, files) are not training settings: a moved experiment is still the same stage;
+    # what the data folders hold is checked by the training-rows digest
+    differ = {key: values for key, values in record_differences(recorded, resolved, ignored).items()
+              if not all(is_location(value) for value in values)}
     if differ:
         listed = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in list(differ.items())[:4])
         raise ConfigError(
@@ -289,8 +299,6 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
 
     overrides = architecture_overrides(base, overrides)
     hparams, overrides = load_stage(hparams_file, overrides, base.model_file)
-    if reuse_if_finished(hparams_file, hparams, overrides, base.model_file):
-        return hparams
     reuse_labels = base.covers_exactly(speakers)
     data = dataio_prep(hparams, label_encoder_source=base.label_file if reuse_labels else None)
     store = load_or_extract(
@@ -302,7 +310,9 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
         extra_provenance={"train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv")},
     )
     expect_provenance(hparams, base_fingerprint=base.fingerprint, anchors_digest=store.digest(),
-                      train_rows_digest=digest)
+                      train_rows_digest=digest)  # a stage 2 made from another base or other anchors is refused
+    if reuse_if_finished(hparams_file, hparams, overrides, base.model_file):
+        return hparams
     write_record(hparams_file, hparams, overrides, base.model_file)
     own = hparams["checkpointer"].find_checkpoint()
     if own is not None:

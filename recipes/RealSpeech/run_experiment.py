@@ -293,7 +293,9 @@ class Runner:
         """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors)."""
         return {
             "number_of_epochs": self.args.stage2_epochs,
-            "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs}),
+            # stage 1 as base_chain trained it (stage 2 does not pass these keys on)
+            "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs,
+                                            "early_stop_patience": self.args.patience}),
             "output_folder": str(stage2_folder(root, name)),
             **overrides,  # a variant may change number_of_epochs
         }
