@@ -34,9 +34,9 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from anchor_reg.anchors import AnchorStoreError, load_or_extract
 from anchor_reg.atomic import write_text_atomic
-from anchor_reg.base import architecture_overrides, base_folder, end_of_epoch, load_base, start_from_base
+from anchor_reg.base import architecture_overrides, base_folder, load_base, start_from_base
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
-from anchor_reg.checkpointer import CheckpointError
+from anchor_reg.checkpointer import CheckpointError, end_of_epoch
 from anchor_reg.config import (
     ConfigError, check_writable, load_hparams, overrides_for, parse_overrides, yaml_stream,
 )

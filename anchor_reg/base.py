@@ -24,13 +24,13 @@ import re
 
 import ruamel.yaml
 import torch
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.brains import embed
+from anchor_reg.checkpointer import best_checkpoint
 from anchor_reg.config import ConfigError
 from anchor_reg.heads import set_head_to_centroids
 from anchor_reg.provenance import ProvenanceError, read_provenance
@@ -120,18 +120,6 @@ def load_base(hparams, stage1=None, train_speakers=(), train_rows_digest=None):
 
 
 # ------------------------------------------------------------------ stage 1 --
-def end_of_epoch(ckpt):
-    """Whether a checkpoint was saved at the end of an epoch."""
-    return INTRA_EPOCH_CKPT_FLAG not in ckpt.meta
-
-
-def best_checkpoint(save_folder):
-    """The end-of-epoch checkpoint with the lowest ``ErrorRate``, the latest among equals (None if none)."""
-    ckpts = Checkpointer(save_folder).list_checkpoints()
-    ckpts = [c for c in ckpts if end_of_epoch(c) and "ErrorRate" in c.meta]
-    return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
-
-
 def load_stage1(stage1, train_speakers, train_rows_digest):
     """This project's finished stage 1 at its best checkpoint; refuses one trained on other data."""
     folder = pathlib.Path(stage1["output_folder"])

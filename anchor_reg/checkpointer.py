@@ -22,12 +22,24 @@ import shutil
 import time
 
 import yaml
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 from speechbrain.utils.distributed import if_main_process
 
 from anchor_reg.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
+
+
+def end_of_epoch(ckpt):
+    """Whether a checkpoint was saved at the end of an epoch (mid-epoch ones only serve to resume)."""
+    return INTRA_EPOCH_CKPT_FLAG not in ckpt.meta
+
+
+def best_checkpoint(save_folder):
+    """The end-of-epoch checkpoint with the lowest ``ErrorRate``, the latest among equals (None if none)."""
+    ckpts = [c for c in Checkpointer(save_folder).list_checkpoints() if end_of_epoch(c) and "ErrorRate" in c.meta]
+    return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
 
 
 class CheckpointError(RuntimeError):

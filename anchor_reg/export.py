@@ -51,7 +51,6 @@ import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml.nodes import MappingNode, SequenceNode
 
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
 from speechbrain.utils.checkpoints import (
@@ -59,6 +58,7 @@ from speechbrain.utils.checkpoints import (
     torch_patched_state_dict_load,
 )
 
+from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
 from anchor_reg.hub import HubError, push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, model_card
 from anchor_reg.results import ResultsError, load_results
@@ -297,10 +297,7 @@ def _find_checkpoint(stage_folder, checkpoint):
     save_folder = stage_folder / "save"
     if not save_folder.is_dir():
         raise ExportError(f"no checkpoint folder: {save_folder}")
-    checkpointer = Checkpointer(save_folder)
-    end_of_epoch = lambda ckpt: INTRA_EPOCH_CKPT_FLAG not in ckpt.meta  # noqa: E731
-    chosen = checkpointer.find_checkpoint(min_key="ErrorRate", ckpt_predicate=end_of_epoch)
-    chosen = chosen or checkpointer.find_checkpoint(ckpt_predicate=end_of_epoch)
+    chosen = best_checkpoint(save_folder) or Checkpointer(save_folder).find_checkpoint(ckpt_predicate=end_of_epoch)
     if chosen is None:
         raise ExportError(f"no end-of-epoch checkpoint (CKPT+*) in {save_folder}")
     return pathlib.Path(chosen.path)

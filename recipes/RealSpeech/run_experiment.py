@@ -57,7 +57,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG  # noqa: E402
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -65,6 +64,7 @@ sys.path.insert(0, str(REPO))
 
 from anchor_reg.config import keys_of, load_hparams, overrides_for, parse_overrides  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
+from anchor_reg.checkpointer import end_of_epoch  # noqa: E402
 from anchor_reg.compare import compare_systems  # noqa: E402
 from anchor_reg.data.prepare import prepare_data  # noqa: E402
 from anchor_reg.evaluate import evaluate_model, load_encoder  # noqa: E402
@@ -327,7 +327,7 @@ class Runner:
         budget = len(dev_curve(root / "stage1")) + len(dev_curve(stage2_folder(root, EQUAL_UPDATES_OF)))
         joint = root / "joint"
         checkpoints = {c.meta["epoch"]: c.path for c in Checkpointer(joint / "save").list_checkpoints()
-                       if "epoch" in c.meta and INTRA_EPOCH_CKPT_FLAG not in c.meta}
+                       if "epoch" in c.meta and end_of_epoch(c)}
         epoch = min(budget, max(checkpoints))
         logger.info("seed %s: joint at %d epochs = base + %s (%d epochs)", seed, epoch, EQUAL_UPDATES_OF, budget)
         self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
