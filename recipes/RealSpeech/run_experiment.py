@@ -39,6 +39,8 @@ Re-running a command skips every system whose ``results.json`` exists, and an
 interrupted training resumes from its last checkpoint.
 """
 import argparse
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -50,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import matplotlib
 
@@ -90,6 +92,9 @@ STAGE2_VARIANTS = {
     "stage2_lambda0": {"anchor_objective": "pull", "anchor_weight": 0.0},
 }
 EQUAL_UPDATES_OF = "stage2_contrastive"  # joint_equal_updates matches base + this system's updates
+# A variant's ``base.KEY=VALUE`` pairs train its own base (stage1.yaml with KEY=VALUE) and anchors, in
+# ``<seed>/stage1_<pairs>`` and ``<seed>/anchors_<pairs>``, e.g. base.stage1_noise=True.
+BASE_PREFIX = "base."
 
 
 def parse_args(argv=None):
@@ -117,7 +122,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_utterances", type=int, default=None,
                         help="use only the first N utterances of each speaker (quick runs)")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
-                        help="also run a stage-2 variant with these stage2.yaml overrides (repeatable)")
+                        help="also run a stage-2 variant with these stage2.yaml overrides (repeatable); "
+                             "base.KEY=VALUE pairs give it its own base (stage1.yaml overrides)")
     parser.add_argument("--variant_seeds", type=int, nargs="+", default=None,
                         help="seeds of the --variant runs (default: the first seed)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -130,12 +136,14 @@ def parse_args(argv=None):
     args.variants = {name: overrides for name, overrides in STAGE2_VARIANTS.items() if name in args.systems}
     extra = {}
     stage2_keys = keys_of(REPO / "hparams" / "stage2.yaml")
+    stage1_keys = {BASE_PREFIX + key for key in keys_of(REPO / "hparams" / "stage1.yaml")}
     for spec in args.variant:
         name, *pairs = spec.split()
         extra[name] = parse_pairs(pairs, parser)
-        unknown = sorted(set(extra[name]) - stage2_keys)
+        unknown = sorted(set(extra[name]) - stage2_keys - stage1_keys)
         if unknown:
-            parser.error(f"--variant {name}: {unknown} are not keys of hparams/stage2.yaml")
+            parser.error(f"--variant {name}: {unknown} are not keys of hparams/stage2.yaml "
+                         f"(or {BASE_PREFIX}KEY of hparams/stage1.yaml)")
     clash = set(extra) & set(MAIN_SYSTEMS)
     if clash:
         parser.error(f"--variant names {sorted(clash)} are taken by the main systems")
@@ -215,6 +223,7 @@ class Runner:
         self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.is_file() else {}
         self.timing_lock = threading.Lock()
         self.eval_lock = threading.Lock()  # evaluations (matplotlib is not thread-safe) run one at a time
+        self.base_locks = collections.defaultdict(threading.Lock)  # own base folder -> lock
 
     def record(self, step, wall, cpu):
         """Adds wall and CPU seconds (CPU: all processes, summed over cores) to a step of timing.json."""
@@ -290,27 +299,33 @@ class Runner:
         return (self.results_folder(system, seed) / "results.json").is_file()
 
     def stage2_options(self, root, name, overrides):
-        """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors)."""
-        return {
-            "number_of_epochs": self.args.stage2_epochs,
-            # stage 1 as base_chain trained it (stage 2 does not pass these keys on)
-            "stage1_overrides": json.dumps({"number_of_epochs": self.args.stage1_epochs,
-                                            "early_stop_patience": self.args.patience}),
-            "output_folder": str(stage2_folder(root, name)),
-            **overrides,  # a variant may change number_of_epochs
-        }
+        """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors, or its own)."""
+        base = {key[len(BASE_PREFIX):]: value for key, value in overrides.items() if key.startswith(BASE_PREFIX)}
+        stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
+        options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
+        if base:
+            slug = "_".join(f"{key}-{value}" for key, value in sorted(base.items()))
+            stage1.update(base, output_folder=str(root / f"stage1_{slug}"))
+            options.update(stage1_folder=stage1["output_folder"], anchors_folder=str(root / f"anchors_{slug}"))
+        # stage 1 as base() trained it (stage 2 does not pass these keys on)
+        options["stage1_overrides"] = json.dumps(stage1)
+        options.update({key: value for key, value in overrides.items() if not key.startswith(BASE_PREFIX)})
+        return options  # a variant may change number_of_epochs
 
-    def base_chain(self, seed, stage2_variants, with_base):
-        """The seed's base, then its stage-2 variants; skips evaluated systems."""
-        root = self.runs / str(seed)
-        todo = {name: o for name, o in stage2_variants.items() if not self.done(name, seed)}
-        if (with_base and not self.done("base", seed)) or todo:
-            self.train("stage1.yaml", seed, "base", number_of_epochs=self.args.stage1_epochs)
+    def base(self, seed, with_base):
+        """The seed's base (stage 1), trained and, with ``with_base``, evaluated unless done."""
+        self.train("stage1.yaml", seed, "base", number_of_epochs=self.args.stage1_epochs)
         if with_base and not self.done("base", seed):
-            self.evaluate("base", seed, root / "stage1")
-        for name, overrides in todo.items():
-            self.train("stage2.yaml", seed, name, **self.stage2_options(root, name, overrides))
-            self.evaluate(name, seed, stage2_folder(root, name))
+            self.evaluate("base", seed, self.runs / str(seed) / "stage1")
+
+    def stage2(self, seed, name, overrides):
+        """One stage-2 variant of a seed whose base has finished (a variant's own base is trained first)."""
+        root = self.runs / str(seed)
+        options = self.stage2_options(root, name, overrides)
+        own_base = options.get("stage1_folder")  # variants sharing an own base train it once, in turn
+        with self.base_locks[own_base] if own_base else contextlib.nullcontext():
+            self.train("stage2.yaml", seed, name, **options)
+        self.evaluate(name, seed, stage2_folder(root, name))
 
     def joint_chain(self, seed):
         """The seed's joint model from scratch (every epoch's checkpoint kept for the equal-updates view)."""
@@ -332,19 +347,31 @@ class Runner:
         logger.info("seed %s: joint at %d epochs = base + %s (%d epochs)", seed, epoch, EQUAL_UPDATES_OF, budget)
         self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
 
-    def run_seed_chains(self, seeds, stage2_variants, systems):
-        """Each seed's base chain and joint chain, ``--jobs`` at a time; then the equal-updates view."""
-        chains = []
-        for seed in seeds:
-            chains.append(lambda seed=seed: self.base_chain(seed, stage2_variants, "base" in systems))
-            if "joint" in systems or "joint_equal_updates" in systems:
-                chains.append(lambda seed=seed: self.joint_chain(seed))
+    def run_seed_chains(self, plan, systems):
+        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time: bases and
+        joints first, each stage 2 once its seed's base is done; then the equal-updates view.
+        Systems with results are skipped."""
+        with_base = "base" in systems
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
-            for future in [pool.submit(chain) for chain in chains]:
-                future.result()
-        if "joint_equal_updates" in systems and EQUAL_UPDATES_OF in stage2_variants:
-            for seed in seeds:
-                self.equal_updates(seed)
+            pending, variants_of_base = set(), {}
+            for seed, variants in plan.items():
+                todo = {name: o for name, o in variants.items() if not self.done(name, seed)}
+                if todo or (with_base and not self.done("base", seed)):
+                    future = pool.submit(self.base, seed, with_base)
+                    variants_of_base[future] = (seed, todo)
+                    pending.add(future)
+                if seed in self.args.seeds and ("joint" in systems or "joint_equal_updates" in systems):
+                    pending.add(pool.submit(self.joint_chain, seed))
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    seed, todo = variants_of_base.pop(future, (None, {}))
+                    pending |= {pool.submit(self.stage2, seed, name, o) for name, o in todo.items()}
+        if "joint_equal_updates" in systems:
+            for seed, variants in plan.items():
+                if EQUAL_UPDATES_OF in variants:
+                    self.equal_updates(seed)
 
     def compare(self, systems, seeds, folder):
         """comparison.md, eer_vs_snr.png, eer_by_condition.md, summary.md and dev_curves.png."""
@@ -502,12 +529,14 @@ def main(argv=None):
     runner = Runner(args, common_overrides(args, shared.resolve(), folders))
     start, cpu = time.time(), time.process_time() + children_cpu()
     runner.prepare()
-    runner.run_seed_chains(args.seeds, args.variants, args.systems)
+    plan = {seed: dict(args.variants) for seed in args.seeds}
+    for seed in args.variant_seeds:
+        plan.setdefault(seed, {}).update(args.extra_variants)
+    runner.run_seed_chains(plan, args.systems)
     table = runner.compare(args.systems, args.seeds, args.output_folder)
     print(table.read_text(encoding="utf-8"))
     print((args.output_folder / "summary.md").read_text(encoding="utf-8"))
     if args.extra_variants:
-        runner.run_seed_chains(args.variant_seeds, {**args.variants, **args.extra_variants}, args.systems)
         systems = [*args.systems, *args.extra_variants]
         folder = args.output_folder / "variants" / ("seeds_" + "_".join(map(str, args.variant_seeds)))
         table = runner.compare(systems, args.variant_seeds, folder)
