@@ -199,13 +199,15 @@ def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     folder = pathlib.Path(hparams["output_folder"])
     recorded = load_record((folder / "hyperparams.yaml").read_text(encoding="utf-8"))
     # num_train_speakers follows the data, whose changes the training-rows digest names (load_base)
-    ignored = [*hparams["rerun_may_change"], "num_train_speakers"]
+    # (rerun_may_change itself is bookkeeping: records older than the key lack it)
+    ignored = [*hparams["rerun_may_change"], "rerun_may_change", "num_train_speakers"]
     kept = {key: recorded[key] for key in ignored if key in recorded}
     resolved = load_record(resolve_references(yaml_stream(hparams_file, model_file), dict(overrides, **kept)))
-    # locations (folders, files) are not training settings: a moved experiment is still the same stage;
-    # what the data folders hold is checked by the training-rows digest
-    differ = {key: values for key, values in record_differences(recorded, resolved, ignored).items()
-              if not all(is_location(value) for value in values)}
+    # locations (folders, files) are not training settings: a moved experiment is still the same stage,
+    # and a record older than a location key lacks it; what the data folders hold is checked by the
+    # training-rows digest
+    differ = {key: (then, now) for key, (then, now) in record_differences(recorded, resolved, ignored).items()
+              if not (is_location(now) and (is_location(then) or key not in recorded))}
     if differ:
         listed = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in list(differ.items())[:4])
         raise ConfigError(

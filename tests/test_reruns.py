@@ -55,6 +55,22 @@ def test_rerun_with_other_training_keys_stops_and_keeps_the_finished_record(fini
     assert tree_digest(root) == before
 
 
+def test_record_older_than_a_bookkeeping_or_location_key_is_still_reused(finished):
+    """A stage recorded before ``rerun_may_change`` and ``skip_report`` existed trained the same way."""
+    tmp, root = finished
+    record = root / "stage1" / "hyperparams.yaml"
+    kept, dropping = [], False
+    for line in record.read_text().splitlines(keepends=True):
+        dropping = line.startswith(("rerun_may_change:", "skip_report:")) or (dropping and line[:1] == " ")
+        kept.append("" if dropping else line)
+    record.write_text("".join(kept))
+    before = tree_digest(root)
+    run_train("stage2.yaml", tmp)  # stage 1 and stage 2 reused: nothing trained or written
+    assert tree_digest(root) == before
+    with pytest.raises(ConfigError, match=r"\(lr: 0.002 then, 0.003 now\)"):  # a training key still counts
+        run_train("stage1.yaml", tmp, lr=0.003)
+
+
 def folder_corpus(tmp, speakers):
     """A folder dataset of ``speakers`` synthetic speakers (noise and RIRs from the synthetic corpus)."""
     from anchor_reg.data.synthetic import generate_corpus
