@@ -59,6 +59,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -300,7 +301,8 @@ class Runner:
 
     def stage2_options(self, root, name, overrides):
         """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors, or its own)."""
-        base = {key[len(BASE_PREFIX):]: value for key, value in overrides.items() if key.startswith(BASE_PREFIX)}
+        base = {key[len(BASE_PREFIX):]: yaml.safe_load(value)  # typed: they travel inside stage1_overrides
+                for key, value in overrides.items() if key.startswith(BASE_PREFIX)}
         stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
         options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
         if base:
