@@ -34,7 +34,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from anchor_reg.anchors import AnchorStoreError, load_or_extract
 from anchor_reg.atomic import write_text_atomic
-from anchor_reg.base import architecture_overrides, base_folder, load_base, start_from_base
+from anchor_reg.base import architecture_overrides, base_folder, check_trained_on, load_base, start_from_base
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
 from anchor_reg.checkpointer import CheckpointError, end_of_epoch
 from anchor_reg.config import (
@@ -264,10 +264,12 @@ def fit(hparams, data, run_opts, brain_options=None):
 
 
 def train_stage(hparams_file, hparams, overrides, run_opts):
-    """Stage 1 or the joint baseline: reused when finished, else trained (resuming)."""
+    """Stage 1 or the joint baseline: reused when finished (on this data, with these settings), else trained."""
+    _, speakers, digest = training_rows(hparams)
+    if finished_checkpoint(hparams) is not None:
+        check_trained_on(hparams, speakers, digest)
     if reuse_if_finished(hparams_file, hparams, overrides):
         return
-    _, _, digest = training_rows(hparams)
     expect_provenance(hparams, train_rows_digest=digest)
     write_record(hparams_file, hparams, overrides)
     fit(hparams, dataio_prep(hparams), run_opts)

@@ -120,25 +120,40 @@ def load_base(hparams, stage1=None, train_speakers=(), train_rows_digest=None):
 
 
 # ------------------------------------------------------------------ stage 1 --
-def load_stage1(stage1, train_speakers, train_rows_digest):
-    """This project's finished stage 1 at its best checkpoint; refuses one trained on other data."""
-    folder = pathlib.Path(stage1["output_folder"])
-    ckpt = best_checkpoint(stage1["save_folder"])
-    if ckpt is None:
-        raise ConfigError(f"stage 1 in {folder} has no end-of-epoch checkpoint")
-    label_file = pathlib.Path(stage1["save_folder"]) / "label_encoder.txt"
+STAGE_NAMES = {"stage1": "stage 1", "joint": "the joint model", "stage2": "stage 2"}
+
+
+def check_trained_on(hparams, train_speakers, train_rows_digest, ckpt=None):
+    """Refuses a stage (its best checkpoint, or ``ckpt``) trained on other data than this run's training CSV.
+
+    Compares the stage's label set with ``train_speakers`` and the checkpoint's
+    recorded training-rows digest (if it has one) with ``train_rows_digest``;
+    returns the stage's label encoder.
+    """
+    folder = pathlib.Path(hparams["output_folder"])
+    ckpt = ckpt or best_checkpoint(hparams["save_folder"])
     labels = CategoricalEncoder()
-    labels.load(label_file)
+    labels.load(pathlib.Path(hparams["save_folder"]) / "label_encoder.txt")
     recorded = read_provenance(pathlib.Path(ckpt.path) / "provenance.ckpt").get("train_rows_digest")
     trained_on = set(labels.lab2ind)
     if trained_on != set(train_speakers) or recorded not in (None, train_rows_digest):
         added, gone = sorted(set(train_speakers) - trained_on), sorted(trained_on - set(train_speakers))
         raise ProvenanceError(
-            f"stage 1 in {folder} was trained on other data than this run's training CSV "
-            f"({len(trained_on)} speakers then, {len(set(train_speakers))} now; new: {added[:3]}, gone: {gone[:3]}): "
-            f"retrain it by moving {folder.parent} away (stage 1, anchors and stage 2 are then made again), "
-            "or use another experiment folder (--experiment_name=NEW)"
+            f"{STAGE_NAMES.get(hparams['stage'], hparams['stage'])} in {folder} was trained on other data than "
+            f"this run's training CSV ({len(trained_on)} speakers then, {len(set(train_speakers))} now; "
+            f"new: {added[:3]}, gone: {gone[:3]}): retrain it by moving {folder.parent} away (its stages "
+            "and anchors are then made again), or use another experiment folder (--experiment_name=NEW)"
         )
+    return labels
+
+
+def load_stage1(stage1, train_speakers, train_rows_digest):
+    """This project's finished stage 1 at its best checkpoint; refuses one trained on other data."""
+    ckpt = best_checkpoint(stage1["save_folder"])
+    if ckpt is None:
+        raise ConfigError(f"stage 1 in {stage1['output_folder']} has no end-of-epoch checkpoint")
+    labels = check_trained_on(stage1, train_speakers, train_rows_digest, ckpt)
+    label_file = pathlib.Path(stage1["save_folder"]) / "label_encoder.txt"
     modules = torch.nn.ModuleDict({key: stage1[key] for key in (*EMBEDDING_KEYS, "classifier")})
     reader = Checkpointer(stage1["save_folder"], recoverables={
         "embedding_model": stage1["embedding_model"], "classifier": stage1["classifier"],

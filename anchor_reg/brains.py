@@ -17,6 +17,8 @@ import logging
 import speechbrain as sb
 import torch
 
+from anchor_reg.data.batching import random_crops
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +52,8 @@ class SpeakerBrain(sb.core.Brain):
     Expected ``modules``: ``compute_features``, ``mean_var_norm``,
     ``embedding_model``, ``classifier``. Expected ``hparams``: ``compute_cost``,
     ``error_stats``, ``lr_annealing``, ``epoch_counter``, ``train_logger``;
-    optional ``wav_augment`` (an ``Augmenter``), ``frozen_parameters``
+    optional ``wav_augment`` (an ``Augmenter``), ``crop_dur`` (random training crops
+    of that many seconds, with ``sample_rate``), ``frozen_parameters``
     (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
     ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
     """
@@ -81,6 +84,9 @@ class SpeakerBrain(sb.core.Brain):
         """Returns ``{"emb": (B', 1, D), "logits": (B', 1, S), "lens": (B',)}``."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
+        crop_dur = getattr(self.hparams, "crop_dur", None)
+        if stage == sb.Stage.TRAIN and crop_dur:
+            wavs, lens = random_crops(wavs, lens, int(crop_dur * self.hparams.sample_rate))
         if stage == sb.Stage.TRAIN and self.augmenter is not None:
             wavs, lens = self.augmenter(wavs, lens)
         elif stage != sb.Stage.TRAIN and hasattr(batch, "sig_noisy"):

@@ -76,6 +76,7 @@ RANGES = {
     "dev_ratio": number(0, 1, open_low=True, open_high=True),
     "verification_speakers": Rule(_verification_speakers, "an integer >= 2, a fraction in (0, 1) or a list of >= 2 speaker ids"),
     "test_seg_dur": optional(POSITIVE),
+    "crop_dur": optional(POSITIVE),
     "synthetic_speakers": integer(3),
     "synthetic_utts_per_speaker": integer(2),
     "synthetic_noises": integer(2),

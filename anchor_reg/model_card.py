@@ -5,13 +5,19 @@ sets, and a ``model-index`` with EER and minDCF per condition when results
 are given); the body names the training hyper-parameters of
 :data:`CARD_HPARAMS` found in the training YAML.
 """
+import pathlib
+
 from huggingface_hub import EvalResult, ModelCardData
 
 # Training YAML keys reported in the model card, with their descriptions.
 CARD_HPARAMS = {
+    "base_model": "base model (stage 2 starts from it)",
+    "anchor_objective": "anchor objective",
     "anchor_weight": "anchor loss weight (lambda)",
     "anchor_distance": "anchor distance",
     "anchor_type": "anchor type",
+    "classifier_head": "classifier head",
+    "aam_margin": "AAM margin",
     "snr_low": "lowest training SNR (dB)",
     "snr_high": "highest training SNR (dB)",
     "number_of_epochs": "epochs",
@@ -28,6 +34,20 @@ def dataset_names(datasets, tree):
     """Training data set names: argument, YAML ``datasets`` key, or default."""
     datasets = datasets or tree.get("datasets") or DEFAULT_DATASETS
     return [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+
+
+def base_model_name(base_model):
+    """How the card names a stage 2's base: a hub ID, a local folder's name (no machine path), or stage 1.
+
+    >>> base_model_name("speechbrain/spkrec-ecapa-voxceleb"), base_model_name("/data/models/ecapa")
+    ('speechbrain/spkrec-ecapa-voxceleb', 'a local model folder, ecapa')
+    """
+    if base_model is None:
+        return "this recipe's stage 1 (hparams/stage1.yaml)"
+    text = str(base_model)
+    if pathlib.PurePath(text).is_absolute() or text.startswith(".") or text.count("/") != 1:
+        return f"a local model folder, {pathlib.PurePath(text).name}"
+    return text
 
 
 def backbone_name(tree):
@@ -93,6 +113,8 @@ def model_card(tree, model_name, datasets, results, checkpoint_name):
         eval_results=_eval_results(results, datasets[0]) if results else None,
     )
     found = {key: _hparam(tree, key) for key in CARD_HPARAMS}
+    if tree.get("stage") == "stage2":
+        found["base_model"] = base_model_name(found["base_model"])
     hparams = {
         key: value
         for key, value in found.items()

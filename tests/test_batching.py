@@ -42,3 +42,24 @@ def test_collate_rows_skips_bad_rows_only_when_asked():
     examples[0]["sig"] = None
     with pytest.raises(AudioError, match="every file of a batch is bad"):
         collate_rows(examples, skip_bad=True)
+
+
+def test_random_crops_are_windows_inside_each_rows_valid_part():
+    from anchor_reg.data.batching import random_crops
+
+    total, crop = 50, 20
+    wavs = torch.arange(float(total)).expand(3, total) + 100 * torch.arange(3.0)[:, None]
+    lens = torch.tensor([1.0, 0.6, 0.3])  # 50, 30 and 15 valid samples
+    torch.manual_seed(0)
+    starts = {0: set(), 1: set()}
+    for _ in range(200):
+        crops, crop_lens = random_crops(wavs, lens, crop)
+        assert crops.shape == (3, crop) and crop_lens.tolist() == [1.0, 1.0, 0.75]
+        for row in (0, 1):
+            start = int(crops[row, 0]) - 100 * row
+            assert crops[row].tolist() == (wavs[row, start:start + crop]).tolist()  # contiguous window
+            assert 0 <= start <= int(lens[row] * total) - crop  # inside the valid samples
+            starts[row].add(start)
+        assert crops[2].tolist() == wavs[2, :crop].tolist()  # a row shorter than the window stays whole
+    assert starts[0] == set(range(0, 31)) and starts[1] == set(range(0, 11))  # every start is drawn
+    assert random_crops(wavs, lens, total)[0] is wavs  # a window as long as the batch: unchanged

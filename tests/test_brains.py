@@ -69,6 +69,17 @@ def test_stage2_adds_the_anchor_term_aligned_with_the_augmented_batch(tmp_path):
     assert set(brain.loss_terms) == {"aam", "anchor"}
 
 
+def test_crop_dur_crops_training_rows_but_not_dev_rows(tmp_path):
+    hparams = make_hparams("stage2.yaml", tmp_path, crop_dur=0.25)  # 4000 of the rows' 8000 samples
+    brain = make_brain(AnchorRegBrain, hparams, anchors=store_for(hparams))
+    seen = []
+    embed_rows = brain.compute_embeddings
+    brain.compute_embeddings = lambda wavs, lens: seen.append(wavs.shape) or embed_rows(wavs, lens)
+    brain.compute_forward(make_batch(), sb.Stage.TRAIN)
+    brain.compute_forward(make_batch(), sb.Stage.VALID)
+    assert seen == [(8, 4000), (4, 8000)]  # clean + augmented copy of each 0.25 s crop; dev rows whole
+
+
 def test_frozen_parameters_and_norm_stats_do_not_move(tmp_path):
     hparams = make_hparams("stage2.yaml", tmp_path, frozen_parameters=["classifier"], freeze_norm_stats=True)
     brain = make_brain(AnchorRegBrain, hparams, anchors=store_for(hparams))

@@ -89,6 +89,9 @@ train_annotation: !ref <data_folder>/train.csv
 number_of_epochs: 3
 batch_size: 8
 lr: 0.001
+stage: stage2
+base_model: /home/someone/models/ecapa-base
+anchor_objective: contrastive
 anchor_weight: 0.5
 anchor_distance: cosine
 snr_low: 0
@@ -243,11 +246,12 @@ def test_export_layout_and_inference_yaml(ecapa_stage, ecapa_export):
         ("/nonexistent/results/1986/stage2/save", "<redacted>/save"),
         ("/nonexistent/results/1986/stage2", "<redacted>/stage2"),
         ("/nonexistent/noise.csv", "<redacted>/noise.csv"),
+        ("/home/someone/models/ecapa-base", "<redacted>/ecapa-base"),
     ):
         assert path in expected
         expected = expected.replace(path, published)
     published = (ecapa_export / "training_hparams.yaml").read_text()
-    assert published == expected and "/nonexistent" not in published
+    assert published == expected and "/nonexistent" not in published and "/home" not in published
     assert (ecapa_export / "label_encoder.ckpt").read_bytes() == (
         stage / "save" / "label_encoder.txt"
     ).read_bytes()
@@ -294,6 +298,10 @@ def test_model_card(ecapa_export):
     assert "| channels | `channels` | [32, 32, 32, 32, 96] |" in card
     assert "| highest training SNR (dB) | `snr_high` | 15 |" in card
     assert "anchor_type" not in card  # missing keys are omitted
+    # the base is named without the machine's path
+    assert "| base model (stage 2 starts from it) | `base_model` | a local model folder, ecapa-base |" in card
+    assert "/home/someone" not in card
+    assert "| anchor objective | `anchor_objective` | contrastive |" in card
     assert 'source="someone/anchor-ecapa"' in card
     assert "2510.18530" in card and "SpeechBrain" in card
 

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from anchor_reg.provenance import load_record
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
 
@@ -33,6 +35,7 @@ def tiny_argv(shared_data, out):
         "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--joint_epochs=3", "--patience=3",
         "--max_speakers=4", "--max_utterances=3", "--jobs=2",
         "--variant", "tiny_lambda3 anchor_weight=3.0",
+        "--variant", "tiny_noisybase base.stage1_noise=True",
         *(f"--override={key}={value}" for key, value in overrides.items()),
     ]
 
@@ -139,7 +142,8 @@ def test_rerun_skips_evaluated_systems(tiny_run):
     recipe, shared_data, out = tiny_run
     before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
     runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
-    assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log"}
+    assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log",
+                         "1-tiny_noisybase.log"}
     runner = recipe.main(tiny_argv(shared_data, out))
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
     assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
@@ -155,6 +159,19 @@ def test_variant_trains_beside_the_shared_stage1(tiny_run):
     table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
     assert "| tiny_lambda3 |" in table and "| stage2_contrastive |" in table
     assert "anchor_weight: 3.0" in (seed_root / "variants" / "tiny_lambda3" / "hyperparams.yaml").read_text()
+
+
+def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
+    _, _, out = tiny_run
+    seed_root = out / "runs" / "realspeech" / "1"
+    own_base = seed_root / "stage1_stage1_noise-True"
+    assert "stage1_noise: true" in (own_base / "hyperparams.yaml").read_text().lower()
+    assert "stage1_noise: false" in (seed_root / "stage1" / "hyperparams.yaml").read_text().lower()
+    record = load_record((seed_root / "variants" / "tiny_noisybase" / "hyperparams.yaml").read_text())
+    assert record["stage1_folder"] == str(own_base)
+    assert record["anchors_folder"] == str(seed_root / "anchors_stage1_noise-True")
+    assert (seed_root / "anchors_stage1_noise-True" / "anchors.pt").is_file()
+    assert "| tiny_noisybase |" in (out / "variants" / "seeds_1" / "comparison.md").read_text()
 
 
 def test_rejects_bad_options(recipe):

@@ -94,6 +94,10 @@ def test_stage1_trained_on_other_data_is_named_and_each_remedy_works(tmp_path):
     with pytest.raises(ProvenanceError, match=rf"stage 1 in {root / 'stage1'} was trained on other data .*"
                                               rf"retrain it by moving {root} away .*--experiment_name=NEW"):
         run_train("stage2.yaml", tmp_path, **data)
+    # so is stage 1 run on its own: not silently reused
+    with pytest.raises(ProvenanceError, match=rf"stage 1 in {root / 'stage1'} was trained on other data "
+                                              rf"than this run's training CSV \(3 speakers then, 4 now"):
+        run_train("stage1.yaml", tmp_path, **data)
     assert tree_digest(root / "stage1") == stage1_before
     # remedy 1: another experiment folder
     run_train("stage2.yaml", tmp_path, experiment_name="NEW", **data)

@@ -12,6 +12,42 @@ import torch
 from anchor_reg.data.audio import AudioError
 
 
+def random_crops(wavs, lens, crop_samples):
+    """A random window of ``crop_samples`` samples inside every row (rows no longer are kept whole).
+
+    The training crops of ``crop_dur``: each row's window starts uniformly in
+    ``[0, length - crop_samples]`` (torch's global generator, so seeded runs repeat).
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        (B, T) padded waveforms.
+    lens : torch.Tensor
+        (B,) relative lengths.
+    crop_samples : int
+        Window length.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        (B, min(T, crop_samples)) windows and their (B,) relative lengths.
+
+    Example
+    -------
+    >>> crops, crop_lens = random_crops(torch.arange(10.0).expand(2, 10), torch.tensor([1.0, 0.3]), 4)
+    >>> crops.shape, crop_lens.tolist(), crops[1].tolist()
+    (torch.Size([2, 4]), [1.0, 0.75], [0.0, 1.0, 2.0, 3.0])
+    """
+    batch, total = wavs.shape
+    if total <= crop_samples:
+        return wavs, lens
+    lengths = torch.round(lens.cpu() * total).long()
+    kept = lengths.clamp(max=crop_samples)
+    starts = (torch.rand(batch) * (lengths - kept + 1)).long().clamp(max=total - crop_samples)
+    index = (starts[:, None] + torch.arange(crop_samples)[None, :]).to(wavs.device)
+    return wavs.gather(1, index), (kept.float() / crop_samples).to(lens.device)
+
+
 def pad_by_reflection(wavs):
     """Stacks waveforms, extending each shorter one by mirror images of itself.
 

@@ -268,31 +268,32 @@ class Runner:
         return self.out / system / f"seed{seed}"
 
     def evaluate(self, system, seed, stage_folder, checkpoint=None):
-        """Exports and evaluates a stage (its best checkpoint, or ``checkpoint``) on the full grid.
+        """Exports a stage (its best checkpoint, or ``checkpoint``) once and evaluates the export on the full grid.
 
-        The first seed's export stays in ``<system>/export``.
+        The first seed's export stays in ``<system>/export`` (its model card shows the grid).
         """
+
+        def grid(export):
+            return evaluate_model(
+                load_encoder(export),
+                enrol_csv=self.prep / "enrol.csv",
+                test_csv=self.prep / "test.csv",
+                trials=self.prep / "trials.txt",
+                noise_csvs={kind: self.prep / f"eval_{kind}.csv" for kind in NOISE_TYPES},
+                rir_csv=self.prep / "eval_rir.csv",
+                snrs=SNRS,
+                batch_size=self.args.eval_batch_size,
+                output_folder=self.results_folder(system, seed),
+                system_name=system,
+            )
+
         with self.eval_lock:
-            folder = self.results_folder(system, seed)
             start, cpu = time.time(), time.process_time()
-            keep = seed == self.args.seeds[0]
-            with tempfile.TemporaryDirectory(dir=self.out) as tmp:
-                export = self.out / system / "export" if keep else pathlib.Path(tmp) / "export"
-                export_model(stage_folder, export, checkpoint=checkpoint)
-                results = evaluate_model(
-                    load_encoder(export),
-                    enrol_csv=self.prep / "enrol.csv",
-                    test_csv=self.prep / "test.csv",
-                    trials=self.prep / "trials.txt",
-                    noise_csvs={kind: self.prep / f"eval_{kind}.csv" for kind in NOISE_TYPES},
-                    rir_csv=self.prep / "eval_rir.csv",
-                    snrs=SNRS,
-                    batch_size=self.args.eval_batch_size,
-                    output_folder=folder,
-                    system_name=system,
-                )
-                if keep:
-                    export_model(stage_folder, export, checkpoint=checkpoint, results=results)  # card with table
+            if seed == self.args.seeds[0]:
+                export_model(stage_folder, self.out / system / "export", checkpoint=checkpoint, evaluate=grid)
+            else:
+                with tempfile.TemporaryDirectory(dir=self.out) as tmp:
+                    grid(export_model(stage_folder, pathlib.Path(tmp) / "export", checkpoint=checkpoint))
             self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
 
     def done(self, system, seed):
