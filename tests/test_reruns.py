@@ -32,6 +32,7 @@ def finished(tmp_path):
     return tmp_path, tmp_path / "results" / "default" / "1986"
 
 
+@pytest.mark.slow  # trains a chain
 def test_rerun_with_other_training_keys_stops_and_keeps_the_finished_record(finished):
     tmp, root = finished
     before = tree_digest(root)
@@ -55,6 +56,7 @@ def test_rerun_with_other_training_keys_stops_and_keeps_the_finished_record(fini
     assert tree_digest(root) == before
 
 
+@pytest.mark.slow  # trains a chain
 def test_record_older_than_a_bookkeeping_or_location_key_is_still_reused(finished):
     """A stage recorded before ``rerun_may_change`` and ``skip_report`` existed trained the same way."""
     tmp, root = finished
@@ -85,6 +87,7 @@ def folder_corpus(tmp, speakers):
             "verification_speakers": 3}
 
 
+@pytest.mark.slow  # trains a chain
 def test_stage1_trained_on_other_data_is_named_and_each_remedy_works(tmp_path):
     data = folder_corpus(tmp_path, speakers=6)
     run_train("stage2.yaml", tmp_path, **data)
