@@ -171,7 +171,10 @@ def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
     assert record["stage1_folder"] == str(own_base)
     assert record["anchors_folder"] == str(seed_root / "anchors_stage1_noise-True")
     assert (seed_root / "anchors_stage1_noise-True" / "anchors.pt").is_file()
-    assert "| tiny_noisybase |" in (out / "variants" / "seeds_1" / "comparison.md").read_text()
+    table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
+    assert "| tiny_noisybase |" in table and "| base_stage1_noise-True |" in table  # the own base is evaluated
+    assert json.loads((out / "base_stage1_noise-True" / "seed1" / "results.json").read_text())["system"] == \
+        "base_stage1_noise-True"
 
 
 def test_rejects_bad_options(recipe):

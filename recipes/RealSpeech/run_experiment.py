@@ -41,6 +41,7 @@ interrupted training resumes from its last checkpoint.
 import argparse
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -96,6 +97,7 @@ EQUAL_UPDATES_OF = "stage2_contrastive"  # joint_equal_updates matches base + th
 # A variant's ``base.KEY=VALUE`` pairs train its own base (stage1.yaml with KEY=VALUE) and anchors, in
 # ``<seed>/stage1_<pairs>`` and ``<seed>/anchors_<pairs>``, e.g. base.stage1_noise=True.
 BASE_PREFIX = "base."
+OWN_BASE_SYSTEM = "base_"  # a variant's own base is evaluated as the system base_<pairs>
 
 
 def parse_args(argv=None):
@@ -228,7 +230,10 @@ class Runner:
 
     def record(self, step, wall, cpu):
         """Adds wall and CPU seconds (CPU: all processes, summed over cores) to a step of timing.json."""
-        with self.timing_lock:
+        with self.timing_lock, open(self.timing_file.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run_experiment.py on this folder may record too
+            if self.timing_file.is_file():
+                self.timing = json.loads(self.timing_file.read_text())
             entry = self.timing.setdefault(step, {"wall_s": 0.0, "cpu_s": 0.0})
             entry["wall_s"] = round(entry["wall_s"] + wall, 1)
             entry["cpu_s"] = round(entry["cpu_s"] + cpu, 1)
@@ -307,7 +312,7 @@ class Runner:
         stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
         options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
         if base:
-            slug = "_".join(f"{key}-{value}" for key, value in sorted(base.items()))
+            slug = own_base_slug(overrides)
             stage1.update(base, output_folder=str(root / f"stage1_{slug}"))
             options.update(stage1_folder=stage1["output_folder"], anchors_folder=str(root / f"anchors_{slug}"))
         # stage 1 as base() trained it (stage 2 does not pass these keys on)
@@ -328,7 +333,11 @@ class Runner:
         own_base = options.get("stage1_folder")  # variants sharing an own base train it once, in turn
         with self.base_locks[own_base] if own_base else contextlib.nullcontext():
             self.train("stage2.yaml", seed, name, **options)
-        self.evaluate(name, seed, stage2_folder(root, name))
+            base_system = own_base_system(overrides)
+            if base_system and not self.done(base_system, seed):  # the own base is a system too
+                self.evaluate(base_system, seed, pathlib.Path(own_base))
+        if not self.done(name, seed):
+            self.evaluate(name, seed, stage2_folder(root, name))
 
     def joint_chain(self, seed):
         """The seed's joint model from scratch (every epoch's checkpoint kept for the equal-updates view)."""
@@ -358,7 +367,8 @@ class Runner:
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
             pending, variants_of_base = set(), {}
             for seed, variants in plan.items():
-                todo = {name: o for name, o in variants.items() if not self.done(name, seed)}
+                todo = {name: o for name, o in variants.items()
+                        if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
                 if todo or (with_base and not self.done("base", seed)):
                     future = pool.submit(self.base, seed, with_base)
                     variants_of_base[future] = (seed, todo)
@@ -398,7 +408,21 @@ class Runner:
             return root / "stage1"
         if system in ("joint", "joint_equal_updates"):
             return root / "joint"
+        if system.startswith(OWN_BASE_SYSTEM):
+            return root / f"stage1_{system[len(OWN_BASE_SYSTEM):]}"
         return stage2_folder(root, system)
+
+
+def own_base_slug(overrides):
+    """``stage1_noise-True`` for a variant with ``base.stage1_noise=True``; None without ``base.`` keys."""
+    pairs = sorted((key[len(BASE_PREFIX):], value) for key, value in overrides.items() if key.startswith(BASE_PREFIX))
+    return "_".join(f"{key}-{yaml.safe_load(value)}" for key, value in pairs) or None
+
+
+def own_base_system(overrides):
+    """The system name of a variant's own base (``base_<slug>``), evaluated beside it; None without one."""
+    slug = own_base_slug(overrides)
+    return OWN_BASE_SYSTEM + slug if slug else None
 
 
 def children_cpu():
@@ -540,7 +564,8 @@ def main(argv=None):
     print(table.read_text(encoding="utf-8"))
     print((args.output_folder / "summary.md").read_text(encoding="utf-8"))
     if args.extra_variants:
-        systems = [*args.systems, *args.extra_variants]
+        own_bases = {own_base_system(o) for o in args.extra_variants.values()} - {None}
+        systems = [*args.systems, *sorted(own_bases), *args.extra_variants]
         folder = args.output_folder / "variants" / ("seeds_" + "_".join(map(str, args.variant_seeds)))
         table = runner.compare(systems, args.variant_seeds, folder)
         print(table.read_text(encoding="utf-8"))
