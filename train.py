@@ -186,6 +186,9 @@ def is_location(value):
     return isinstance(value, str) and "/" in value
 
 
+BOOKKEEPING_KEYS = ("rerun_may_change", "not_passed_to_stage1")  # lists of key names, not training settings
+
+
 def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     """True if the stage finished training with these settings; refuses a finished stage trained otherwise.
 
@@ -199,8 +202,8 @@ def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     folder = pathlib.Path(hparams["output_folder"])
     recorded = load_record((folder / "hyperparams.yaml").read_text(encoding="utf-8"))
     # num_train_speakers follows the data, whose changes the training-rows digest names (load_base)
-    # (rerun_may_change itself is bookkeeping: records older than the key lack it)
-    ignored = [*hparams["rerun_may_change"], "rerun_may_change", "num_train_speakers"]
+    # (the lists of keys are bookkeeping: a record made before a key joined them lists it or lacks them)
+    ignored = [*hparams["rerun_may_change"], *BOOKKEEPING_KEYS, "num_train_speakers"]
     kept = {key: recorded[key] for key in ignored if key in recorded}
     resolved = load_record(resolve_references(yaml_stream(hparams_file, model_file), dict(overrides, **kept)))
     # locations (folders, files) are not training settings: a moved experiment is still the same stage,

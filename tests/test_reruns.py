@@ -58,14 +58,16 @@ def test_rerun_with_other_training_keys_stops_and_keeps_the_finished_record(fini
 
 @pytest.mark.slow  # trains a chain
 def test_record_older_than_a_bookkeeping_or_location_key_is_still_reused(finished):
-    """A stage recorded before ``rerun_may_change`` and ``skip_report`` existed trained the same way."""
+    """A stage recorded before ``rerun_may_change``, ``not_passed_to_stage1`` or ``skip_report`` existed
+    (or before a key joined those lists) trained the same way."""
     tmp, root = finished
-    record = root / "stage1" / "hyperparams.yaml"
-    kept, dropping = [], False
-    for line in record.read_text().splitlines(keepends=True):
-        dropping = line.startswith(("rerun_may_change:", "skip_report:")) or (dropping and line[:1] == " ")
-        kept.append("" if dropping else line)
-    record.write_text("".join(kept))
+    for record in (root / "stage1" / "hyperparams.yaml", root / "stage2" / "hyperparams.yaml"):
+        kept, dropping = [], False
+        for line in record.read_text().splitlines(keepends=True):
+            dropping = (line.startswith(("rerun_may_change:", "skip_report:", "not_passed_to_stage1:"))
+                        or (dropping and line[:1] == " "))
+            kept.append("" if dropping else line)
+        record.write_text("".join(kept))
     before = tree_digest(root)
     run_train("stage2.yaml", tmp)  # stage 1 and stage 2 reused: nothing trained or written
     assert tree_digest(root) == before
