@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,18 +10,12 @@ import pytest
 import torch
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.benchmark.figures import free_port
 from tiny import REPO, tiny_command
 
 pytestmark = pytest.mark.slow  # each test launches training processes
 
 TIMEOUT_S = 240
-
-
-def free_port():
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_env():
