@@ -14,7 +14,8 @@ every (re)start (:func:`load_or_extract`) and keeps only its
 A loaded store is memory-mapped (``torch.load(..., mmap=True)``): its arrays
 are views of the file's pages, so the ranks of a node share one copy in the
 page cache instead of each holding a private one (~2.3 GB at VoxCeleb2 scale).
-No method copies a whole array: lookups gather rows, checks work in blocks.
+No method copies a whole array: lookups and negative draws gather only their
+rows, checking a training CSV works in blocks.
 """
 import hashlib
 import logging
