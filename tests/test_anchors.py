@@ -7,6 +7,7 @@ from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import DropChunk
 
 from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, id_hashes, speaker_centroids
+from anchor_reg.benchmark.timing import mapped_file, memory_counters
 
 
 def make_store(n=12, dim=8, seed=0):
@@ -156,3 +157,49 @@ def test_speaker_index_follows_the_rows():
     store, ids, speakers, _ = make_store()
     got = store.speaker_index(ids[:5])
     assert [store.speakers[k] for k in got.tolist()] == speakers[:5]
+
+
+def test_a_loaded_store_is_mapped_and_answers_as_the_one_it_was_saved_from(tmp_path):
+    store, ids, _, _ = make_store(n=60)
+    path = tmp_path / "anchors.pt"
+    store.save(path)
+    loaded = AnchorStore.from_file(path)
+    for array in (loaded.embeddings.numpy(), loaded.ids, loaded.hashes, loaded.row_speaker.numpy(),
+                  loaded.centroids.numpy()):  # views of the file's pages, not private copies
+        assert mapped_file(array.ctypes.data) == str(path)
+    assert mapped_file(store.embeddings.numpy().ctypes.data) != str(path)  # the probe tells them apart
+    for kind in ("utterance", "speaker"):
+        assert torch.equal(loaded.lookup(ids[::-1], kind), store.lookup(ids[::-1], kind))
+    assert torch.equal(loaded.speaker_index(ids), store.speaker_index(ids))
+    exclude = store.speaker_index(ids[:1])
+    for kind in ("utterance", "speaker"):
+        torch.manual_seed(3)
+        expected = store.sample_negatives(exclude, 7, kind)
+        torch.manual_seed(3)
+        got = loaded.sample_negatives(exclude, 7, kind)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert loaded.digest() == store.digest()
+    loaded.check_compatible(base_fingerprint="abc", row_ids=ids, emb_dim=8)
+    with pytest.raises(AnchorStoreError, match="1 of 61 training rows have no anchor"):
+        loaded.check_compatible(row_ids=ids + ["x"])
+
+
+def test_loading_a_large_store_allocates_no_private_copy(tmp_path):
+    """A 200 MB store: load, digest, lookups and the CSV check map its pages but copy almost nothing."""
+    n, dim = 262_144, 192
+    ids = [f"r{i}" for i in range(n)]
+    store = AnchorStore.from_embeddings(ids, [f"s{i % 100}" for i in range(n)], torch.randn(n, dim))
+    path = tmp_path / "anchors.pt"
+    store.save(path)
+    expected_digest, size = store.digest(), n * dim * 4
+    del store
+    before = memory_counters()
+    loaded = AnchorStore.from_file(path)
+    assert loaded.digest() == expected_digest  # reads every page of the embeddings
+    for k in range(20):
+        loaded.lookup(ids[k * 1000:k * 1000 + 512])
+        loaded.sample_negatives(loaded.speaker_index(ids[:32]), 1024)
+    loaded.check_compatible(row_ids=ids)
+    after = memory_counters()
+    assert after["Rss"] - before["Rss"] > 0.9 * size  # the pages are resident, through the mapping
+    assert after["Anonymous"] - before["Anonymous"] < 0.1 * size  # and not copied

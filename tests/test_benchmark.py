@@ -14,6 +14,7 @@ import torch
 
 from anchor_reg.benchmark import cli, figures, timing, workload
 from anchor_reg.data.trials import read_trial_list
+from anchor_reg.losses import ContrastiveAnchorLoss
 
 TINY = ["--channels", "16", "--batch_size", "2", "--crop", "0.5", "--eval_batch_size", "2", "--speakers", "8",
         "--store_rows", "3000", "--steps", "1"]
@@ -22,8 +23,8 @@ TINY_SIZES = {"embed_utterances": 4, "utterance_seconds": (0.4, 1.0), "corpus_sp
 FIGURE_NAMES = {
     "anchor_term_overhead", "live_teacher_cost", "live_teacher_cost_noisy_only", "batched_embedding_speedup",
     "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_s",
-    "anchor_store_load_s", "anchor_store_lookup_ms", "peak_memory_ratio", "stage1_utterances_per_s",
-    "stage2_utterances_per_s", "joint_utterances_per_s",
+    "anchor_store_load_s", "anchor_store_rank_memory", "anchor_store_lookup_ms", "peak_memory_ratio",
+    "stage1_utterances_per_s", "stage2_utterances_per_s", "joint_utterances_per_s", "contrastive_term_overhead",
 }
 
 
@@ -54,7 +55,7 @@ def test_every_figure_reports_a_finite_value_and_a_verdict_where_it_has_a_target
             assert fig["target"].split()[0] in ("<=", ">=") and isinstance(fig["passed"], bool)
         else:
             assert fig["target"] is None and fig["passed"] is None
-    assert out["passed"] + out["failed"] == 10  # every target is met or missed once
+    assert out["passed"] + out["failed"] == len(figures.TARGETS) == 12  # every target is met or missed once
 
 
 @pytest.mark.slow
@@ -62,6 +63,7 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
     out, _ = results
     by_name = {f["name"]: f for f in out["figures"]}
     for name, variants in [("anchor_term_overhead", ("with_anchor", "without_anchor")),
+                           ("contrastive_term_overhead", ("contrastive", "without_anchor")),
                            ("live_teacher_cost", ("live_teacher", "fixed_anchors")),
                            ("live_teacher_cost_noisy_only", ("live_teacher", "fixed_anchors")),
                            ("batched_embedding_speedup", ("batched", "one_at_a_time")),
@@ -71,6 +73,7 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
             assert timings[variant]["median_s"] > 0 and all(t > 0 for t in timings[variant]["times_s"])
     # the training steps see the clean crop and its noisy copy (2B rows); the teacher sees the B clean crops
     assert by_name["anchor_term_overhead"]["details"]["rows_through_net"] == 4
+    assert by_name["contrastive_term_overhead"]["details"]["rows_through_net"] == 4
     assert by_name["live_teacher_cost"]["details"]["teacher_rows"] == 2
     assert by_name["live_teacher_cost"]["details"]["rows_through_net"] == 4
     # with clean_copies=False only the noisy copy goes through the network
@@ -96,6 +99,16 @@ def test_figure_details_match_the_prepared_data(results):
     store = by_name["anchor_store_memory"]["details"]
     assert store["rows"] == 3000 and store["raw_bytes"] == 3000 * 192 * 4
     assert store["store_nbytes"] >= store["raw_bytes"]  # the store holds at least the float32 anchors
+    assert store["file_bytes"] >= store["raw_bytes"] and store["embeddings_mapped_from_file"]
+    # both ranks held the store the figure saved (rebuilt here from the same IDs and seed), in pages they share
+    ranks = by_name["anchor_store_rank_memory"]["details"]
+    expected = workload.random_store(workload.voxceleb2_ids(3000)).digest()
+    assert ranks["digests"] == [expected, expected]
+    for rank in (0, 1):
+        assert ranks[f"rank{rank}_shared_growth_bytes"] >= store["raw_bytes"]
+        assert ranks[f"rank{rank}_rss_growth_bytes"] >= ranks[f"rank{rank}_private_growth_bytes"] + store["raw_bytes"]
+        assert 0 < ranks[f"rank{rank}_load_s"] < 5
+    assert by_name["anchor_store_rank_memory"]["target"] == "<= 0.1"
     memory = by_name["peak_memory_ratio"]["details"]
     assert memory["stage1_bytes"] > 0 and memory["stage2_bytes"] > 0 and "fresh subprocess" in memory["method"]
     assert by_name["peak_memory_ratio"]["value"] == pytest.approx(memory["stage2_bytes"] / memory["stage1_bytes"])
@@ -133,6 +146,25 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
     assert calls == ["AnchorRegBrain", "SpeakerBrain"] * 2
     total, count = work.stage2.loss_terms["anchor"]  # AnchorRegBrain's own anchor objective ran in each step
     assert count == 2 and total > 0 and "anchor" not in work.stage2_without_anchor.loss_terms
+    calls.clear()
+    banks = []
+    forward = ContrastiveAnchorLoss.forward
+
+    def contrastive_spy(self, embeddings, anchors, speakers, bank=None, bank_speakers=None, scale=1.0):
+        banks.append((speakers.clone(), bank_speakers.clone(), bank.clone()))
+        return forward(self, embeddings, anchors, speakers, bank, bank_speakers, scale)
+
+    monkeypatch.setattr(ContrastiveAnchorLoss, "forward", contrastive_spy)
+    contrastive = figures.bench_contrastive_term(work, sizes)
+    assert calls == ["AnchorRegBrain", "SpeakerBrain"] * 2
+    # each contrastive step drew a bank of 1024 stored anchors of speakers not in the batch
+    assert len(banks) >= 2 and contrastive["details"]["negatives"] == 1024
+    for speakers, bank_speakers, bank in banks[:2]:
+        assert bank.shape == (1024, 192) and not set(bank_speakers.tolist()) & set(speakers.tolist())
+        assert len({tuple(anchor.tolist()) for anchor in bank}) == 1024
+        for k in range(0, 1024, 128):  # a bank entry is a stored row's anchor, with that row's speaker
+            (row,) = torch.nonzero((work.store.embeddings == bank[k]).all(dim=1)).flatten().tolist()
+            assert int(work.store.row_speaker[row]) == int(bank_speakers[k])
     calls.clear()
     figures.bench_throughput(work, sizes)
     # one warm-up round and max(2, steps // 2) = 2 timed rounds of stage 1, stage 2, joint

@@ -1,7 +1,7 @@
 """Multi-process DDP on CPU (gloo): the whole stage-2 chain under torchrun, and the sharded anchor extraction."""
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.benchmark.figures import free_port
 from tiny import REPO, tiny_command
 
 pytestmark = pytest.mark.slow  # each test launches training processes
@@ -17,20 +18,17 @@ pytestmark = pytest.mark.slow  # each test launches training processes
 TIMEOUT_S = 240
 
 
-def free_port():
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def worker_env():
+    """The environment of the worker processes: one OpenMP thread, this checkout importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def torchrun(script_args, cwd, nproc=2):
     """Runs ``torch.distributed.run`` with ``nproc`` CPU processes; returns (returncode, output)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", *script_args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(command, cwd=cwd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
@@ -68,16 +66,22 @@ def test_torchrun_stage2_on_two_cpu_processes(tmp_path):
 
 EXTRACTION_WORKER = textwrap.dedent(
     """
+    import json
+    import os
     import sys
+    import types
 
     import speechbrain as sb
     import torch
 
-    from anchor_reg.anchors import extract_anchors
+    from anchor_reg.anchors import extract_anchors, load_or_extract
+    from anchor_reg.benchmark.timing import mapped_file
 
     NUM_ROWS, OUT = int(sys.argv[1]), sys.argv[2]
-    torch.distributed.init_process_group("gloo")
-    rank = torch.distributed.get_rank()
+    distributed = "RANK" in os.environ  # under torchrun; else the single-process reference
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
     data = {f"row{i:02d}": {"value": i} for i in range(NUM_ROWS)}
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
 
@@ -89,27 +93,55 @@ EXTRACTION_WORKER = textwrap.dedent(
 
     sb.dataio.dataset.add_dynamic_item([dataset], pipeline)
     sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "spk_id"])
-    sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
-    loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=2, sampler=sampler)
-    seen = [i for batch in loader for i in batch.id]
 
     def embed(wavs, lens):  # row i -> (1, i + 1, 0, ...), so each anchor names its row
         out = torch.zeros(len(wavs), 1, 4)
         out[:, 0, 0], out[:, 0, 1] = 1.0, wavs[:, 0] + 1
         return out
 
-    store = extract_anchors(embed, loader, progressbar=False)
-    print(f"rank {rank} embedded {seen}", flush=True)
-    if rank == 0:
-        store.save(OUT)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    class Features(torch.nn.Module):  # load_or_extract's path: features -> normalisation -> embedding model
+        def forward(self, x, lens=None):
+            return x
+
+    class Embedder(torch.nn.Module):
+        def forward(self, x, lens):
+            return embed(x, lens)
+
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
+        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=2, sampler=sampler)
+        seen = [i for batch in loader for i in batch.id]
+        store = extract_anchors(embed, loader, progressbar=False)
+        print(f"rank {rank} embedded {seen}; extract_anchors returned {type(store).__name__}", flush=True)
+        if rank == 0:
+            store.save(OUT)
+        torch.distributed.barrier()
+    modules = torch.nn.ModuleDict(
+        {"compute_features": Features(), "mean_var_norm": Features(), "embedding_model": Embedder()})
+    base = types.SimpleNamespace(modules=modules, fingerprint="stub", emb_dim=4, provenance={}, source="stub")
+    anchors_file = OUT + ".load_or_extract.pt"
+    store = load_or_extract(base, dataset, anchors_file, row_ids=list(data), batch_size=2, progressbar=False)
+    mapped = mapped_file(store.embeddings.numpy().ctypes.data) == anchors_file
+    print("STORE " + json.dumps({"rank": rank, "digest": store.digest(), "rows": len(store), "mapped": mapped}),
+          flush=True)
+    if distributed:
+        torch.distributed.destroy_process_group()
     """
 )
 
 
+def worker_stores(output):
+    """rank -> what the worker's ``load_or_extract`` store reported."""
+    stores = [json.loads(line.split("STORE ", 1)[1]) for line in output.splitlines() if "STORE " in line]
+    return {entry["rank"]: entry for entry in stores}
+
+
 def test_sharded_extraction_keeps_each_row_once_with_its_own_anchor(tmp_path):
-    """An odd number of rows on two ranks: the DistributedSampler pads rank 1 with a repeat of row 0."""
+    """An odd number of rows on two ranks: the DistributedSampler pads rank 1 with a repeat of row 0.
+
+    The shards go to rank 0 only (rank 1 gets no store back); ``load_or_extract`` then leaves
+    every rank with the same file-mapped store as a single-process extraction.
+    """
     num_rows = 7
     script = tmp_path / "extract_worker.py"
     script.write_text(EXTRACTION_WORKER)
@@ -117,6 +149,8 @@ def test_sharded_extraction_keeps_each_row_once_with_its_own_anchor(tmp_path):
     returncode, output = torchrun([str(script), str(num_rows), str(out)], cwd=tmp_path)
     assert returncode == 0, output[-5000:]
     assert "rank 1 embedded ['row01', 'row03', 'row05', 'row00']" in output  # the padding this test is about
+    assert "rank 0 embedded ['row00', 'row02', 'row04', 'row06']; extract_anchors returned AnchorStore" in output
+    assert "extract_anchors returned NoneType" in output.split("rank 1 embedded", 1)[1].splitlines()[0]
     store = AnchorStore.from_file(out)
     assert sorted(i.decode() for i in store.ids) == [f"row{i:02d}" for i in range(num_rows)]
     for i in range(num_rows):
@@ -124,3 +158,13 @@ def test_sharded_extraction_keeps_each_row_once_with_its_own_anchor(tmp_path):
         assert torch.allclose(store.lookup([f"row{i:02d}"]), expected)
     assert store.speakers == ["spk0", "spk1", "spk2"]
     assert store.lookup(["row04"], anchor_type="speaker").shape == (1, 4)
+
+    single = subprocess.run([sys.executable, str(script), str(num_rows), str(tmp_path / "single.pt")], cwd=tmp_path,
+                            env=worker_env(), capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (reference,) = worker_stores(single.stdout).values()
+    ranks = worker_stores(output)
+    assert sorted(ranks) == [0, 1] and reference["rows"] == num_rows
+    for entry in ranks.values():  # every rank: the single-process store, read through the mapped file
+        assert entry["digest"] == reference["digest"] == store.digest()
+        assert entry["mapped"] and entry["rows"] == num_rows

@@ -3,7 +3,9 @@
 Needs no dataset: the project's own preparation (:func:`anchor_reg.data.prepare.prepare_data`)
 generates a small synthetic corpus with its noises, room impulse responses, CSVs and
 trials in a temporary folder (``--data`` takes the speech from a folder of speakers
-instead); the VoxCeleb2-sized anchor store is random. Absolute times depend on the
+instead); the VoxCeleb2-sized anchor store is random (as many rows as the preparation
+cuts VoxCeleb2 dev into: :data:`anchor_reg.benchmark.workload.VOXCELEB2_ROWS`, ~2.9 M
+rows of 3 s, 2.3 GB). Absolute times depend on the
 machine, so each figure compares two variants measured here, interleaved::
 
     python -m anchor_reg.benchmark --quick            # CPU, < 3 min on 2 cores
@@ -20,9 +22,11 @@ line runs :data:`anchor_reg.benchmark.figures.FIGURES` in order):
 3. evaluation embeddings in length-sorted batches vs one utterance at a time;
 4. the 17-condition noisy evaluation vs 17 clean passes;
 5. fraction of a training step spent waiting for the DataLoader (num_workers=2);
-6. the anchor store at VoxCeleb2 scale: memory, save, load, batch lookup;
+6. the anchor store at VoxCeleb2 scale: memory, save, load (memory-mapped), batch lookup,
+   and the private memory each of 2 gloo ranks (fresh processes) adds when it loads and uses it;
 7. peak memory of a stage-2 step vs a stage-1 step with as many rows;
-8. training throughput (utterances/s) of stage 1, stage 2 and the joint baseline (no target).
+8. training throughput (utterances/s) of stage 1, stage 2 and the joint baseline (no target);
+9. stage-2 step with the contrastive anchor objective (K = 1024 negatives) vs without an anchor term.
 
 Every training step is the Brain's own ``fit_batch`` (``anchor_reg.brains``) on
 the modules, Augmenter and objectives of ``hparams/stage1.yaml``,

@@ -16,14 +16,14 @@ from anchor_reg.benchmark.figures import FIGURES
 from anchor_reg.benchmark.workload import VOXCELEB2_ROWS, VOXCELEB2_SPEAKERS, Workload, prepare
 
 QUICK = {
-    "steps": 4,  # timed training steps per variant (figures 1, 2; half for 8)
+    "steps": 4,  # timed training steps per variant (figures 1, 2, 9; half for 8)
     "embed_utterances": 24,  # figure 3
     "utterance_seconds": (2.0, 6.0),
     "corpus_speakers": 30,  # the synthetic corpus: speakers x utterances (2-4 s each)
     "corpus_utterances": 6,
     "eval_speakers": 6,  # figure 4: speakers held out for the prepared trials
     "loader_steps": 5,  # figure 5 (at most the batches of the prepared train.csv)
-    "store_rows": VOXCELEB2_ROWS,  # figure 6
+    "store_rows": VOXCELEB2_ROWS,  # figure 6: VoxCeleb2 dev in 3 s rows
     "lookups": 100,
 }
 FULL = dict(QUICK, steps=10, embed_utterances=64, utterance_seconds=(4.0, 12.0), corpus_speakers=60,
@@ -122,7 +122,8 @@ def parse_args(argv=None):
     parser.add_argument("--crop", type=float, default=3.0, help="training crop seconds (the preparation's seg_dur)")
     parser.add_argument("--eval_batch_size", type=int, default=16)
     parser.add_argument("--speakers", type=int, default=VOXCELEB2_SPEAKERS, help="classifier outputs")
-    parser.add_argument("--store_rows", type=int, default=None, help="anchor-store rows (default: VoxCeleb2's)")
+    parser.add_argument("--store_rows", type=int, default=None,
+                        help="anchor-store rows (default: VoxCeleb2 dev cut into 3 s rows)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     parser.add_argument("--data", default=None,
                         help="folder of real 16 kHz speech laid out <speaker>/<session>/<utt>.wav|flac "

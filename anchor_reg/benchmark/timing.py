@@ -1,4 +1,4 @@
-"""Clocks and memory probes of the benchmark: interleaved medians, peak resident memory."""
+"""Clocks and memory probes of the benchmark: interleaved medians, peak resident and private memory, mappings."""
 import resource
 import statistics
 import sys
@@ -96,3 +96,41 @@ def _proc_status_bytes(field):
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     raise OSError(f"no {field} in /proc/self/status")
+
+
+def memory_counters():
+    """This process's memory by kind, in bytes, from ``/proc/self/smaps_rollup`` (Linux).
+
+    Keys as the kernel names them: ``Rss``, ``Shared_Clean``, ``Private_Clean``,
+    ``Private_Dirty``, ``Anonymous``, ... A file page mapped by two processes is
+    ``Shared_*`` in both; by one process only, ``Private_Clean``; a copy the
+    process made for itself is ``Anonymous`` (and ``Private_Dirty``).
+    """
+    counters = {}
+    with open("/proc/self/smaps_rollup", encoding="ascii") as stream:
+        for line in stream:
+            name, _, rest = line.partition(":")
+            value = rest.split()
+            if len(value) == 2 and value[1] == "kB":
+                counters[name] = int(value[0]) * 1024
+    return counters
+
+
+def private_bytes(counters):
+    """Resident memory no other process shares (USS): ``Private_Clean + Private_Dirty`` of :func:`memory_counters`."""
+    return counters["Private_Clean"] + counters["Private_Dirty"]
+
+
+def mapped_file(address):
+    """The path of the file mapped at ``address`` in this process (``/proc/self/maps``), else None.
+
+    None for anonymous memory (the heap, ``malloc``'s mappings), the name in
+    brackets for the kernel's (``[heap]``, ``[stack]``).
+    """
+    with open("/proc/self/maps", encoding="utf-8") as stream:
+        for line in stream:
+            fields = line.split(maxsplit=5)
+            start, stop = (int(bound, 16) for bound in fields[0].split("-"))
+            if start <= address < stop:
+                return fields[5].strip() if len(fields) == 6 else None
+    return None

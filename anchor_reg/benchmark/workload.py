@@ -23,8 +23,32 @@ from anchor_reg.data.prepare import prepare_data
 from anchor_reg.data.synthetic import NOISE_DIR, RIR_DIR, generate_corpus
 
 EMB_DIM = 192
-VOXCELEB2_ROWS = 1_092_009  # VoxCeleb2 dev utterances
 VOXCELEB2_SPEAKERS = 5994
+VOXCELEB2_UTTERANCES = 1_092_009  # VoxCeleb2 dev
+VOXCELEB2_HOURS = 2300  # of speech in those utterances
+
+
+def segment_rows(hours, utterances, seg_dur=3.0, min_utt_dur=1.0):
+    """Training rows the preparation cuts from ``utterances`` lasting ``hours`` in all.
+
+    :func:`anchor_reg.data.folder.segment_bounds` cuts each utterance into
+    consecutive ``seg_dur`` segments and keeps the remainder as one more row if
+    it lasts at least ``min_utt_dur`` (stage2.yaml's ``seg_dur: 3.0``; the
+    preparation's default ``min_utt_dur=1.0``). With the
+    remainders spread evenly over [0, seg_dur), an utterance of d seconds gives
+    on average ``d / seg_dur + 1/2 - min_utt_dur / seg_dur`` rows.
+
+    Example
+    -------
+    >>> segment_rows(hours=1, utterances=0)  # 3600 s of full 3 s segments
+    1200
+    """
+    full = hours * 3600 / seg_dur
+    return round(full + utterances * (0.5 - min_utt_dur / seg_dur))
+
+
+# VoxCeleb2 dev as the recipe prepares it (3 s segments, remainders of >= 1 s kept): ~2.94 M rows, a 2.26 GB store
+VOXCELEB2_ROWS = segment_rows(VOXCELEB2_HOURS, VOXCELEB2_UTTERANCES)
 
 
 def hparams_folder(given=None):
