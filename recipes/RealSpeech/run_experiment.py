@@ -307,12 +307,11 @@ class Runner:
 
     def stage2_options(self, root, name, overrides):
         """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors, or its own)."""
-        base = {key[len(BASE_PREFIX):]: yaml.safe_load(value)  # typed: they travel inside stage1_overrides
-                for key, value in overrides.items() if key.startswith(BASE_PREFIX)}
+        base = own_base_overrides(overrides)
         stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
         options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
         if base:
-            slug = own_base_slug(overrides)
+            slug = own_base_slug(base)
             stage1.update(base, output_folder=str(root / f"stage1_{slug}"))
             options.update(stage1_folder=stage1["output_folder"], anchors_folder=str(root / f"anchors_{slug}"))
         # stage 1 as base() trained it (stage 2 does not pass these keys on)
@@ -413,15 +412,23 @@ class Runner:
         return stage2_folder(root, system)
 
 
-def own_base_slug(overrides):
-    """``stage1_noise-True`` for a variant with ``base.stage1_noise=True``; None without ``base.`` keys."""
-    pairs = sorted((key[len(BASE_PREFIX):], value) for key, value in overrides.items() if key.startswith(BASE_PREFIX))
-    return "_".join(f"{key}-{yaml.safe_load(value)}" for key, value in pairs) or None
+def own_base_overrides(overrides):
+    """A variant's ``base.KEY=VALUE`` pairs as typed stage1.yaml overrides, sorted by key ({} without).
+
+    Typed because they travel inside the JSON of ``stage1_overrides``.
+    """
+    return {key[len(BASE_PREFIX):]: yaml.safe_load(value)
+            for key, value in sorted(overrides.items()) if key.startswith(BASE_PREFIX)}
+
+
+def own_base_slug(base):
+    """``stage1_noise-True`` for the own-base overrides ``{"stage1_noise": True}``; None for {}."""
+    return "_".join(f"{key}-{value}" for key, value in base.items()) or None
 
 
 def own_base_system(overrides):
     """The system name of a variant's own base (``base_<slug>``), evaluated beside it; None without one."""
-    slug = own_base_slug(overrides)
+    slug = own_base_slug(own_base_overrides(overrides))
     return OWN_BASE_SYSTEM + slug if slug else None
 
 
