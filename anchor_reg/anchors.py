@@ -491,7 +491,7 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
     eval mode); under DDP each rank embeds a shard and rank 0 gathers them,
     checks and writes the store atomically while the others wait; every rank
     then maps the same file (:meth:`AnchorStore.load`), so a node's ranks share
-    one copy. A check that fails on rank 0 is raised on every rank.
+    one copy. Whatever fails on rank 0 after the gather (a check, a full disk) is raised on every rank.
 
     Arguments
     ---------
@@ -540,19 +540,24 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
     provenance = {"base_fingerprint": base.fingerprint, "base_source": base.source, **base.provenance,
                   "batch_size": batch_size, "normalised": True, **(extra_provenance or {})}
     store = extract_anchors(frozen_embed, loader, provenance=provenance, progressbar=progressbar)
-    error = None
+    failure = None
     if store is not None:  # rank 0
         try:
             store.check_compatible(row_ids=row_ids, emb_dim=base.emb_dim)
             anchors_file.parent.mkdir(parents=True, exist_ok=True)
             store.save(anchors_file)
             logger.info("anchors: wrote %s (%d rows, %d speakers)", anchors_file, len(store), len(store.speakers))
-        except AnchorStoreError as err:
-            error = str(err)
+        except Exception as err:  # any failure (a full disk too) must reach the ranks waiting below
+            failure = err
     del store  # rank 0 too keeps the mapped file, not its private copy
-    error = _from_rank_zero(error)  # the other ranks wait here until the file is written
-    if error is not None:
-        raise AnchorStoreError(error)
+    message = None if failure is None else str(failure)
+    if failure is not None and not isinstance(failure, AnchorStoreError):
+        message = f"rank 0 could not write the anchors to {anchors_file} ({type(failure).__name__}: {failure})"
+    message = _from_rank_zero(message)  # the other ranks wait here until the file is written
+    if failure is not None:
+        raise failure  # rank 0 (or no DDP): the original exception, for train.py's error report
+    if message is not None:
+        raise AnchorStoreError(message)
     return AnchorStore.from_file(anchors_file)  # every rank maps the same file
 
 

@@ -78,6 +78,7 @@ EXTRACTION_WORKER = textwrap.dedent(
     from anchor_reg.benchmark.timing import mapped_file
 
     NUM_ROWS, OUT = int(sys.argv[1]), sys.argv[2]
+    ANCHORS = sys.argv[3] if len(sys.argv) > 3 else OUT + ".load_or_extract.pt"  # where load_or_extract writes
     distributed = "RANK" in os.environ  # under torchrun; else the single-process reference
     if distributed:
         torch.distributed.init_process_group("gloo")
@@ -107,7 +108,7 @@ EXTRACTION_WORKER = textwrap.dedent(
         def forward(self, x, lens):
             return embed(x, lens)
 
-    if distributed:
+    if distributed and len(sys.argv) <= 3:
         sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
         loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=2, sampler=sampler)
         seen = [i for batch in loader for i in batch.id]
@@ -119,8 +120,14 @@ EXTRACTION_WORKER = textwrap.dedent(
     modules = torch.nn.ModuleDict(
         {"compute_features": Features(), "mean_var_norm": Features(), "embedding_model": Embedder()})
     base = types.SimpleNamespace(modules=modules, fingerprint="stub", emb_dim=4, provenance={}, source="stub")
-    anchors_file = OUT + ".load_or_extract.pt"
-    store = load_or_extract(base, dataset, anchors_file, row_ids=list(data), batch_size=2, progressbar=False)
+    anchors_file = ANCHORS
+    try:
+        store = load_or_extract(base, dataset, anchors_file, row_ids=list(data), batch_size=2, progressbar=False)
+    except Exception as err:
+        print(f"RANK {rank} RAISED {type(err).__name__}: {err}", flush=True)
+        if distributed:
+            torch.distributed.barrier()  # both ranks report before torchrun stops the other
+        sys.exit(3)
     mapped = mapped_file(store.embeddings.numpy().ctypes.data) == anchors_file
     print("STORE " + json.dumps({"rank": rank, "digest": store.digest(), "rows": len(store), "mapped": mapped}),
           flush=True)
@@ -168,3 +175,20 @@ def test_sharded_extraction_keeps_each_row_once_with_its_own_anchor(tmp_path):
     for entry in ranks.values():  # every rank: the single-process store, read through the mapped file
         assert entry["digest"] == reference["digest"] == store.digest()
         assert entry["mapped"] and entry["rows"] == num_rows
+
+
+def test_a_failed_write_on_rank_0_reaches_every_rank(tmp_path):
+    """Rank 0 cannot write the store (here its folder's name is taken by a file; a full disk is alike):
+    it raises its own OSError, and rank 1, waiting for the file, raises an AnchorStoreError naming the
+    file and the cause, instead of waiting forever."""
+    script = tmp_path / "extract_worker.py"
+    script.write_text(EXTRACTION_WORKER)
+    (tmp_path / "taken").write_text("a file where the anchors folder should be")
+    anchors_file = tmp_path / "taken" / "anchors.pt"
+    returncode, output = torchrun([str(script), "5", str(tmp_path / "unused.pt"), str(anchors_file)], cwd=tmp_path)
+    assert returncode != 0
+    raised = {line.split()[1]: line for line in output.splitlines() if line.startswith("RANK ") and " RAISED " in line}
+    assert sorted(raised) == ["0", "1"], output[-3000:]
+    assert "RAISED FileExistsError" in raised["0"] or "RAISED NotADirectoryError" in raised["0"]
+    assert f"RAISED AnchorStoreError: rank 0 could not write the anchors to {anchors_file}" in raised["1"]
+    assert not anchors_file.exists()
