@@ -116,10 +116,19 @@ def test_checkpoint_fingerprint_tracks_model_files(tmp_path):
 
 def test_store_of_another_format_version_is_named(tmp_path):
     store, _, _, _ = make_store()
-    store.provenance["format_version"] = 1
+    store.provenance["format_version"] = 2  # format 2 stored the speaker labels as a list
     store.save(tmp_path / "old.pt")
-    with pytest.raises(AnchorStoreError, match="has format 1.*reads format 2.*re-extract"):
+    with pytest.raises(AnchorStoreError, match="has format 2.*reads format 3.*re-extract"):
         AnchorStore.from_file(tmp_path / "old.pt")
+
+
+def test_speaker_labels_survive_the_byte_tensor_they_are_stored_as(tmp_path):
+    labels = ["id10001", "spk\u00e9", "a"]  # non-ASCII and of different lengths
+    store = AnchorStore.from_embeddings(["r0", "r1", "r2"], labels, torch.eye(3), {"base_fingerprint": "x"})
+    store.save(tmp_path / "a.pt")
+    loaded = AnchorStore.from_file(tmp_path / "a.pt")
+    assert loaded.speakers == sorted(labels)
+    assert torch.equal(loaded.lookup(["r1"], anchor_type="speaker"), store.lookup(["r1"], anchor_type="speaker"))
 
 
 def test_id_hashes_are_the_stored_format():

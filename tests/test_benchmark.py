@@ -22,7 +22,7 @@ TINY_SIZES = {"embed_utterances": 4, "utterance_seconds": (0.4, 1.0), "corpus_sp
               "eval_speakers": 2, "loader_steps": 2, "lookups": 5}
 FIGURE_NAMES = {
     "anchor_term_overhead", "live_teacher_cost", "live_teacher_cost_noisy_only", "batched_embedding_speedup",
-    "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_s",
+    "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_ratio",
     "anchor_store_load_s", "anchor_store_rank_memory", "anchor_store_lookup_ms", "peak_memory_ratio",
     "stage1_utterances_per_s", "stage2_utterances_per_s", "joint_utterances_per_s", "contrastive_term_overhead",
 }
@@ -100,6 +100,9 @@ def test_figure_details_match_the_prepared_data(results):
     assert store["rows"] == 3000 and store["raw_bytes"] == 3000 * 192 * 4
     assert store["store_nbytes"] >= store["raw_bytes"]  # the store holds at least the float32 anchors
     assert store["file_bytes"] >= store["raw_bytes"] and store["embeddings_mapped_from_file"]
+    save = by_name["anchor_store_save_ratio"]["details"]  # both writes timed twice, in alternating order
+    assert [len(save["times"][k]["times_s"]) for k in ("save", "raw")] == [2, 2]
+    assert by_name["anchor_store_save_ratio"]["value"] == pytest.approx(save["save_s"] / save["raw_write_s"])
     # both ranks held the store the figure saved (rebuilt here from the same IDs and seed), in pages they share
     ranks = by_name["anchor_store_rank_memory"]["details"]
     expected = workload.random_store(workload.voxceleb2_ids(3000)).digest()

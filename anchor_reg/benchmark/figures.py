@@ -39,7 +39,7 @@ TARGETS = {
     "noisy_evaluation_cost": ("<=", 1.1),
     "data_wait_fraction": ("<=", 0.10),
     "anchor_store_memory": ("<=", 1.1),
-    "anchor_store_save_s": ("<=", 3.0),
+    "anchor_store_save_ratio": ("<=", 1.5),
     "anchor_store_load_s": ("<=", 0.1),
     "anchor_store_rank_memory": ("<=", 0.1),
     "anchor_store_lookup_ms": ("<=", 1.0),
@@ -286,7 +286,17 @@ def bench_anchor_store(work, sizes, batch=512):
     build_s = time.perf_counter() - start
     raw = num_rows * EMB_DIM * 4
     path = pathlib.Path(work.scratch) / "anchors.pt"
-    save_s = timed(lambda: store.save(path), "cpu")
+    raw_path = path.with_name("same_bytes.raw")
+
+    def write_same_bytes():  # the disk's speed: the store's arrays in one plain write, no format
+        with open(raw_path, "wb") as stream:
+            for array in (store.embeddings.numpy(), store.ids, store.hashes, store.row_speaker.numpy()):
+                stream.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+    writes = interleaved({"save": lambda: store.save(path), "raw": write_same_bytes}, repeats=2, device="cpu",
+                         warmup=0)
+    raw_path.unlink()
+    save_s, raw_s = writes["save"]["median_s"], writes["raw"]["median_s"]
     del store
     loaded = {}
     load_s = timed(lambda: loaded.__setitem__("store", AnchorStore.from_file(path)), "cpu")
@@ -316,8 +326,9 @@ def bench_anchor_store(work, sizes, batch=512):
     return [
         figure("anchor_store_memory", store.nbytes() / raw,
                f"AnchorStore.nbytes / raw (N x {EMB_DIM} x 4 B), N = {num_rows:,}", **details),
-        figure("anchor_store_save_s", save_s, "AnchorStore.save seconds (atomic temp file + rename)", rows=num_rows,
-               file_bytes=file_bytes),
+        figure("anchor_store_save_ratio", save_s / raw_s,
+               "AnchorStore.save (atomic temp file + rename) / one plain write of the same arrays, median of 2",
+               rows=num_rows, file_bytes=file_bytes, save_s=save_s, raw_write_s=raw_s, times=writes),
         figure("anchor_store_load_s", load_s, "AnchorStore.from_file seconds (memory-mapped, file in the page cache)",
                rows=num_rows, file_bytes=file_bytes),
         figure("anchor_store_rank_memory", max(r["private_growth_bytes"] for r in ranks) / file_bytes,
