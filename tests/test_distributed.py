@@ -33,8 +33,12 @@ def torchrun(script_args, cwd, nproc=2):
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the workers it started
-        output, _ = proc.communicate()
+        proc.send_signal(signal.SIGTERM)  # torchrun stops its workers (they are not in its process group)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {TIMEOUT_S} s:\n{output[-3000:]}")
     return proc.returncode, output
 
