@@ -55,7 +55,7 @@ def test_stage1_loss_is_aam_only(tmp_path):
 
 
 def test_stage2_adds_the_anchor_term_aligned_with_the_augmented_batch(tmp_path):
-    hparams = make_hparams("stage2.yaml", tmp_path, anchor_weight=2.0)
+    hparams = make_hparams("stage2.yaml", tmp_path, anchor_objective="pull", anchor_weight=2.0)
     store = store_for(hparams)
     brain = make_brain(AnchorRegBrain, hparams, anchors=store)
     batch = make_batch()

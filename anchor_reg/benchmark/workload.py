@@ -235,7 +235,8 @@ class Workload:
         self.device = options.device
         self.overrides = overrides
         self.folder = hparams_folder(options.hparams_folder)
-        self.hparams = load_yaml(self.folder, "stage2.yaml", overrides)
+        # figures 1 and 2 time the plain pull (lookup + distance); figure 9 the contrastive objective
+        self.hparams = load_yaml(self.folder, "stage2.yaml", overrides, anchor_objective="pull")
         self.prep_folder = pathlib.Path(self.hparams["prep_folder"])
         self.dataset = training_dataset(self.prep_folder / "train.csv", self.hparams["sample_rate"], options.speakers)
         self.batch = training_batch(self.dataset, options.batch_size, options.crop)
