@@ -1,6 +1,7 @@
 """Multi-process DDP on CPU (gloo): the whole stage-2 chain under torchrun, and the sharded anchor extraction."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +144,8 @@ EXTRACTION_WORKER = textwrap.dedent(
 
 def worker_stores(output):
     """rank -> what the worker's ``load_or_extract`` store reported."""
-    stores = [json.loads(line.split("STORE ", 1)[1]) for line in output.splitlines() if "STORE " in line]
+    # the ranks share one pipe: a line of one may run into the other's, so match each record, not each line
+    stores = [json.loads(record) for record in re.findall(r"STORE (\{[^}]*\})", output)]
     return {entry["rank"]: entry for entry in stores}
 
 

@@ -110,13 +110,17 @@ def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, m
 
     seen = []
 
-    def recording_distance(embeddings, anchors, distance="cosine"):
-        result = original(embeddings, anchors, distance)
-        seen.append((embeddings.dtype, result.dtype, bool(torch.isfinite(result).all())))
-        return result
+    def recording(function):  # notes (embeddings dtype, result dtype, finite) of each call
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            embeddings = next(a for a in args if torch.is_tensor(a))  # after ``self`` for a method
+            seen.append((embeddings.dtype, result.dtype, bool(torch.isfinite(result).all())))
+            return result
+        return wrapper
 
-    original = losses.anchor_distance
-    monkeypatch.setattr(losses, "anchor_distance", recording_distance)
+    # joint's consistency term and a pull use anchor_distance; stage 2's default objective is contrastive
+    monkeypatch.setattr(losses, "anchor_distance", recording(losses.anchor_distance))
+    monkeypatch.setattr(losses.ContrastiveAnchorLoss, "forward", recording(losses.ContrastiveAnchorLoss.forward))
     hparams_file, run_opts, overrides = sb.parse_arguments(tiny_command(yaml_name, tmp_path, "--precision=bf16"))
     hparams = train.run(hparams_file, train.parse_overrides(overrides), run_opts)
     assert seen and all(entry == (torch.bfloat16, torch.float32, True) for entry in seen)
