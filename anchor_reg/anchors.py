@@ -408,8 +408,8 @@ class AnchorStore:
 def byte_matrix(strings):
     """(N,) fixed-width byte strings (numpy ``S`` dtype) -> (N, W) uint8 tensor, W >= 1, as stored."""
     width = max(1, strings.itemsize)
-    flat = np.frombuffer(strings.astype(f"S{width}").tobytes(), dtype=np.uint8)
-    return torch.from_numpy(flat.copy()).reshape(len(strings), width)
+    padded = strings.astype(f"S{width}")  # a new contiguous array: the one copy
+    return torch.from_numpy(padded.view(np.uint8).reshape(len(strings), width))
 
 
 def byte_strings(matrix):
@@ -502,7 +502,8 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
     eval mode); under DDP each rank embeds a shard and rank 0 gathers them,
     checks and writes the store atomically while the others wait; every rank
     then maps the same file (:meth:`AnchorStore.load`), so a node's ranks share
-    one copy. Whatever fails on rank 0 after the gather (a check, a full disk) is raised on every rank.
+    one copy. Whatever fails while rank 0 checks and writes the store (a check, a full disk) is raised
+    on every rank.
 
     Arguments
     ---------
@@ -561,8 +562,10 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
         except Exception as err:  # any failure (a full disk too) must reach the ranks waiting below
             failure = err
     del store  # rank 0 too keeps the mapped file, not its private copy
-    message = None if failure is None else str(failure)
-    if failure is not None and not isinstance(failure, AnchorStoreError):
+    message = None
+    if isinstance(failure, AnchorStoreError):
+        message = str(failure)
+    elif failure is not None:
         message = f"rank 0 could not write the anchors to {anchors_file} ({type(failure).__name__}: {failure})"
     message = _from_rank_zero(message)  # the other ranks wait here until the file is written
     if failure is not None:

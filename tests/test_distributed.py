@@ -83,7 +83,8 @@ EXTRACTION_WORKER = textwrap.dedent(
     from anchor_reg.benchmark.timing import mapped_file
 
     NUM_ROWS, OUT = int(sys.argv[1]), sys.argv[2]
-    ANCHORS = sys.argv[3] if len(sys.argv) > 3 else OUT + ".load_or_extract.pt"  # where load_or_extract writes
+    GIVEN_ANCHORS = len(sys.argv) > 3  # a path for load_or_extract alone (the write-failure test)
+    anchors_file = sys.argv[3] if GIVEN_ANCHORS else OUT + ".load_or_extract.pt"
     distributed = "RANK" in os.environ  # under torchrun; else the single-process reference
     if distributed:
         torch.distributed.init_process_group("gloo")
@@ -113,7 +114,7 @@ EXTRACTION_WORKER = textwrap.dedent(
         def forward(self, x, lens):
             return embed(x, lens)
 
-    if distributed and len(sys.argv) <= 3:
+    if distributed and not GIVEN_ANCHORS:
         sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
         loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=2, sampler=sampler)
         seen = [i for batch in loader for i in batch.id]
@@ -125,7 +126,6 @@ EXTRACTION_WORKER = textwrap.dedent(
     modules = torch.nn.ModuleDict(
         {"compute_features": Features(), "mean_var_norm": Features(), "embedding_model": Embedder()})
     base = types.SimpleNamespace(modules=modules, fingerprint="stub", emb_dim=4, provenance={}, source="stub")
-    anchors_file = ANCHORS
     try:
         store = load_or_extract(base, dataset, anchors_file, row_ids=list(data), batch_size=2, progressbar=False)
     except Exception as err:
