@@ -143,7 +143,7 @@ def test_rerun_skips_evaluated_systems(tiny_run):
     before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
     runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
     assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log",
-                         "1-tiny_noisybase.log"}
+                         "1-tiny_noisybase.log", "1-base_stage1_noise-True.log"}
     runner = recipe.main(tiny_argv(shared_data, out))
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
     assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
@@ -171,10 +171,30 @@ def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
     assert record["stage1_folder"] == str(own_base)
     assert record["anchors_folder"] == str(seed_root / "anchors_stage1_noise-True")
     assert (seed_root / "anchors_stage1_noise-True" / "anchors.pt").is_file()
+    assert (out / "logs" / "1-base_stage1_noise-True.log").is_file()  # trained as a step of its own
+    assert (own_base / "train_log.txt").read_text().count("epoch: 1,") == 1  # once, not again by stage 2
     table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
     assert "| tiny_noisybase |" in table and "| base_stage1_noise-True |" in table  # the own base is evaluated
     assert json.loads((out / "base_stage1_noise-True" / "seed1" / "results.json").read_text())["system"] == \
         "base_stage1_noise-True"
+
+
+def test_own_bases_train_beside_the_seeds_base_and_their_variants_in_parallel(recipe, tmp_path):
+    """With --jobs 2, a variant's own base starts while the seed's base trains, and two variants
+    sharing it run at once (steps are stubs that meet at barriers; sequential scheduling times out)."""
+    import threading
+
+    args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1", "--systems", "base", "--jobs", "2"])
+    runner = recipe.Runner(args, {})
+    bases_meet, variants_meet = threading.Barrier(2, timeout=20), threading.Barrier(2, timeout=20)
+    calls = []
+    runner.base = lambda seed, with_base: (calls.append("base"), bases_meet.wait())
+    runner.own_base = lambda seed, overrides: (calls.append(recipe.own_base_system(overrides)), bases_meet.wait())
+    runner.stage2 = lambda seed, name, overrides: (calls.append(name), variants_meet.wait())
+    noisy = {"base.stage1_noise": "True"}
+    runner.run_seed_chains({1: {"mc_a": noisy, "mc_b": {**noisy, "anchor_weight": "0.0"}}}, ["base"])
+    assert calls[:2] in (["base", "base_stage1_noise-True"], ["base_stage1_noise-True", "base"])
+    assert sorted(calls[2:]) == ["mc_a", "mc_b"]
 
 
 def test_rejects_bad_options(recipe):

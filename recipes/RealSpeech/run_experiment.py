@@ -40,7 +40,6 @@ interrupted training resumes from its last checkpoint.
 """
 import argparse
 import collections
-import contextlib
 import fcntl
 import json
 import logging
@@ -226,7 +225,6 @@ class Runner:
         self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.is_file() else {}
         self.timing_lock = threading.Lock()
         self.eval_lock = threading.Lock()  # evaluations (matplotlib is not thread-safe) run one at a time
-        self.base_locks = collections.defaultdict(threading.Lock)  # own base folder -> lock
 
     def record(self, step, wall, cpu):
         """Adds wall and CPU seconds (CPU: all processes, summed over cores) to a step of timing.json."""
@@ -305,16 +303,22 @@ class Runner:
         """True when the system's results.json for this seed exists."""
         return (self.results_folder(system, seed) / "results.json").is_file()
 
+    def stage1_options(self, root, overrides):
+        """stage1.yaml overrides of a variant's base: the seed's, or its own in ``<seed>/stage1_<slug>``."""
+        stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
+        base = own_base_overrides(overrides)
+        if base:
+            stage1.update(base, output_folder=str(root / f"stage1_{own_base_slug(base)}"))
+        return stage1
+
     def stage2_options(self, root, name, overrides):
         """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors, or its own)."""
-        base = own_base_overrides(overrides)
-        stage1 = {"number_of_epochs": self.args.stage1_epochs, "early_stop_patience": self.args.patience}
+        stage1 = self.stage1_options(root, overrides)
         options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
-        if base:
-            slug = own_base_slug(base)
-            stage1.update(base, output_folder=str(root / f"stage1_{slug}"))
+        if "output_folder" in stage1:
+            slug = own_base_slug(own_base_overrides(overrides))
             options.update(stage1_folder=stage1["output_folder"], anchors_folder=str(root / f"anchors_{slug}"))
-        # stage 1 as base() trained it (stage 2 does not pass these keys on)
+        # stage 1 as base() / own_base() trained it (stage 2 does not pass these keys on)
         options["stage1_overrides"] = json.dumps(stage1)
         options.update({key: value for key, value in overrides.items() if not key.startswith(BASE_PREFIX)})
         return options  # a variant may change number_of_epochs
@@ -325,16 +329,19 @@ class Runner:
         if with_base and not self.done("base", seed):
             self.evaluate("base", seed, self.runs / str(seed) / "stage1")
 
+    def own_base(self, seed, overrides):
+        """A variant's own base (stage1.yaml with its ``base.KEY=VALUE`` pairs), trained and evaluated unless
+        done; the variants that share it start once it has finished."""
+        stage1 = self.stage1_options(self.runs / str(seed), overrides)
+        system = own_base_system(overrides)
+        self.train("stage1.yaml", seed, system, **stage1)
+        if not self.done(system, seed):
+            self.evaluate(system, seed, pathlib.Path(stage1["output_folder"]))
+
     def stage2(self, seed, name, overrides):
-        """One stage-2 variant of a seed whose base has finished (a variant's own base is trained first)."""
+        """One stage-2 variant of a seed whose base (the seed's or the variant's own) has finished."""
         root = self.runs / str(seed)
-        options = self.stage2_options(root, name, overrides)
-        own_base = options.get("stage1_folder")  # variants sharing an own base train it once, in turn
-        with self.base_locks[own_base] if own_base else contextlib.nullcontext():
-            self.train("stage2.yaml", seed, name, **options)
-            base_system = own_base_system(overrides)
-            if base_system and not self.done(base_system, seed):  # the own base is a system too
-                self.evaluate(base_system, seed, pathlib.Path(own_base))
+        self.train("stage2.yaml", seed, name, **self.stage2_options(root, name, overrides))
         if not self.done(name, seed):
             self.evaluate(name, seed, stage2_folder(root, name))
 
@@ -359,8 +366,9 @@ class Runner:
         self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
 
     def run_seed_chains(self, plan, systems):
-        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time: bases and
-        joints first, each stage 2 once its seed's base is done; then the equal-updates view.
+        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time: bases (the
+        seed's and the variants' own) and joints first, each stage 2 once its base is done; then the
+        equal-updates view.
         Systems with results are skipped."""
         with_base = "base" in systems
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
@@ -368,9 +376,16 @@ class Runner:
             for seed, variants in plan.items():
                 todo = {name: o for name, o in variants.items()
                         if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
-                if todo or (with_base and not self.done("base", seed)):
+                by_base = collections.defaultdict(dict)  # own base system (None: the seed's base) -> variants
+                for name, o in todo.items():
+                    by_base[own_base_system(o)][name] = o
+                if by_base.get(None) or (with_base and not self.done("base", seed)):
                     future = pool.submit(self.base, seed, with_base)
-                    variants_of_base[future] = (seed, todo)
+                    variants_of_base[future] = (seed, by_base.pop(None, {}))
+                    pending.add(future)
+                for variants_of_own in by_base.values():  # own bases train beside the seed's base
+                    future = pool.submit(self.own_base, seed, next(iter(variants_of_own.values())))
+                    variants_of_base[future] = (seed, variants_of_own)
                     pending.add(future)
                 if seed in self.args.seeds and ("joint" in systems or "joint_equal_updates" in systems):
                     pending.add(pool.submit(self.joint_chain, seed))
