@@ -3,7 +3,7 @@
 
 One entry point for every stage (arXiv 2510.18530)::
 
-    python train.py hparams/stage1.yaml   # base ECAPA-TDNN, AAM-softmax, clean speech
+    python train.py hparams/stage1.yaml   # base ECAPA-TDNN, AAM-softmax, multi-condition
     python train.py hparams/stage2.yaml   # stage 1 if missing -> anchors if missing -> stage 2
     python train.py hparams/stage2.yaml --base_model=speechbrain/spkrec-ecapa-voxceleb  # any SpeechBrain base
     python train.py hparams/joint.yaml    # the conventional joint-optimisation baseline

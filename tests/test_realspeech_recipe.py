@@ -35,7 +35,7 @@ def tiny_argv(shared_data, out):
         "--channels=32", "--stage1_epochs=1", "--stage2_epochs=1", "--joint_epochs=3", "--patience=3",
         "--max_speakers=4", "--max_utterances=3", "--jobs=2",
         "--variant", "tiny_lambda3 anchor_weight=3.0",
-        "--variant", "tiny_noisybase base.stage1_noise=True",
+        "--variant", "tiny_cleanbase base.stage1_noise=False",
         *(f"--override={key}={value}" for key, value in overrides.items()),
     ]
 
@@ -143,7 +143,7 @@ def test_rerun_skips_evaluated_systems(tiny_run):
     before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
     runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
     assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log",
-                         "1-tiny_noisybase.log", "1-base_stage1_noise-True.log"}
+                         "1-tiny_cleanbase.log", "1-base_stage1_noise-False.log"}
     runner = recipe.main(tiny_argv(shared_data, out))
     assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
     assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
@@ -164,19 +164,19 @@ def test_variant_trains_beside_the_shared_stage1(tiny_run):
 def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
     _, _, out = tiny_run
     seed_root = out / "runs" / "realspeech" / "1"
-    own_base = seed_root / "stage1_stage1_noise-True"
-    assert "stage1_noise: true" in (own_base / "hyperparams.yaml").read_text().lower()
-    assert "stage1_noise: false" in (seed_root / "stage1" / "hyperparams.yaml").read_text().lower()
-    record = load_record((seed_root / "variants" / "tiny_noisybase" / "hyperparams.yaml").read_text())
+    own_base = seed_root / "stage1_stage1_noise-False"
+    assert "stage1_noise: false" in (own_base / "hyperparams.yaml").read_text().lower()
+    assert "stage1_noise: true" in (seed_root / "stage1" / "hyperparams.yaml").read_text().lower()  # the default
+    record = load_record((seed_root / "variants" / "tiny_cleanbase" / "hyperparams.yaml").read_text())
     assert record["stage1_folder"] == str(own_base)
-    assert record["anchors_folder"] == str(seed_root / "anchors_stage1_noise-True")
-    assert (seed_root / "anchors_stage1_noise-True" / "anchors.pt").is_file()
-    assert (out / "logs" / "1-base_stage1_noise-True.log").is_file()  # trained as a step of its own
+    assert record["anchors_folder"] == str(seed_root / "anchors_stage1_noise-False")
+    assert (seed_root / "anchors_stage1_noise-False" / "anchors.pt").is_file()
+    assert (out / "logs" / "1-base_stage1_noise-False.log").is_file()  # trained as a step of its own
     assert (own_base / "train_log.txt").read_text().count("epoch: 1,") == 1  # once, not again by stage 2
     table = (out / "variants" / "seeds_1" / "comparison.md").read_text()
-    assert "| tiny_noisybase |" in table and "| base_stage1_noise-True |" in table  # the own base is evaluated
-    assert json.loads((out / "base_stage1_noise-True" / "seed1" / "results.json").read_text())["system"] == \
-        "base_stage1_noise-True"
+    assert "| tiny_cleanbase |" in table and "| base_stage1_noise-False |" in table  # the own base is evaluated
+    assert json.loads((out / "base_stage1_noise-False" / "seed1" / "results.json").read_text())["system"] == \
+        "base_stage1_noise-False"
 
 
 def test_own_bases_train_beside_the_seeds_base_and_their_variants_in_parallel(recipe, tmp_path):
@@ -191,10 +191,10 @@ def test_own_bases_train_beside_the_seeds_base_and_their_variants_in_parallel(re
     runner.base = lambda seed, with_base: (calls.append("base"), bases_meet.wait())
     runner.own_base = lambda seed, overrides: (calls.append(recipe.own_base_system(overrides)), bases_meet.wait())
     runner.stage2 = lambda seed, name, overrides: (calls.append(name), variants_meet.wait())
-    noisy = {"base.stage1_noise": "True"}
-    runner.run_seed_chains({1: {"mc_a": noisy, "mc_b": {**noisy, "anchor_weight": "0.0"}}}, ["base"])
-    assert calls[:2] in (["base", "base_stage1_noise-True"], ["base_stage1_noise-True", "base"])
-    assert sorted(calls[2:]) == ["mc_a", "mc_b"]
+    clean = {"base.stage1_noise": "False"}
+    runner.run_seed_chains({1: {"cb_a": clean, "cb_b": {**clean, "anchor_weight": "0.0"}}}, ["base"])
+    assert calls[:2] in (["base", "base_stage1_noise-False"], ["base_stage1_noise-False", "base"])
+    assert sorted(calls[2:]) == ["cb_a", "cb_b"]
 
 
 def test_rejects_bad_options(recipe):
@@ -207,6 +207,13 @@ def test_rejects_bad_options(recipe):
     args = recipe.parse_args(["--variant", "slow lr=0.0001 frozen_parameters=[classifier]"])
     assert args.extra_variants == {"slow": {"lr": "0.0001", "frozen_parameters": "[classifier]"}}
     assert args.variants["stage2_contrastive"]["anchor_objective"] == "contrastive"
+
+
+def test_default_systems_leave_out_the_plain_pull_which_stays_selectable(recipe):
+    assert recipe.parse_args([]).systems == ["base", "stage2_contrastive", "stage2_lambda0", "joint",
+                                             "joint_equal_updates"]
+    args = recipe.parse_args(["--systems", "base", "stage2_pull"])
+    assert args.variants == {"stage2_pull": {"anchor_objective": "pull"}}
 
 
 def test_missing_shared_data_skips_or_fails_clearly(recipe, tmp_path, monkeypatch, capsys):
