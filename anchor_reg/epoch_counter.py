@@ -4,6 +4,11 @@ SpeechBrain 1.1.2 does not register ``EpochCounterWithStopper``'s own checkpoint
 hooks, so its checkpoints fall back to ``EpochCounter``'s and keep only the
 epoch: a resumed run forgets its best score and that it had stopped, and trains
 on past the stop. This subclass registers them.
+
+On recovery the stop is decided again under the patience the resumed run is
+given (``limit_to_stop``): the same patience stops it where it stopped, a larger
+one continues training from the last epoch's checkpoint, exactly where an
+uninterrupted run with that patience would have gone on.
 """
 from speechbrain.utils import epoch_loop
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
@@ -25,3 +30,5 @@ class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
             self.current = int(text) if end_of_epoch else int(text) - 1
             return
         super()._recover(path, end_of_epoch)
+        if self.current > self.limit_warmup:  # as update_metric decides
+            self.should_stop = self.current - self.best_limit >= self.limit_to_stop

@@ -1,4 +1,5 @@
-"""The early-stopping counter survives a checkpoint: a resumed run remembers its best score and its stop."""
+"""The early-stopping counter survives a checkpoint: a resumed run remembers its best score and its stop,
+and a resumed run given a larger patience trains on as an uninterrupted run with that patience would."""
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.epoch_counter import EpochCounterWithStopper
@@ -22,6 +23,20 @@ def test_stopper_state_is_saved_and_recovered(tmp_path):
     Checkpointer(tmp_path, recoverables={"counter": resumed}).recover_if_possible()
     assert (resumed.current, resumed.best_limit, resumed.best_score, resumed.should_stop) == (4, 2, 0.4, True)
     assert run(resumed, metrics) == []  # a finished run does not train on
+
+
+def test_a_larger_patience_continues_a_stopped_run_as_an_uninterrupted_run_would(tmp_path):
+    metrics = [0.5, 0.4, 0.45, 0.46, 0.3, 0.2, 0.25, 0.26, 0.27, 0.28]
+    stopped = EpochCounterWithStopper(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
+    assert run(stopped, metrics) == [1, 2, 3, 4]
+    Checkpointer(tmp_path, recoverables={"counter": stopped}).save_checkpoint(end_of_epoch=True)
+    resumed = EpochCounterWithStopper(limit=10, limit_to_stop=3, limit_warmup=0, direction="min")
+    Checkpointer(tmp_path, recoverables={"counter": resumed}).recover_if_possible()
+    uninterrupted = EpochCounterWithStopper(limit=10, limit_to_stop=3, limit_warmup=0, direction="min")
+    # patience 3 trains on after epoch 4; 0.3 and 0.2 improve, then 7, 8, 9 do not: stop after 9
+    assert run(uninterrupted, metrics) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert run(resumed, metrics) == [5, 6, 7, 8, 9]
+    assert (resumed.best_limit, resumed.best_score) == (uninterrupted.best_limit, uninterrupted.best_score) == (6, 0.2)
 
 
 def test_a_checkpoint_of_the_plain_counter_still_loads(tmp_path):
