@@ -44,6 +44,7 @@ from anchor_reg.data.audio import AudioError, read_audio_checked
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.data.prepare import check_prepared, prepare_data
+from anchor_reg.epoch_counter import stops_under
 from anchor_reg.provenance import load_record, record_differences, rows_digest
 from anchor_reg.report import verification_report
 
@@ -138,12 +139,16 @@ def finished_checkpoint(hparams):
     """The stage's last end-of-epoch checkpoint if training finished, else None.
 
     Finished: the checkpoint's epoch reached ``number_of_epochs``, or early
-    stopping ended the training (meta ``stopped_early``).
+    stopping ended the training (meta ``stopped_early``) and would end it
+    under this run's ``early_stop_patience`` too (a larger patience continues it).
     """
     checkpointer = sb.utils.checkpoints.Checkpointer(hparams["save_folder"])
     ckpt = checkpointer.find_checkpoint(ckpt_predicate=end_of_epoch)
-    if ckpt is not None and (ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]
-                             or ckpt.meta.get("stopped_early")):
+    if ckpt is None:
+        return None
+    if ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]:
+        return ckpt
+    if ckpt.meta.get("stopped_early") and stops_under(ckpt.paramfiles["counter"], hparams["early_stop_patience"]):
         return ckpt
     return None
 

@@ -10,6 +10,7 @@ given (``limit_to_stop``): the same patience stops it where it stopped, a larger
 one continues training from the last epoch's checkpoint, exactly where an
 uninterrupted run with that patience would have gone on.
 """
+import yaml
 from speechbrain.utils import epoch_loop
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
@@ -32,3 +33,15 @@ class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
         super()._recover(path, end_of_epoch)
         if self.current > self.limit_warmup:  # as update_metric decides
             self.should_stop = self.current - self.best_limit >= self.limit_to_stop
+
+
+def stops_under(path, limit_to_stop):
+    """Whether the stopper of a stopped run, saved at ``path``, would stop there under patience ``limit_to_stop``.
+
+    A plain counter's file (the epoch only) cannot say: its stop stands.
+    """
+    with open(path, encoding="utf-8") as f:
+        state = yaml.safe_load(f)
+    if not isinstance(state, dict):
+        return True
+    return state["current_epoch"] - state["best_epoch"] >= limit_to_stop

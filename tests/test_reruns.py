@@ -1,6 +1,7 @@
 """Reruns never corrupt a finished stage; changed data and bad keys are named before any work starts."""
 import hashlib
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -73,6 +74,22 @@ def test_record_older_than_a_bookkeeping_or_location_key_is_still_reused(finishe
     assert tree_digest(root) == before
     with pytest.raises(ConfigError, match=r"\(lr: 0.002 then, 0.003 now\)"):  # a training key still counts
         run_train("stage1.yaml", tmp, lr=0.003)
+
+
+@pytest.mark.slow  # trains stage 1 twice
+def test_a_stage_stopped_early_is_reused_under_its_patience_and_continued_under_a_larger_one(tmp_path):
+    folder = tmp_path / "results" / "default" / "1986" / "stage1"
+    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)  # patience 0: stops after epoch 1
+    assert (folder / "train_log.txt").read_text().count("epoch: ") == 1
+    before = tree_digest(folder)
+    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)  # finished: reused, nothing written
+    assert tree_digest(folder) == before
+    # patience 1 would not have stopped after epoch 1 (its first score is the best): training continues from
+    # that checkpoint, and the record names the patience it now trains with
+    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=1)
+    epochs = [line.split(",")[0] for line in (folder / "train_log.txt").read_text().splitlines()]
+    assert epochs[:2] == ["epoch: 1", "epoch: 2"] and len(epochs) in (2, 3)
+    assert re.search(r"^early_stop_patience: 1 ", (folder / "hyperparams.yaml").read_text(), re.M)
 
 
 def folder_corpus(tmp, speakers):
