@@ -216,6 +216,11 @@ def reuse_if_finished(hparams_file, hparams, overrides, model_file=None):
     # training-rows digest
     differ = {key: (then, now) for key, (then, now) in record_differences(recorded, resolved, ignored).items()
               if not (is_location(now) and (is_location(then) or key not in recorded))}
+    # a larger patience trains the same epochs up to where the smaller one stopped, and finished_checkpoint
+    # has found that it stops there too (or the stage ran to its epoch limit)
+    then, now = differ.get("early_stop_patience", (None, None))
+    if isinstance(then, int) and isinstance(now, int) and now > then:
+        del differ["early_stop_patience"]
     if differ:
         listed = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, (then, now) in list(differ.items())[:4])
         raise ConfigError(

@@ -7,7 +7,7 @@ on past the stop. This subclass registers them.
 
 On recovery the stop is decided again under the patience the resumed run is
 given (``limit_to_stop``): the same patience stops it where it stopped, a larger
-one continues training from the last epoch's checkpoint, exactly where an
+one continues training from the last epoch's checkpoint, at the epoch where an
 uninterrupted run with that patience would have gone on.
 """
 import yaml

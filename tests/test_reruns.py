@@ -90,6 +90,16 @@ def test_a_stage_stopped_early_is_reused_under_its_patience_and_continued_under_
     epochs = [line.split(",")[0] for line in (folder / "train_log.txt").read_text().splitlines()]
     assert epochs[:2] == ["epoch: 1", "epoch: 2"] and len(epochs) in (2, 3)
     assert re.search(r"^early_stop_patience: 1 ", (folder / "hyperparams.yaml").read_text(), re.M)
+    # a yet larger patience: the stage (now at its epoch limit, or continued to it) is reused as it is
+    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=5)
+    assert (folder / "train_log.txt").read_text().count("epoch: ") == 3
+    before = tree_digest(folder)
+    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=9)
+    assert tree_digest(folder) == before
+    # a smaller patience might have stopped it earlier: refused, the stage kept as it is
+    with pytest.raises(ConfigError, match=r"\(early_stop_patience: 1 then, 0 now\)"):
+        run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)
+    assert tree_digest(folder) == before
 
 
 def folder_corpus(tmp, speakers):

@@ -113,7 +113,7 @@ def parse_args(argv=None):
     parser.add_argument("--stage1_epochs", type=int, default=20, help="epoch limit of the base")
     parser.add_argument("--stage2_epochs", type=int, default=8, help="epoch limit of each stage 2")
     parser.add_argument("--joint_epochs", type=int, default=28, help="epoch limit of joint training")
-    parser.add_argument("--patience", type=int, default=2,
+    parser.add_argument("--patience", type=int, default=4,
                         help="early_stop_patience: epochs without a lower dev ErrorRate before a run stops")
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings run at once (each seed's base chain and joint are independent)")
