@@ -148,8 +148,10 @@ def finished_checkpoint(hparams):
         return None
     if ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]:
         return ckpt
-    if ckpt.meta.get("stopped_early") and stops_under(ckpt.paramfiles["counter"], hparams["early_stop_patience"]):
-        return ckpt
+    if ckpt.meta.get("stopped_early"):
+        counter = ckpt.paramfiles.get("counter")  # None: a YAML that names its counter otherwise; its stop stands
+        if counter is None or stops_under(counter, hparams["early_stop_patience"]):
+            return ckpt
     return None
 
 

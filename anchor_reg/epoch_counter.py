@@ -32,7 +32,12 @@ class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
             return
         super()._recover(path, end_of_epoch)
         if self.current > self.limit_warmup:  # as update_metric decides
-            self.should_stop = self.current - self.best_limit >= self.limit_to_stop
+            self.should_stop = patience_exhausted(self.current, self.best_limit, self.limit_to_stop)
+
+
+def patience_exhausted(current_epoch, best_epoch, limit_to_stop):
+    """SpeechBrain's stop rule: ``current_epoch - best_epoch`` epochs without improvement use up ``limit_to_stop``."""
+    return current_epoch - best_epoch >= limit_to_stop
 
 
 def stops_under(path, limit_to_stop):
@@ -44,4 +49,4 @@ def stops_under(path, limit_to_stop):
         state = yaml.safe_load(f)
     if not isinstance(state, dict):
         return True
-    return state["current_epoch"] - state["best_epoch"] >= limit_to_stop
+    return patience_exhausted(state["current_epoch"], state["best_epoch"], limit_to_stop)
