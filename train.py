@@ -149,10 +149,15 @@ def finished_checkpoint(hparams):
     if ckpt.meta.get("epoch", 0) >= hparams["number_of_epochs"]:
         return ckpt
     if ckpt.meta.get("stopped_early"):
-        counter = ckpt.paramfiles.get("counter")  # None: a YAML that names its counter otherwise; its stop stands
-        if counter is None or stops_under(counter, hparams["early_stop_patience"]):
+        counter = ckpt.paramfiles.get(recoverable_name(hparams["checkpointer"], hparams["epoch_counter"]))
+        if counter is None or stops_under(counter, hparams["early_stop_patience"]):  # None: not checkpointed
             return ckpt
     return None
+
+
+def recoverable_name(checkpointer, obj):
+    """The name under which ``checkpointer`` saves ``obj`` (None if it does not save it)."""
+    return next((name for name, recoverable in checkpointer.recoverables.items() if recoverable is obj), None)
 
 
 def load_stage(hparams_file, overrides, model_file=None):
