@@ -197,6 +197,21 @@ def test_own_bases_train_beside_the_seeds_base_and_their_variants_in_parallel(re
     assert sorted(calls[2:]) == ["cb_a", "cb_b"]
 
 
+def test_steps_of_the_lowest_seed_start_first_so_an_interrupted_run_leaves_whole_seeds(recipe, tmp_path):
+    """Of the ready steps the lowest seed's starts first: seed 1's stage 2s before seed 2's base."""
+    args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1", "2", "--jobs", "1"])
+    runner = recipe.Runner(args, {})
+    calls = []
+    runner.base = lambda seed, with_base: calls.append(f"base{seed}")
+    runner.joint_chain = lambda seed: calls.append(f"joint{seed}")
+    runner.stage2 = lambda seed, name, overrides: calls.append(f"{name}{seed}")
+    runner.equal_updates = lambda seed: calls.append(f"equal{seed}")
+    variants = {"s2a": {"anchor_weight": "1.0"}, "stage2_contrastive": {}}
+    runner.run_seed_chains({1: dict(variants), 2: dict(variants)}, list(recipe.DEFAULT_SYSTEMS))
+    assert calls == ["base1", "joint1", "s2a1", "stage2_contrastive1",
+                     "base2", "joint2", "s2a2", "stage2_contrastive2", "equal1", "equal2"]
+
+
 def test_rejects_bad_options(recipe):
     with pytest.raises(SystemExit):
         recipe.parse_args(["--override=no_such_key=1"])

@@ -42,6 +42,9 @@ interrupted training resumes from its last checkpoint.
 import argparse
 import collections
 import fcntl
+import functools
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -368,35 +371,40 @@ class Runner:
         self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
 
     def run_seed_chains(self, plan, systems):
-        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time: bases (the
-        seed's and the variants' own) and joints first, each stage 2 once its base is done; then the
-        equal-updates view.
-        Systems with results are skipped."""
+        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time; then the
+        equal-updates view. Of the steps ready to start, the lowest seed's goes first (within a seed: its
+        bases, its joint, then each stage 2 once its base is done), so seeds finish one after the other and
+        an interrupted run leaves whole seeds. Systems with results are skipped."""
         with_base = "base" in systems
+        ready, order = [], itertools.count()  # heap of (seed, rank, order, step, stage-2 variants it starts)
+        for seed, variants in plan.items():
+            todo = {name: o for name, o in variants.items()
+                    if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
+            by_base = collections.defaultdict(dict)  # own base system (None: the seed's base) -> variants
+            for name, o in todo.items():
+                by_base[own_base_system(o)][name] = o
+            steps = []
+            if by_base.get(None) or (with_base and not self.done("base", seed)):
+                steps.append((0, functools.partial(self.base, seed, with_base), by_base.pop(None, {})))
+            for variants_of_own in by_base.values():  # own bases train beside the seed's base
+                own = functools.partial(self.own_base, seed, next(iter(variants_of_own.values())))
+                steps.append((0, own, variants_of_own))
+            if seed in self.args.seeds and ("joint" in systems or "joint_equal_updates" in systems):
+                steps.append((1, functools.partial(self.joint_chain, seed), {}))
+            for rank, step, followers in steps:
+                heapq.heappush(ready, (seed, rank, next(order), step, followers))
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
-            pending, variants_of_base = set(), {}
-            for seed, variants in plan.items():
-                todo = {name: o for name, o in variants.items()
-                        if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
-                by_base = collections.defaultdict(dict)  # own base system (None: the seed's base) -> variants
-                for name, o in todo.items():
-                    by_base[own_base_system(o)][name] = o
-                if by_base.get(None) or (with_base and not self.done("base", seed)):
-                    future = pool.submit(self.base, seed, with_base)
-                    variants_of_base[future] = (seed, by_base.pop(None, {}))
-                    pending.add(future)
-                for variants_of_own in by_base.values():  # own bases train beside the seed's base
-                    future = pool.submit(self.own_base, seed, next(iter(variants_of_own.values())))
-                    variants_of_base[future] = (seed, variants_of_own)
-                    pending.add(future)
-                if seed in self.args.seeds and ("joint" in systems or "joint_equal_updates" in systems):
-                    pending.add(pool.submit(self.joint_chain, seed))
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            running = {}  # future -> (seed, stage-2 variants that start when it is done)
+            while ready or running:
+                while ready and len(running) < max(1, self.args.jobs):
+                    seed, _, _, step, followers = heapq.heappop(ready)
+                    running[pool.submit(step)] = (seed, followers)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()
-                    seed, todo = variants_of_base.pop(future, (None, {}))
-                    pending |= {pool.submit(self.stage2, seed, name, o) for name, o in todo.items()}
+                    seed, followers = running.pop(future)
+                    for name, o in followers.items():
+                        heapq.heappush(ready, (seed, 2, next(order), functools.partial(self.stage2, seed, name, o), {}))
         if "joint_equal_updates" in systems:
             for seed, variants in plan.items():
                 if EQUAL_UPDATES_OF in variants:
