@@ -197,8 +197,9 @@ def test_own_bases_train_beside_the_seeds_base_and_their_variants_in_parallel(re
     assert sorted(calls[2:]) == ["cb_a", "cb_b"]
 
 
-def test_steps_of_the_lowest_seed_start_first_so_an_interrupted_run_leaves_whole_seeds(recipe, tmp_path):
-    """Of the ready steps the lowest seed's starts first: seed 1's stage 2s before seed 2's base."""
+def test_seeds_finish_one_after_the_other_each_leaving_its_tables(recipe, tmp_path):
+    """Of the ready steps the lowest seed's starts first: seed 1's stage 2s and equal-updates view before
+    seed 2's base; the tables are written as each seed finishes, over the seeds finished so far."""
     args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1", "2", "--jobs", "1"])
     runner = recipe.Runner(args, {})
     calls = []
@@ -206,10 +207,29 @@ def test_steps_of_the_lowest_seed_start_first_so_an_interrupted_run_leaves_whole
     runner.joint_chain = lambda seed: calls.append(f"joint{seed}")
     runner.stage2 = lambda seed, name, overrides: calls.append(f"{name}{seed}")
     runner.equal_updates = lambda seed: calls.append(f"equal{seed}")
+    runner.compare = lambda systems, seeds, folder: calls.append(f"tables{seeds}")
     variants = {"s2a": {"anchor_weight": "1.0"}, "stage2_contrastive": {}}
     runner.run_seed_chains({1: dict(variants), 2: dict(variants)}, list(recipe.DEFAULT_SYSTEMS))
-    assert calls == ["base1", "joint1", "s2a1", "stage2_contrastive1",
-                     "base2", "joint2", "s2a2", "stage2_contrastive2", "equal1", "equal2"]
+    assert calls == ["base1", "joint1", "s2a1", "stage2_contrastive1", "equal1", "tables[1]",
+                     "base2", "joint2", "s2a2", "stage2_contrastive2", "equal2", "tables[1, 2]"]
+
+
+def test_an_interrupted_run_keeps_the_tables_of_its_finished_seeds(recipe, tmp_path):
+    """A step of seed 2 fails: seed 1's tables were written before it, none claim seed 2."""
+    args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1", "2", "--jobs", "1",
+                              "--systems", "base"])
+    runner = recipe.Runner(args, {})
+    tables = []
+
+    def base(seed, with_base):
+        if seed == 2:
+            raise RuntimeError("killed")
+
+    runner.base = base
+    runner.compare = lambda systems, seeds, folder: tables.append(seeds)
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.run_seed_chains({1: {}, 2: {}}, ["base"])
+    assert tables == [[1]]
 
 
 def test_rejects_bad_options(recipe):

@@ -371,28 +371,50 @@ class Runner:
         self.evaluate("joint_equal_updates", seed, joint, checkpoint=checkpoints[epoch])
 
     def run_seed_chains(self, plan, systems):
-        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` trainings at a time; then the
-        equal-updates view. Of the steps ready to start, the lowest seed's goes first (within a seed: its
-        bases, its joint, then each stage 2 once its base is done), so seeds finish one after the other and
-        an interrupted run leaves whole seeds. Systems with results are skipped."""
+        """Runs ``plan`` (seed -> {stage-2 variant: overrides}), ``--jobs`` steps at a time. Of the steps ready
+        to start, the lowest seed's goes first (within a seed: its bases, its joint, each stage 2 once its base
+        is done, then its equal-updates view), so seeds finish one after the other; as each seed of the main
+        run finishes, the tables are written over the finished seeds, so an interrupted run leaves whole
+        seeds and their tables. Systems with results are skipped."""
         with_base = "base" in systems
         ready, order = [], itertools.count()  # heap of (seed, rank, order, step, stage-2 variants it starts)
+        outstanding = collections.Counter()  # seed -> its steps ready or running
+        finished_seeds, equal_queued = [], set()
+
+        def push(seed, rank, step, followers=None):
+            outstanding[seed] += 1
+            heapq.heappush(ready, (seed, rank, next(order), step, followers or {}))
+
+        def after_last_step(seed):
+            """The equal-updates view once the seed's trainings are done; then the tables."""
+            if ("joint_equal_updates" in systems and EQUAL_UPDATES_OF in plan[seed] and seed not in equal_queued
+                    and not self.done("joint_equal_updates", seed)):
+                equal_queued.add(seed)
+                push(seed, 3, functools.partial(self.equal_updates, seed))
+                return
+            finished_seeds.append(seed)
+            main_seeds = [s for s in self.args.seeds if s in finished_seeds]
+            if seed in self.args.seeds:
+                with self.eval_lock:
+                    self.compare(systems, main_seeds, self.out)
+                logger.info("tables of seeds %s written to %s", main_seeds, self.out)
+
         for seed, variants in plan.items():
             todo = {name: o for name, o in variants.items()
                     if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
             by_base = collections.defaultdict(dict)  # own base system (None: the seed's base) -> variants
             for name, o in todo.items():
                 by_base[own_base_system(o)][name] = o
-            steps = []
             if by_base.get(None) or (with_base and not self.done("base", seed)):
-                steps.append((0, functools.partial(self.base, seed, with_base), by_base.pop(None, {})))
+                push(seed, 0, functools.partial(self.base, seed, with_base), by_base.pop(None, {}))
             for variants_of_own in by_base.values():  # own bases train beside the seed's base
-                own = functools.partial(self.own_base, seed, next(iter(variants_of_own.values())))
-                steps.append((0, own, variants_of_own))
+                push(seed, 0, functools.partial(self.own_base, seed, next(iter(variants_of_own.values()))),
+                     variants_of_own)
             if seed in self.args.seeds and ("joint" in systems or "joint_equal_updates" in systems):
-                steps.append((1, functools.partial(self.joint_chain, seed), {}))
-            for rank, step, followers in steps:
-                heapq.heappush(ready, (seed, rank, next(order), step, followers))
+                push(seed, 1, functools.partial(self.joint_chain, seed))
+        for seed in plan:
+            if not outstanding[seed]:
+                after_last_step(seed)
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
             running = {}  # future -> (seed, stage-2 variants that start when it is done)
             while ready or running:
@@ -404,11 +426,10 @@ class Runner:
                     future.result()
                     seed, followers = running.pop(future)
                     for name, o in followers.items():
-                        heapq.heappush(ready, (seed, 2, next(order), functools.partial(self.stage2, seed, name, o), {}))
-        if "joint_equal_updates" in systems:
-            for seed, variants in plan.items():
-                if EQUAL_UPDATES_OF in variants:
-                    self.equal_updates(seed)
+                        push(seed, 2, functools.partial(self.stage2, seed, name, o))
+                    outstanding[seed] -= 1
+                    if not outstanding[seed]:
+                        after_last_step(seed)
 
     def compare(self, systems, seeds, folder):
         """comparison.md, eer_vs_snr.png, eer_by_condition.md, summary.md and dev_curves.png."""
@@ -520,7 +541,8 @@ def plot_dev_curves(curves, path):
     ax.set_ylabel("dev error, clean + noisy copies (%)")
     ax.set_title("Development criterion per epoch (star: best epoch, the one evaluated)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
