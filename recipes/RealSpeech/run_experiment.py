@@ -613,9 +613,8 @@ def main(argv=None):
     plan = {seed: dict(args.variants) for seed in args.seeds}
     for seed in args.variant_seeds:
         plan.setdefault(seed, {}).update(args.extra_variants)
-    runner.run_seed_chains(plan, args.systems)
-    table = runner.compare(args.systems, args.seeds, args.output_folder)
-    print(table.read_text(encoding="utf-8"))
+    runner.run_seed_chains(plan, args.systems)  # writes the main tables as each seed finishes
+    print((args.output_folder / "comparison.md").read_text(encoding="utf-8"))
     print((args.output_folder / "summary.md").read_text(encoding="utf-8"))
     if args.extra_variants:
         own_bases = {own_base_system(o) for o in args.extra_variants.values()} - {None}
