@@ -6,7 +6,8 @@ setup(
     version="0.1.0",
     description=(
         "SpeechBrain recipe extension: stage-wise learning with fixed anchors "
-        "for noise-robust speaker verification (arXiv 2510.18530)"
+        "for noise-robust speaker verification (arXiv 2510.18530), and adaptation "
+        "of pretrained speaker models to one's own noisy data"
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
