@@ -29,6 +29,7 @@ import torch
 import torchaudio
 
 from anchor_reg.data.audio import read_audio_checked
+
 _ADDITIVE_NAME = re.compile(r"^(?P<type>[A-Za-z]\w*?)_(?P<snr>-?\d+(\.\d+)?)dB$")
 
 
