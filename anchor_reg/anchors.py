@@ -28,7 +28,8 @@ import torch.nn.functional as F
 import speechbrain as sb
 
 from anchor_reg.atomic import atomic_path
-from anchor_reg.brains import embed
+from anchor_reg.digest import content_digest
+from anchor_reg.errors import AnchorStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,8 @@ BASE_MODULES = ("embedding_model", "classifier", "normalizer")
 CHECK_BLOCK = 1 << 16  # IDs hashed and compared at a time when a whole training CSV is checked
 
 
-class AnchorStoreError(RuntimeError):
-    """An anchor store that is unreadable, stale or does not match the run."""
-
-
 def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
-    """sha256 over the bytes of a checkpoint's model files.
+    """sha256 over the names and bytes of a checkpoint's model files.
 
     Arguments
     ---------
@@ -57,16 +54,8 @@ def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
     str
         Hex digest; changes whenever any of the files changes.
     """
-    digest = hashlib.sha256()
-    for name in names:
-        path = pathlib.Path(ckpt_dir) / f"{name}.ckpt"
-        if not path.is_file():
-            continue
-        digest.update(name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    files = {name: pathlib.Path(ckpt_dir) / f"{name}.ckpt" for name in names}
+    return content_digest(part for name, path in files.items() if path.is_file() for part in (name, path))
 
 
 def id_hashes(encoded_ids):
@@ -319,11 +308,8 @@ class AnchorStore:
         About 1 s per GB of anchors; reads a loaded store's pages through its
         mapping (page cache, shared by the ranks), copying nothing.
         """
-        hasher = hashlib.blake2b(digest_size=16)
-        for array in (self.ids, self.embeddings.numpy(), self.row_speaker.numpy()):
-            hasher.update(np.ascontiguousarray(array))  # no copy: every array is contiguous
-        hasher.update("\n".join(self.speakers).encode("utf-8"))
-        return hasher.hexdigest()
+        arrays = [np.ascontiguousarray(a) for a in (self.ids, self.embeddings.numpy(), self.row_speaker.numpy())]
+        return content_digest([*arrays, "\n".join(self.speakers)], "blake2b")  # no copy: every array is contiguous
 
     # ------------------------------------------------------------ save / load
     def save(self, path):
@@ -498,8 +484,8 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
                     collate_fn=None, reextract=False, device="cpu", progressbar=True, extra_provenance=None):
     """The anchors of every training row: the stored store if it fits this base, else extracted.
 
-    The frozen base embeds each row once (:func:`anchor_reg.brains.embed`, in
-    eval mode); under DDP each rank embeds a shard and rank 0 gathers them,
+    The frozen base embeds each row once (``base.embedder(device)``, in eval
+    mode); under DDP each rank embeds a shard and rank 0 gathers them,
     checks and writes the store atomically while the others wait; every rank
     then maps the same file (:meth:`AnchorStore.load`), so a node's ranks share
     one copy. Whatever fails while rank 0 checks and writes the store (a check, a full disk) is raised
@@ -508,7 +494,8 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
     Arguments
     ---------
     base : anchor_reg.base.Base
-        The base model (modules, ``fingerprint``, ``emb_dim``, ``provenance``).
+        The base model: ``embedder(device)`` (its embedding callable),
+        ``fingerprint``, ``emb_dim``, ``source``, ``provenance``.
     dataset : speechbrain.dataio.dataset.DynamicItemDataset
         Training rows with ``id``, ``sig``, ``spk_id``.
     anchors_file : str | pathlib.Path
@@ -544,14 +531,9 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
         dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
         **({"collate_fn": collate_fn} if collate_fn is not None else {}),
     )
-    modules = base.modules.to(device).eval()
-
-    def frozen_embed(wavs, lens):
-        return embed(modules, wavs.to(device), lens.to(device))
-
     provenance = {"base_fingerprint": base.fingerprint, "base_source": base.source, **base.provenance,
                   "batch_size": batch_size, "normalised": True, **(extra_provenance or {})}
-    store = extract_anchors(frozen_embed, loader, provenance=provenance, progressbar=progressbar)
+    store = extract_anchors(base.embedder(device), loader, provenance=provenance, progressbar=progressbar)
     failure = None
     if store is not None:  # rank 0
         try:

@@ -17,7 +17,6 @@ an inference model, :attr:`Base.model_file` is the base's own model
 definition, which stage2.yaml includes instead of ``hparams/model.yaml``.
 """
 import dataclasses
-import hashlib
 import logging
 import pathlib
 import re
@@ -29,11 +28,13 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
-from anchor_reg.brains import embed
 from anchor_reg.checkpointer import best_checkpoint
-from anchor_reg.config import ConfigError
+from anchor_reg.digest import content_digest
+from anchor_reg.embedding import embed
+from anchor_reg.errors import ConfigError, ProvenanceError, one_line
 from anchor_reg.heads import set_head_to_centroids
-from anchor_reg.provenance import ProvenanceError, read_provenance
+from anchor_reg.model_yaml import load_model_yaml
+from anchor_reg.provenance import read_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ class Base:
     def emb_dim(self):
         """Embedding size D."""
         return self.architecture["emb_dim"]
+
+    def embedder(self, device="cpu"):
+        """The frozen base's ``embed(wavs (B, T), lens (B,)) -> (B, 1, D)`` on ``device``, in eval mode."""
+        modules = self.modules.to(device).eval()
+        return lambda wavs, lens: embed(modules, wavs.to(device), lens.to(device))
 
     def covers_exactly(self, speakers):
         """Whether the base's classifier has one output per training speaker, and no other."""
@@ -248,11 +254,9 @@ def base_folder(hparams):
 
 def base_model_text(hyperparams, source):
     """YAML text of the base's compute_features, mean_var_norm and embedding_model nodes (tags intact)."""
-    from anchor_reg.export import ExportError, _load_training_yaml
-
     try:
-        _, model_text = _load_training_yaml(hyperparams)
-    except ExportError as err:
+        _, model_text = load_model_yaml(hyperparams)
+    except ConfigError as err:
         raise ConfigError(
             f"base_model: {source}: {err} (a SpeechBrain speaker model defines "
             "compute_features, mean_var_norm, embedding_model and classifier)"
@@ -289,20 +293,10 @@ def model_file_text(source, nodes, architecture):
 
 
 def folder_fingerprint(folder):
-    """sha256 over the content of a model folder's hyperparams.yaml and ``*.ckpt`` files."""
-    digest = hashlib.sha256()
+    """sha256 over the names and content of a model folder's hyperparams.yaml and ``*.ckpt`` files."""
     folder = pathlib.Path(folder)
-    for path in sorted([folder / "hyperparams.yaml", *folder.glob("*.ckpt")]):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def one_line(err, limit=300):
-    """An exception message squeezed onto one line."""
-    return " ".join(str(err).split())[:limit]
+    paths = sorted([folder / "hyperparams.yaml", *folder.glob("*.ckpt")])
+    return content_digest(part for path in paths for part in (path.name, path))
 
 
 # -------------------------------------------------- the stage-2 copy ----

@@ -18,32 +18,9 @@ import speechbrain as sb
 import torch
 
 from anchor_reg.data.batching import random_crops
+from anchor_reg.embedding import embed
 
 logger = logging.getLogger(__name__)
-
-
-def embed(modules, wavs, lens):
-    """The embedding of a batch: Fbank -> InputNormalization -> embedding model.
-
-    The one forward path of training, anchor extraction and the base model.
-
-    Arguments
-    ---------
-    modules : mapping
-        ``compute_features``, ``mean_var_norm``, ``embedding_model``.
-    wavs : torch.Tensor
-        (B, T) waveforms.
-    lens : torch.Tensor
-        (B,) relative lengths.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, 1, D) embeddings.
-    """
-    feats = modules["compute_features"](wavs)
-    feats = modules["mean_var_norm"](feats, lens)
-    return modules["embedding_model"](feats, lens)
 
 
 class SpeakerBrain(sb.core.Brain):
@@ -59,7 +36,7 @@ class SpeakerBrain(sb.core.Brain):
     """
 
     def compute_embeddings(self, wavs, lens):
-        """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`embed`)."""
+        """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`anchor_reg.embedding.embed`)."""
         return embed(self.modules, wavs, lens)
 
     @property

@@ -27,6 +27,7 @@ from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
 from speechbrain.utils.distributed import if_main_process
 
 from anchor_reg.atomic import write_text_atomic
+from anchor_reg.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ def best_checkpoint(save_folder):
     """The end-of-epoch checkpoint with the lowest ``ErrorRate``, the latest among equals (None if none)."""
     ckpts = [c for c in Checkpointer(save_folder).list_checkpoints() if end_of_epoch(c) and "ErrorRate" in c.meta]
     return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (full disk, read-only folder ...)."""
 
 
 class AtomicCheckpointer(Checkpointer):

@@ -15,7 +15,8 @@ import sys
 from anchor_reg import plots
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.metrics import MIN_DCF_NOTE, mean_and_sd
-from anchor_reg.results import ResultsError, load_results
+from anchor_reg.errors import ResultsError
+from anchor_reg.results import load_results, markdown_table
 
 
 def compare_systems(systems, output_folder):
@@ -50,16 +51,11 @@ def compare_systems(systems, output_folder):
         name: {column: [row[column] for row in rows] for column in columns}
         for name, rows in per_seed.items()
     }
+    rows = [[name] + [_format_cell(values[column], column) for column in columns] for name, values in summary.items()]
     lines = [
         "# System comparison",
         "",
-        "| System | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for name, values in summary.items():
-        cells = [_format_cell(values[column], column) for column in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
+        markdown_table(["System", *columns], rows),
         "",
         "Noise-type columns average the EER over SNRs; Corrupted minDCF and "
         "Drift (mean 1 - cos between clean and corrupted embeddings) average "

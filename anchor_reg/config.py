@@ -15,10 +15,7 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from anchor_reg.checks import ORDERED, RANGES, plain, tagged
-
-
-class ConfigError(ValueError):
-    """A configuration problem: bad YAML, unknown or ill-typed key, unwritable folder."""
+from anchor_reg.errors import ConfigError
 
 
 def _read_yaml(text, source):

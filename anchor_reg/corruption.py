@@ -28,7 +28,8 @@ import soundfile
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000
+from anchor_reg.data.audio import read_audio_checked
+
 _ADDITIVE_NAME = re.compile(r"^(?P<type>[A-Za-z]\w*?)_(?P<snr>-?\d+(\.\d+)?)dB$")
 
 
@@ -110,22 +111,6 @@ def stable_seed(*parts):
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
-def read_mono(path, start=0, stop=None):
-    """Reads samples [start, stop) of a 16 kHz file as a float32 mono tensor (T,).
-
-    Multi-channel files keep their first channel.
-    """
-    try:
-        samples, rate = soundfile.read(
-            str(path), start=start, stop=stop, dtype="float32", always_2d=True
-        )
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise RuntimeError(f"Cannot read audio file {path}: {error}") from error
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path} is sampled at {rate} Hz, expected {SAMPLE_RATE}.")
-    return torch.from_numpy(np.ascontiguousarray(samples[:, 0]))
-
-
 def read_noise_csv(csv_path, noise_type):
     """Audio paths of one noise type from a noise CSV.
 
@@ -200,6 +185,9 @@ class Corruptor:
         CSV of room impulse responses (noise_type ``rir``), for ``reverb``.
     seed : int
         Global seed, combined with the utterance id and condition name.
+    sample_rate : int
+        The sample rate every noise and RIR file must have (mono files, read
+        with :func:`anchor_reg.data.audio.read_audio_checked`, like training's).
 
     Example
     -------
@@ -209,10 +197,11 @@ class Corruptor:
     True
     """
 
-    def __init__(self, noise_csvs, rir_csv, seed):
+    def __init__(self, noise_csvs, rir_csv, seed, sample_rate=16000):
         self.noise_csvs = dict(noise_csvs or {})
         self.rir_csv = rir_csv
         self.seed = seed
+        self.sample_rate = sample_rate
         self._files = {}
 
     def sources(self, condition):
@@ -237,19 +226,22 @@ class Corruptor:
         files = self.sources(condition)
         path = files[rng.integers(len(files))]
         if condition.name == "reverb":
-            return reverberate(wav, read_mono(path))
-        return mix_at_snr(wav, _read_circular(path, rng, wav.numel()), condition.snr)
+            return reverberate(wav, read_audio_checked(path, self.sample_rate))
+        return mix_at_snr(wav, _read_circular(path, rng, wav.numel(), self.sample_rate), condition.snr)
 
 
-def _read_circular(path, rng, length):
+def _read_circular(path, rng, length, sample_rate):
     """``length`` samples of a noise file from a random offset, wrapping around."""
-    total = soundfile.info(str(path)).frames
-    if total == 0:
-        raise ValueError(f"Noise file {path} is empty.")
+    try:
+        total = soundfile.info(str(path)).frames
+    except (soundfile.SoundFileError, RuntimeError):
+        total = 0
+    if total == 0:  # missing, unreadable or empty: the reader's AudioError names the file and the problem
+        read_audio_checked(path, sample_rate)
     offset = int(rng.integers(total))
     pieces, needed = [], length
     while needed > 0:
-        piece = read_mono(path, offset, min(total, offset + needed))
+        piece = read_audio_checked(path, sample_rate, offset, min(total, offset + needed))
         pieces.append(piece)
         needed -= piece.numel()
         offset = 0

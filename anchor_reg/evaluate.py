@@ -38,18 +38,16 @@ import traceback
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.inference.speaker import EncoderClassifier
 
 from anchor_reg import compare, plots, recipe_hparams
 from anchor_reg.config import load_hparams
-from anchor_reg.corruption import (
-    Corruptor,
-    default_conditions,
-    parse_condition,
-    read_mono,
-    stable_seed,
-)
+from anchor_reg.corruption import Corruptor, default_conditions, parse_condition, stable_seed
+from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.batching import pad_by_reflection
 from anchor_reg.data.trials import read_trial_list, strip_trial_extension
+from anchor_reg.errors import one_line
+from anchor_reg.export import export_model
 from anchor_reg.metrics import (
     MIN_DCF_NOTE,
     det_curve,
@@ -66,15 +64,15 @@ NORMS = (None, "s-norm", "as-norm")
 
 
 def load_encoder(path, device="cpu"):
-    """Loads a speaker encoder with ``encode_batch`` from a model folder.
+    """Loads a speaker encoder with ``encode_batch`` from an inference model folder.
 
     Arguments
     ---------
     path : str or pathlib.Path
-        An exported folder (``hyperparams.yaml`` + ``embedding_model.ckpt``)
-        or a training stage folder (``hyperparams.yaml`` + ``save/``), which is
-        exported with anchor_reg.export into a temporary folder, loaded from
-        there and removed: nothing is written beside the stage.
+        A SpeechBrain inference folder (``hyperparams.yaml`` +
+        ``embedding_model.ckpt``), e.g. an :mod:`anchor_reg.export` folder. A
+        training stage folder (``hyperparams.yaml`` + ``save/``) is exported
+        first (:func:`encoder_of`).
     device : str
         Device to run the encoder on.
 
@@ -82,23 +80,27 @@ def load_encoder(path, device="cpu"):
     -------
     speechbrain.inference.speaker.EncoderClassifier
     """
-    from speechbrain.inference.speaker import EncoderClassifier
-
     path = pathlib.Path(path)
     if not (path / "hyperparams.yaml").is_file():
         raise FileNotFoundError(f"{path} has no hyperparams.yaml: not a model folder.")
-    if (path / "embedding_model.ckpt").is_file():
-        return EncoderClassifier.from_hparams(source=str(path), savedir=str(path), run_opts={"device": device})
-    if not (path / "save").is_dir():
-        raise FileNotFoundError(
-            f"{path} has neither embedding_model.ckpt (exported model) "
-            "nor save/ (training stage folder)."
-        )
-    from anchor_reg.export import export_model
+    if not (path / "embedding_model.ckpt").is_file():
+        kind = "a training stage folder: export it first" if (path / "save").is_dir() else "not an inference folder"
+        raise FileNotFoundError(f"{path} has no embedding_model.ckpt ({kind}).")
+    return EncoderClassifier.from_hparams(source=str(path), savedir=str(path), run_opts={"device": device})
 
+
+def encoder_of(path, device="cpu"):
+    """The encoder of an inference folder, or of a training stage folder (``hyperparams.yaml`` + ``save/``).
+
+    A stage folder is exported (:func:`anchor_reg.export.export_model`) into a
+    temporary folder, loaded from there and removed: nothing is written beside
+    the stage, and the encoder is the one users of the export get.
+    """
+    path = pathlib.Path(path)
+    if (path / "embedding_model.ckpt").is_file() or not (path / "save").is_dir():
+        return load_encoder(path, device)
     with tempfile.TemporaryDirectory(prefix="anchor_reg_encoder_") as tmp:
-        export = export_model(path, pathlib.Path(tmp) / "export")
-        return EncoderClassifier.from_hparams(source=str(export), savedir=str(export), run_opts={"device": device})
+        return load_encoder(export_model(path, pathlib.Path(tmp) / "export"), device)
 
 
 def read_utterances(csv_path):
@@ -232,8 +234,10 @@ class TrialSet:
     """The trials of an evaluation with everything every condition shares.
 
     Reads the enrol/test CSVs and the trial list (optionally a seeded subset
-    of ``max_trials``), decodes each trial utterance once, embeds them clean
-    and, for score normalisation, embeds the cohort.
+    of ``max_trials``), decodes each trial utterance once (with training's
+    reader, :func:`anchor_reg.data.audio.read_audio_checked`: mono files at
+    ``sample_rate``), embeds them clean and, for score normalisation, embeds
+    the cohort.
 
     Attributes
     ----------
@@ -250,18 +254,18 @@ class TrialSet:
     """
 
     def __init__(self, encoder, *, enrol_csv, test_csv, trials, corrupt, batch_size, seed, max_trials=None,
-                 cohort_csv=None, cohort_size=2000):
+                 cohort_csv=None, cohort_size=2000, sample_rate=16000):
         utterances = {**read_utterances(enrol_csv), **read_utterances(test_csv)}
         self.trials = _select_trials(read_trials(trials), max_trials, seed)
         self.index = _TrialIndex(self.trials, utterances, corrupt, f"{trials} ({enrol_csv}, {test_csv})")
         self.corrupt = corrupt
         self.batch_size = batch_size
         logger.info("Decoding %d utterances", len(self.index.ids))
-        self.waveforms = {utt_id: _load_segment(utterances[utt_id]) for utt_id in self.index.ids}
+        self.waveforms = {utt_id: _load_segment(utterances[utt_id], sample_rate) for utt_id in self.index.ids}
         self.clean = embed_utterances(encoder, self.waveforms, self.index.ids, batch_size)
         self.cohort = None
         if cohort_csv:
-            self.cohort = _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed)
+            self.cohort = _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed, sample_rate)
 
 
 def evaluate_condition(encoder, trial_set, condition, corruptor, topk=None):
@@ -337,6 +341,7 @@ def evaluate_model(
     max_trials=None,
     cohort_size=2000,
     norm_topk=300,
+    sample_rate=16000,
 ):
     """Evaluates a speaker encoder on clean and corrupted trials, one condition at a time.
 
@@ -378,6 +383,9 @@ def evaluate_model(
         Cohort rows kept (random subset, seeded).
     norm_topk : int
         Top cohort scores used by as-norm.
+    sample_rate : int
+        The sample rate of every speech, noise and RIR file (each must be mono,
+        as in training: anything else stops with an AudioError naming the file).
 
     Returns
     -------
@@ -395,7 +403,7 @@ def evaluate_model(
     all_conditions = default_conditions(list(noise_csvs), snrs, reverb=bool(rir_csv))
     if conditions is not None:
         all_conditions = [parse_condition(name) for name in conditions]
-    corruptor = Corruptor(noise_csvs, rir_csv, seed)
+    corruptor = Corruptor(noise_csvs, rir_csv, seed, sample_rate)
     for condition in all_conditions:
         if not condition.is_clean:
             corruptor.sources(condition)
@@ -405,6 +413,7 @@ def evaluate_model(
     trial_set = TrialSet(
         encoder, enrol_csv=enrol_csv, test_csv=test_csv, trials=trials, corrupt=corrupt, batch_size=batch_size,
         seed=seed, max_trials=max_trials, cohort_csv=cohort_csv if norm else None, cohort_size=cohort_size,
+        sample_rate=sample_rate,
     )
     topk = norm_topk if norm == "as-norm" else None
     results, curves, side_embeddings = {}, {}, {}
@@ -454,11 +463,12 @@ def evaluate_model(
 def evaluate_from_yaml(hparams_file, overrides, device):
     """Loads the encoder and runs :func:`evaluate_model` with a verify.yaml's keys."""
     hparams = load_hparams(hparams_file, overrides)
-    encoder = load_encoder(hparams["model_path"], device=device)
+    encoder = encoder_of(hparams["model_path"], device=device)
     keys = ("enrol_csv", "test_csv", "trials", "noise_csvs", "rir_csv", "snrs", "corrupt", "norm", "cohort_csv",
             "cohort_size", "norm_topk", "batch_size", "seed", "output_folder", "system_name", "conditions",
             "max_trials")
-    return evaluate_model(encoder, **{key: hparams[key] for key in keys})
+    optional = {key: hparams[key] for key in ("sample_rate",) if key in hparams}
+    return evaluate_model(encoder, **{key: hparams[key] for key in keys}, **optional)
 
 
 def yaml_keys_help(hparams_file):
@@ -517,7 +527,7 @@ def main(argv=None):
     except Exception as err:  # noqa: BLE001 -- the command line promises one line for every failure
         logger.debug("".join(traceback.format_exception(err)))
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"error: {one_line(message, None)}", file=sys.stderr)
         return 1
     print(results_table(results))
     return 0
@@ -559,15 +569,12 @@ def _select_trials(trials, max_trials, seed):
     return [trials[i] for i in keep]
 
 
-def _load_segment(row):
-    """Waveform (T,) of a CSV row's [start, stop) segment."""
-    wav = read_mono(row["wav"], row["start"], row["stop"])
-    if wav.numel() == 0:
-        raise ValueError(f"Empty segment {row['start']}:{row['stop']} of {row['wav']}.")
-    return wav
+def _load_segment(row, sample_rate):
+    """Waveform (T,) of a CSV row's [start, stop) segment, read as training reads it."""
+    return read_audio_checked(row["wav"], sample_rate, row["start"], row["stop"])
 
 
-def _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed):
+def _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed, sample_rate):
     """Clean embeddings (C, D) of a seeded subset of ``cohort_size`` CSV rows."""
     rows = read_utterances(cohort_csv)
     ids = list(rows)
@@ -576,7 +583,7 @@ def _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed):
         ids = [ids[i] for i in np.sort(rng.choice(len(ids), cohort_size, replace=False))]
     if len(ids) < 2:
         raise ValueError(f"Cohort {cohort_csv} needs at least 2 rows.")
-    waveforms = {utt_id: _load_segment(rows[utt_id]) for utt_id in ids}
+    waveforms = {utt_id: _load_segment(rows[utt_id], sample_rate) for utt_id in ids}
     return embed_utterances(encoder, waveforms, ids, batch_size)
 
 

@@ -37,7 +37,6 @@ Authors
 """
 
 import argparse
-import io
 import logging
 import os
 import pathlib
@@ -46,10 +45,8 @@ import shutil
 import sys
 import uuid
 
-import ruamel.yaml
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
-from ruamel.yaml.nodes import MappingNode, SequenceNode
+from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
@@ -59,13 +56,13 @@ from speechbrain.utils.checkpoints import (
 )
 
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
-from anchor_reg.hub import HubError, push_to_hub
+from anchor_reg.errors import ConfigError, ExportError, HubError, ResultsError, one_line
+from anchor_reg.hub import push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, model_card
-from anchor_reg.results import ResultsError, load_results
+from anchor_reg.model_yaml import load_model_yaml
+from anchor_reg.results import load_results
 
 logger = logging.getLogger(__name__)
-
-MODEL_KEYS = ("compute_features", "mean_var_norm", "embedding_model", "classifier")
 
 # Inference loadable -> accepted file names in a training checkpoint folder.
 CHECKPOINT_FILES = {
@@ -99,10 +96,6 @@ modules:
 pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
   loadables:
 """
-
-
-class ExportError(Exception):
-    """An expected failure (bad input, refused overwrite, hub error)."""
 
 
 def export_model(
@@ -159,7 +152,10 @@ def export_model(
     _check_destination(stage_folder, out_folder, overwrite)
 
     training_yaml = stage_folder / "hyperparams.yaml"
-    tree, model_text = _load_training_yaml(training_yaml)
+    try:
+        tree, model_text = load_model_yaml(training_yaml)
+    except ConfigError as err:
+        raise ExportError(str(err)) from err
     checkpoint = _find_checkpoint(stage_folder, checkpoint)
     params = _checkpoint_params(checkpoint)
     label_file = stage_folder / "save" / "label_encoder.txt"
@@ -240,49 +236,6 @@ def is_export(folder):
     return (folder / "hyperparams.yaml").is_file() and (
         folder / "embedding_model.ckpt"
     ).is_file()
-
-
-def _load_training_yaml(training_yaml):
-    """Parses the training YAML without instantiating it.
-
-    Returns
-    -------
-    tree : dict
-        The resolved training YAML (values as ruamel round-trip objects).
-    model_text : str
-        The YAML text of the model nodes, tags intact, comments dropped.
-    """
-    yaml = ruamel.yaml.YAML()
-    try:
-        with open(training_yaml, encoding="utf-8") as fin:
-            resolved = resolve_references(fin).getvalue()
-        tree = yaml.load(resolved)
-        root = yaml.compose(resolved)
-    except Exception as err:
-        raise ExportError(f"cannot parse {training_yaml}: {_one_line(err)}") from err
-    missing = [key for key in MODEL_KEYS if key not in (tree or {})]
-    if missing:
-        raise ExportError(f"{training_yaml} has no key(s): {', '.join(missing)}")
-    pairs = [(k, v) for k, v in root.value if k.value in MODEL_KEYS]
-    for key, value in pairs:
-        _strip_node(key)
-        _strip_node(value)
-    stream = io.StringIO()
-    yaml.serialize(MappingNode("tag:yaml.org,2002:map", pairs), stream)
-    return tree, stream.getvalue()
-
-
-def _strip_node(node):
-    """Drops comments and anchor names from a composed YAML node, in place."""
-    node.comment = None
-    node.anchor = None
-    if isinstance(node, MappingNode):
-        for key, value in node.value:
-            _strip_node(key)
-            _strip_node(value)
-    elif isinstance(node, SequenceNode):
-        for item in node.value:
-            _strip_node(item)
 
 
 def _find_checkpoint(stage_folder, checkpoint):
@@ -384,13 +337,13 @@ def _verify_export(folder, training_yaml):
         except RuntimeError as err:
             raise ExportError(
                 f"checkpoint {name}.ckpt does not match `{name}` in "
-                f"{training_yaml}: {_one_line(err)}"
+                f"{training_yaml}: {one_line(err)}"
             ) from err
     labels = CategoricalEncoder()
     try:
         labels.load(folder / "label_encoder.ckpt")
     except (ValueError, SyntaxError) as err:
-        raise ExportError(f"label encoder file is not valid: {_one_line(err)}") from err
+        raise ExportError(f"label encoder file is not valid: {one_line(err)}") from err
     weight = getattr(hparams["classifier"], "weight", None)
     if isinstance(weight, torch.Tensor) and weight.shape[0] != len(labels):
         logger.warning(
@@ -403,12 +356,7 @@ def _verify_export(folder, training_yaml):
             source=str(folder), savedir=str(folder), run_opts={"device": "cpu"}
         )
     except Exception as err:
-        raise ExportError(f"exported model does not load: {_one_line(err)}") from err
-
-
-def _one_line(err, limit=300):
-    """An exception message squeezed onto one line."""
-    return " ".join(str(err).split())[:limit]
+        raise ExportError(f"exported model does not load: {one_line(err)}") from err
 
 
 def _move_into_place(build, out_folder):

@@ -8,7 +8,7 @@ regions.
 """
 import torch
 
-from anchor_reg.anchors import AnchorStoreError
+from anchor_reg.errors import AnchorStoreError
 
 HEADS = ("trainable", "anchor_centroids")
 

@@ -9,11 +9,9 @@ import pathlib
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import HfHubHTTPError
 
+from anchor_reg.errors import HubError, one_line
+
 DEFAULT_COMMIT_MESSAGE = "Upload anchor-reg speaker embedding model"
-
-
-class HubError(Exception):
-    """An expected failure of a push: no token, existing repository, hub unreachable."""
 
 
 def files_to_upload(out_folder):
@@ -91,11 +89,11 @@ def push_to_hub(
                 "(exist_ok=True) to push a new commit to it"
             ) from err
         raise HubError(
-            f"pushing to Hugging Face repo {repo_id} failed: {' '.join(str(err).split())[:300]}"
+            f"pushing to Hugging Face repo {repo_id} failed: {one_line(err)}"
         ) from err
     except Exception as err:  # network / client errors vary with the hub client
         raise HubError(
             f"cannot reach the Hugging Face hub to push {repo_id}: "
-            f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            f"{type(err).__name__}: {one_line(err)}"
         ) from err
     return files

@@ -11,14 +11,15 @@ a stage never resumes from another base, other anchors or other data.
 It also compares a finished stage's record (its ``hyperparams.yaml``, what it
 was trained with) with what a rerun asks for (:func:`record_differences`).
 """
-import hashlib
 import pathlib
 
 import ruamel.yaml
 import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from anchor_reg.anchors import AnchorStoreError
+from anchor_reg.digest import content_digest
+from anchor_reg.errors import ProvenanceError
+from anchor_reg.model_yaml import plain
 
 # key -> how a mismatch reads in the message
 WHAT = {
@@ -26,10 +27,6 @@ WHAT = {
     "anchors_digest": "with other anchors",
     "train_rows_digest": "on other training data",
 }
-
-
-class ProvenanceError(AnchorStoreError):
-    """Checkpoints (or a base model) that were made from something else than this run uses."""
 
 
 def rows_digest(ids, speakers):
@@ -42,10 +39,7 @@ def rows_digest(ids, speakers):
     speakers : list of str
         (N,) their speaker labels.
     """
-    hasher = hashlib.blake2b(digest_size=16)
-    for row_id, speaker in zip(ids, speakers):
-        hasher.update(f"{row_id},{speaker}\n".encode("utf-8"))
-    return hasher.hexdigest()
+    return content_digest((f"{row_id},{speaker}\n" for row_id, speaker in zip(ids, speakers)), "blake2b")
 
 
 def read_provenance(path):
@@ -98,19 +92,6 @@ class Provenance:
 
 
 # ------------------------------------------------- the stage's record ----
-def plain(node):
-    """A round-trip YAML value as comparable Python values (tags kept, comments and anchors dropped)."""
-    tag = getattr(getattr(node, "tag", None), "value", None)
-    tag = tag if tag and tag.startswith("!") else None
-    if isinstance(node, dict):
-        value = {str(k): plain(v) for k, v in node.items()}
-    elif isinstance(node, list):
-        value = [plain(v) for v in node]
-    else:
-        value = getattr(node, "value", node) if tag else node
-    return (tag, value) if tag else value
-
-
 def load_record(stream):
     """Top level of a resolved YAML (a stage's ``hyperparams.yaml``), round-trip parsed."""
     return ruamel.yaml.YAML(typ="rt").load(stream) or {}

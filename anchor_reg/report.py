@@ -13,6 +13,7 @@ from anchor_reg.atomic import write_text_atomic
 from anchor_reg.corruption import default_conditions
 from anchor_reg.evaluate import evaluate_model, load_encoder
 from anchor_reg.export import export_model
+from anchor_reg.results import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +61,14 @@ def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_
 def verification_table(results_by_system, noise_types, snrs):
     """Markdown table: one row per system, EER (%) clean and per noise type/SNR."""
     columns = [c.name for c in default_conditions(noise_types, snrs, reverb=False)]
-    lines = [
-        "| system | " + " | ".join(columns) + " | mean noisy |",
-        "|---" * (len(columns) + 2) + "|",
-    ]
+    rows = []
     for name, results in results_by_system.items():
         eers = [results["conditions"][c]["EER"] for c in columns]
         noisy = eers[1:]
         mean_noisy = sum(noisy) / len(noisy) if noisy else float("nan")
-        lines.append(f"| {name} | " + " | ".join(f"{e:.2f}" for e in eers) + f" | {mean_noisy:.2f} |")
-    return "\n".join(lines) + "\n\nEER (%) on the prepared trials; noisy = test side corrupted.\n"
+        rows.append([name, *(f"{e:.2f}" for e in eers), f"{mean_noisy:.2f}"])
+    table = markdown_table(["system", *columns, "mean noisy"], rows)
+    return table + "\n\nEER (%) on the prepared trials; noisy = test side corrupted.\n"
 
 
 def verification_report(hparams, systems, device="cpu"):

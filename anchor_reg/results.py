@@ -9,14 +9,11 @@ import json
 import pathlib
 
 from anchor_reg.atomic import write_text_atomic
+from anchor_reg.errors import ResultsError, one_line
 from anchor_reg.metrics import MIN_DCF_NOTE
 
 # Canonical metric name -> names accepted in a condition entry.
 METRIC_ALIASES = {"EER": ("EER", "eer_percent"), "minDCF": ("minDCF", "min_dcf")}
-
-
-class ResultsError(ValueError):
-    """A results file that cannot be read or does not look like results."""
 
 
 def write_results(results, output_folder):
@@ -47,7 +44,7 @@ def load_results(item):
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise ResultsError(f"cannot read results file {path}: {' '.join(str(err).split())}") from err
+            raise ResultsError(f"cannot read results file {path}: {one_line(err, None)}") from err
     conditions = results.get("conditions") if isinstance(results, dict) else None
     if not isinstance(conditions, dict) or not conditions:
         raise ResultsError(
@@ -74,21 +71,38 @@ def _canonical_names(metrics):
     return row
 
 
+def markdown_table(header, rows):
+    """The one writer of results tables: a Markdown table, first column left-aligned, the others right.
+
+    Arguments
+    ---------
+    header : list of str
+        Column titles.
+    rows : iterable of list
+        Cells of each row (formatted already; anything else is ``str()``-ed).
+
+    Example
+    -------
+    >>> print(markdown_table(["system", "EER (%)"], [["base", "4.20"]]))
+    | system | EER (%) |
+    |---|---:|
+    | base | 4.20 |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def results_table(results):
     """Markdown table of one system: a row per condition, EER % and minDCF."""
+    rows = [
+        [name, f"{cond['EER']:.2f}", f"{cond['minDCF']:.4f}", cond["n_trials"], f"{cond['geometry']['drift']:.4f}"]
+        for name, cond in results["conditions"].items()
+    ]
+    settings = results["settings"]
     lines = [
         f"# {results['system']}: speaker verification per condition",
         "",
-        "| Condition | EER (%) | minDCF | Trials | Drift |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, cond in results["conditions"].items():
-        lines.append(
-            f"| {name} | {cond['EER']:.2f} | {cond['minDCF']:.4f} | "
-            f"{cond['n_trials']} | {cond['geometry']['drift']:.4f} |"
-        )
-    settings = results["settings"]
-    lines += [
+        markdown_table(["Condition", "EER (%)", "minDCF", "Trials", "Drift"], rows),
         "",
         f"Corrupted side: {settings['corrupt']}; score normalisation: "
         f"{settings['norm'] or 'none'}; seed {settings['seed']}.",

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import DropChunk
 
-from anchor_reg.anchors import AnchorStore, AnchorStoreError, checkpoint_fingerprint, id_hashes, speaker_centroids
+from anchor_reg.anchors import AnchorStore, checkpoint_fingerprint, id_hashes, speaker_centroids
 from anchor_reg.benchmark.timing import mapped_file, memory_counters
+from anchor_reg.errors import AnchorStoreError
 
 
 def make_store(n=12, dim=8, seed=0):

@@ -15,10 +15,10 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.brains import AnchorRegBrain
-from anchor_reg.config import ConfigError
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.export import export_model
 from anchor_reg.provenance import read_provenance
+from anchor_reg.errors import ConfigError
 from tiny import REPO, run_train, tiny_command
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from anchor_reg.data.audio import AudioError
 from anchor_reg.data.batching import collate_rows, pad_by_reflection
+from anchor_reg.errors import AudioError
 
 
 def test_pad_by_reflection_mirrors_as_often_as_needed():

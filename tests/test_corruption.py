@@ -20,6 +20,7 @@ from anchor_reg.corruption import (
     reverberate,
     stable_seed,
 )
+from anchor_reg.errors import AudioError
 
 SNRS = (0, 5, 10, 15, 20)
 NOISE_TYPES = ("noise", "music", "babble")
@@ -186,6 +187,19 @@ def test_wrong_sample_rate_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="48000"):
         corrupt = Corruptor({"noise": noise_csv}, None, seed=1)
         corrupt(_speech(7), "u", additive_condition("noise", 0))
+
+
+def test_a_stereo_noise_or_rir_file_is_refused_naming_it(tmp_path):
+    """Noises and RIRs are read like training's audio: a stereo file is an error, not its first channel."""
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, 0.1 * np.ones((4800, 2)), 16000)
+    csv_file = _write_noise_csv(tmp_path / "n.csv", [path], "noise")
+    rir_csv = _write_noise_csv(tmp_path / "r.csv", [path], "rir")
+    corrupt = Corruptor({"noise": csv_file}, rir_csv, seed=1)
+    for condition in (additive_condition("noise", 0), Condition("reverb")):
+        with pytest.raises(AudioError) as error:
+            corrupt(_speech(7), "u", condition)
+        assert str(error.value) == f"{path}: 2 channels, expected mono"
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "noise").is_dir(), reason=f"no shared data at {SHARED_DATA}")

@@ -15,6 +15,8 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
 from anchor_reg.compare import compare_systems
+from anchor_reg.data.audio import read_audio_checked
+from anchor_reg.errors import AudioError
 from anchor_reg.evaluate import (
     embed_utterances,
     evaluate_model,
@@ -403,6 +405,11 @@ def test_bad_inputs(tiny_data, encoder, tmp_path):
         evaluate_model(encoder, **no_noise, conditions=["music_5dB"])
     with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
         load_encoder(tmp_path)
+    stage = tmp_path / "stage"
+    (stage / "save").mkdir(parents=True)
+    (stage / "hyperparams.yaml").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="a training stage folder: export it first"):
+        load_encoder(stage)
 
 
 def test_cli_failures_are_one_error_line(tiny_data, tmp_path, capsys):
@@ -444,3 +451,32 @@ def keys_of_in_order(yaml_file):
     import ruamel.yaml
 
     return list(ruamel.yaml.YAML().load(pathlib.Path(yaml_file).read_text()))
+
+
+@pytest.mark.parametrize("kind, problem", [("stereo", "2 channels, expected mono"),
+                                           ("8 kHz", "sample rate 8000 Hz, expected 16000 Hz")])
+def test_a_stereo_or_8_khz_trial_file_stops_with_trainings_error_line(tiny_data, tmp_path, capsys, kind, problem):
+    """Evaluation reads the trial utterances with training's reader: the same one ``error:`` line."""
+    model = tmp_path / "export"
+    model.mkdir()
+    torch.save(TinyEncoder(seed=1).embedding_model.state_dict(), model / "embedding_model.ckpt")
+    (model / "hyperparams.yaml").write_text(EXPORT_YAML.format(n_mels=N_MELS, folder=model))
+    with open(tiny_data["test_csv"], newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    speech, _ = soundfile.read(rows[0]["wav"], dtype="float32")
+    bad = tmp_path / "bad.wav"
+    if kind == "stereo":
+        soundfile.write(bad, np.stack([speech, speech], 1), SAMPLE_RATE)
+    else:
+        soundfile.write(bad, speech, 8000)
+    rows[0]["wav"] = str(bad)
+    test_csv = _write_csv(tmp_path / "test.csv", list(rows[0]), [list(row.values()) for row in rows])
+    with pytest.raises(AudioError) as training:  # what the training data pipeline raises for this row
+        read_audio_checked(bad, SAMPLE_RATE, int(rows[0]["start"]), int(rows[0]["stop"]))
+    assert str(training.value) == f"{bad}: {problem}"
+    verify_yaml = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "verify.yaml"
+    assert main([str(verify_yaml), f"--model_path={model}", f"--enrol_csv={tiny_data['enrol_csv']}",
+                 f"--test_csv={test_csv}", f"--trials={tiny_data['trials']}", "--conditions=[clean]",
+                 f"--output_folder={tmp_path / 'out'}", "--device=cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: {problem}"]
+    assert not (tmp_path / "out").exists()

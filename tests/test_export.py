@@ -20,9 +20,10 @@ from huggingface_hub.utils import HfHubHTTPError, filter_repo_objects
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from anchor_reg import hub, report
-from anchor_reg.evaluate import load_encoder
-from anchor_reg.export import ExportError, export_model, main
-from anchor_reg.hub import HubError, push_to_hub
+from anchor_reg.evaluate import encoder_of
+from anchor_reg.errors import ExportError, HubError
+from anchor_reg.export import export_model, main
+from anchor_reg.hub import push_to_hub
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
@@ -393,11 +394,11 @@ def test_report_exports_each_stage_once(ecapa_stage, tmp_path, monkeypatch):
     assert "| clean | 2.50 | 0.125 |" in (tmp_path / "out" / "export" / "README.md").read_text()
 
 
-def test_load_encoder_of_a_stage_folder_writes_nothing(ecapa_stage, tmp_path, wav_files):
+def test_encoder_of_a_stage_folder_writes_nothing(ecapa_stage, tmp_path, wav_files):
     stage = tmp_path / "stage2"
     shutil.copytree(ecapa_stage[0], stage)
     before = sorted(p.relative_to(stage) for p in stage.rglob("*"))
-    encoder = load_encoder(stage)
+    encoder = encoder_of(stage)
     assert sorted(p.relative_to(stage) for p in stage.rglob("*")) == before
     wavs, lens = padded_batch(wav_files)
     torch.testing.assert_close(

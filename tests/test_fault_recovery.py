@@ -10,8 +10,9 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from anchor_reg.anchors import AnchorStore, AnchorStoreError
-from anchor_reg.checkpointer import AtomicCheckpointer, CheckpointError
+from anchor_reg.anchors import AnchorStore
+from anchor_reg.checkpointer import AtomicCheckpointer
+from anchor_reg.errors import AnchorStoreError, CheckpointError
 from tiny import REPO, files, refused, run_train, tiny_command
 
 sys.path.insert(0, str(REPO))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from anchor_reg.data.audio import AudioError
 from anchor_reg.data.cache import CSV_FIELDS
 from anchor_reg.data.folder import prepare_folder_of_speakers, segment_bounds, split_dev
 from anchor_reg.data.trials import generate_trials, strip_trial_extension
+from anchor_reg.errors import AudioError
 
 SR = 16000
 CORPORA = ("librispeech-train", "dsp", "asc")

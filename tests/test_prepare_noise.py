@@ -10,7 +10,6 @@ import soundfile as sf
 import torch
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from anchor_reg.data.audio import AudioError
 from anchor_reg.data.noise import (
     NOISE_FIELDS,
     merge_noise_csvs,
@@ -19,6 +18,7 @@ from anchor_reg.data.noise import (
     prepare_noise_folder,
     prepare_rirs_noises,
 )
+from anchor_reg.errors import AudioError
 
 SR = 16000
 TALKER_HZ = (300, 500, 700, 900)  # one sine per musan/speech "talker"

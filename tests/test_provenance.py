@@ -5,7 +5,8 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from anchor_reg.provenance import Provenance, ProvenanceError, load_record, record_differences, rows_digest
+from anchor_reg.errors import ProvenanceError
+from anchor_reg.provenance import Provenance, load_record, record_differences, rows_digest
 
 
 def test_checkpoint_made_from_something_else_is_refused_at_recovery(tmp_path):

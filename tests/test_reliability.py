@@ -11,10 +11,10 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from anchor_reg.anchors import AnchorStore, AnchorStoreError
-from anchor_reg.config import ConfigError
+from anchor_reg.anchors import AnchorStore
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.provenance import read_provenance
+from anchor_reg.errors import AnchorStoreError, ConfigError, ProvenanceError
 from tiny import REPO, run_train, tiny_command, tiny_options
 
 sys.path.insert(0, str(REPO))
@@ -130,7 +130,7 @@ def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
     replaced.embeddings = -replaced.embeddings
     replaced.save(anchors)
     stage2_saved = tree_digest(root / "stage2" / "save")
-    with pytest.raises(AnchorStoreError, match="trained with other anchors"):
+    with pytest.raises(ProvenanceError, match="trained with other anchors"):
         run_train("stage2.yaml", tmp_path, number_of_epochs=2)
     assert tree_digest(root / "stage2" / "save") == stage2_saved
     anchors.write_bytes(original)
@@ -139,7 +139,7 @@ def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
         run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}")
     stage2_before = tree_digest(root / "stage2" / "save")
     # re-extracting works, but stage 2's own checkpoints came from the old base: refused, nothing deleted
-    with pytest.raises(AnchorStoreError, match="trained from another base model"):
+    with pytest.raises(ProvenanceError, match="trained from another base model"):
         run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}", reextract_anchors=True)
     assert tree_digest(root / "stage2" / "save") == stage2_before
     # a truncated store gives a clear error naming the file

@@ -7,9 +7,8 @@ import shutil
 import pytest
 
 from anchor_reg.anchors import AnchorStore
-from anchor_reg.config import ConfigError
 from anchor_reg.export import export_model
-from anchor_reg.provenance import ProvenanceError
+from anchor_reg.errors import ConfigError, ProvenanceError
 from tiny import run_train
 
 

@@ -24,28 +24,13 @@ import soundfile as sf
 import torch
 
 from anchor_reg.atomic import atomic_path, write_text_atomic
+from anchor_reg.errors import AudioError
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
 AUDIO_EXTENSIONS = (".wav", ".flac")  # audio files a data folder may hold
 SILENCE_PEAK = 2.0**-15  # a file whose peak is below one 16-bit step holds no signal
-
-
-class AudioError(ValueError):
-    """A bad audio file; the message names the file(s) and the problem(s).
-
-    Arguments
-    ---------
-    message : str
-        The full message.
-    problems : dict, optional
-        ``{path: problem}`` for every bad file the message is about.
-    """
-
-    def __init__(self, message, problems=None):
-        super().__init__(message)
-        self.problems = dict(problems or {})
 
 
 def inspect_audio(path, sample_rate=16000):

@@ -9,7 +9,7 @@ input that stage 2's forward sees.
 import speechbrain as sb
 import torch
 
-from anchor_reg.data.audio import AudioError
+from anchor_reg.errors import AudioError
 
 
 def random_crops(wavs, lens, crop_samples):

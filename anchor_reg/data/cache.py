@@ -8,13 +8,13 @@ and inputs are the same and every output exists.
 """
 
 import csv
-import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
 from anchor_reg.atomic import write_text_atomic
+from anchor_reg.digest import content_digest
 
 CSV_FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]
 
@@ -45,13 +45,8 @@ def write_csv(rows, path, fields=CSV_FIELDS):
 def input_fingerprint(paths_and_sizes, *files):
     """Hash of a file list (``(path, size)`` pairs) and of the contents of
     extra ``files`` (e.g. a trial list; None entries are ignored)."""
-    digest = hashlib.sha256()
-    for path, size in paths_and_sizes:
-        digest.update(f"{path}\t{size}\n".encode())
-    for path in files:
-        if path is not None:
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
+    listing = (f"{path}\t{size}\n" for path, size in paths_and_sizes)
+    return content_digest([*listing, *(Path(path) for path in files if path is not None)])
 
 
 def file_size(path):

@@ -33,9 +33,11 @@ class NoisyDevCopies:
         Reverberation is one of the conditions.
     seed : int
         Global seed of the corruption (``data_seed``).
+    sample_rate : int
+        The sample rate of the noise and RIR files (read like the training audio).
     """
 
-    def __init__(self, prep_folder, snr_low, snr_high, reverb, seed):
+    def __init__(self, prep_folder, snr_low, snr_high, reverb, seed, sample_rate=16000):
         prep = pathlib.Path(prep_folder)
         noise_csvs = {kind: prep / "noise_train.csv" for kind in noise_types_in(prep / "noise_train.csv")}
         noise_csvs["babble"] = prep / "babble_train.csv"
@@ -43,7 +45,7 @@ class NoisyDevCopies:
         self.conditions = [additive_condition(kind, snr) for kind in sorted(noise_csvs) for snr in snrs]
         if reverb:
             self.conditions.append(Condition("reverb"))
-        self.corrupt = Corruptor(noise_csvs, prep / "rir_train.csv", seed)
+        self.corrupt = Corruptor(noise_csvs, prep / "rir_train.csv", seed, sample_rate)
         self.seed = seed
 
     def condition_of(self, row_id):

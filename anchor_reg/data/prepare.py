@@ -23,9 +23,6 @@ import pathlib
 import random
 import re
 
-from anchor_reg.checks import DATASETS
-from anchor_reg.config import ConfigError
-from anchor_reg.data.audio import AudioError
 from anchor_reg.data.cache import write_csv
 from anchor_reg.data.folder import prepare_folder_of_speakers
 from anchor_reg.data.noise import (
@@ -40,9 +37,11 @@ from anchor_reg.data.noise import (
 )
 from anchor_reg.data.synthetic import generate_corpus
 from anchor_reg.data.voxceleb import prepare_voxceleb
+from anchor_reg.errors import AudioError, ConfigError
 
 logger = logging.getLogger(__name__)
 
+DATASETS = ("synthetic", "folder", "voxceleb")  # the values of the key `dataset`
 SHORT_VERIFICATION_FRACTION = 0.5  # warn of verification utterances shorter than this x the shortest crop
 _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
@@ -52,8 +51,8 @@ def prepare_data(hparams):
 
     With ``dataset: synthetic`` the corpus is generated into ``data_folder``
     first (:func:`generate_synthetic`). A problem with the data or the data
-    keys raises :class:`~anchor_reg.config.ConfigError` (one line naming the
-    key or file) or :class:`~anchor_reg.data.audio.AudioError`.
+    keys raises :class:`~anchor_reg.errors.ConfigError` (one line naming the
+    key or file) or :class:`~anchor_reg.errors.AudioError`.
 
     Arguments
     ---------
