@@ -4,7 +4,7 @@ The replay rows (``replay_folders``, prepared once into ``replay.csv``, see
 :mod:`anchor_reg.data.unlabelled`) have their anchors extracted once by the
 same frozen base as the training anchors (``replay_anchors.pt``). Each
 training step draws ``replay_rows`` of them with a generator seeded by
-(seed, epoch, step), so a rerun or a resume draws the same rows; the Brain
+(seed, rank, epoch, step), so a rerun or a resume draws the same rows; the Brain
 sends them through the same augmentation and adds
 ``replay_weight * objective(their embeddings, their anchors)``. The replay store
 also lends negatives to the main contrastive objective.
@@ -28,19 +28,22 @@ class ReplaySet:
         Rows drawn per training step (``replay_rows``).
     seed : int
         Seed of the draws (the run's ``seed``).
+    rank : int
+        The process's rank under DDP (each rank draws its own rows).
     """
 
-    def __init__(self, dataset, store, rows, seed):
+    def __init__(self, dataset, store, rows, seed, rank=0):
         if len(dataset) == 0:
             raise ValueError("replay_folders: no replay rows were prepared")
         self.dataset = dataset
         self.store = store
         self.rows = int(rows)
         self.seed = int(seed)
+        self.rank = int(rank)
 
     def indices(self, epoch, step):
         """(rows,) indices into the replay dataset drawn for this step (with replacement)."""
-        generator = torch.Generator().manual_seed(stable_seed("replay", self.seed, epoch, step))
+        generator = torch.Generator().manual_seed(stable_seed("replay", self.seed, self.rank, epoch, step))
         return torch.randint(len(self.dataset), (self.rows,), generator=generator)
 
     def draw(self, epoch, step):
