@@ -1,5 +1,6 @@
 """Label-free adaptation end to end: a flat folder of audio (no speaker folders) prepares and trains."""
 import csv
+import pathlib
 import os
 import shutil
 
@@ -80,3 +81,27 @@ def test_label_free_stage2_refuses_a_classifier_only_key(tmp_path):
     assert "classifier_head" in line and "supervision is none" in line
     line = refused("stage2.yaml", tmp_path, supervision="none", dev_criterion="classification")
     assert "'dev_criterion' must be one of anchor_retrieval when supervision is 'none'" in line
+
+
+@pytest.mark.slow
+def test_wise_export_is_alpha_base_plus_one_minus_alpha_adapted_and_auto_chooses_on_the_dev_criterion(
+        adaptation_data):
+    from anchor_reg.export import main as export_main
+    from anchor_reg.checkpointer import best_checkpoint
+
+    tmp, options = adaptation_data
+    run_train("stage2.yaml", tmp, **dict(options, experiment_name="wise"))
+    stage = tmp / "results" / "wise" / "1986" / "stage2"
+    assert export_main([str(stage), str(tmp / "wise_export"), "--wise_alpha=0.25"]) == 0
+    adapted = torch.load(pathlib.Path(best_checkpoint(stage / "save").path) / "embedding_model.ckpt")
+    base = torch.load(tmp / "export" / "embedding_model.ckpt")
+    mixed = torch.load(tmp / "wise_export" / "embedding_model.ckpt")
+    assert set(mixed) == set(adapted)
+    for key, value in adapted.items():
+        expected = 0.25 * base[key] + 0.75 * value if value.is_floating_point() else value
+        assert torch.allclose(mixed[key], expected, atol=1e-7), key
+    assert "0.25 x base + 0.75 x adapted" in (tmp / "wise_export" / "README.md").read_text()
+    assert export_main([str(stage), str(tmp / "wise_auto"), "--wise_alpha=auto"]) == 0
+    card = (tmp / "wise_auto" / "README.md").read_text()
+    assert "chosen by the dev criterion" in card and "0.75:" in card
+    assert export_main([str(stage), str(tmp / "bad"), "--wise_alpha=1.5"]) == 2  # argparse's usage error
