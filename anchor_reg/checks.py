@@ -146,6 +146,8 @@ IMPLIED = [
     ("supervision", one_of(("none",)), "anchor_weight", POSITIVE),
     ("supervision", one_of(("none",)), "dev_criterion", one_of(("anchor_retrieval",))),
     ("dev_criterion", one_of(("anchor_retrieval",)), "dev_noisy_copies", Rule(lambda v: v is True, "True")),
+    ("stage1_hparams", Rule(lambda v: v is None, "null"), "base_model",
+     Rule(lambda v: v is not None, "a pretrained model (hub ID or folder): this YAML trains no base")),
     ("replay_rows", integer(1), "replay_folders",
      Rule(lambda v: isinstance(v, list) and bool(v), "at least one folder of audio")),
 ]

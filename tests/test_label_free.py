@@ -98,3 +98,22 @@ def test_label_free_keys_are_checked_together():
     assert implied_conflict({"dataset": "unlabelled"})[1] == "supervision"  # stage 1 has no label-free mode
     assert implied_conflict({"replay_rows": 4, "replay_folders": []})[1] == "replay_folders"
     assert implied_conflict({"replay_rows": 0, "replay_folders": []}) is None
+
+
+def test_adapt_yaml_loads_with_its_data_and_refuses_what_it_cannot_run(tmp_path):
+    from anchor_reg.config import ConfigError, load_hparams
+    from tiny import REPO
+
+    adapt = REPO / "hparams" / "adapt.yaml"
+    options = {"output_base": str(tmp_path), "data_folder": str(tmp_path / "speech"), "channels": 16,
+               "replay_folders": [str(tmp_path / "broad")]}
+    hparams = load_hparams(adapt, options)
+    assert (hparams["dev_criterion"], hparams["replay_rows"], hparams["anchor_objective"]) == (
+        "anchor_retrieval", 16, "contrastive")
+    with pytest.raises(ConfigError, match="key 'replay_folders' must be at least one folder of audio when replay_rows is 16"):
+        load_hparams(adapt, dict(options, replay_folders=[]))
+    with pytest.raises(ConfigError, match="key 'base_model' must be a pretrained model"):
+        load_hparams(adapt, dict(options, base_model=None))
+    with pytest.raises(ConfigError, match="key 'aam_margin' shapes the classifier"):
+        load_hparams(adapt, dict(options, dataset="unlabelled", supervision="none", verification_folders=["v"],
+                                 aam_margin=0.3))
