@@ -105,3 +105,23 @@ def test_wise_export_is_alpha_base_plus_one_minus_alpha_adapted_and_auto_chooses
     card = (tmp / "wise_auto" / "README.md").read_text()
     assert "chosen by the dev criterion" in card and "0.75:" in card
     assert export_main([str(stage), str(tmp / "bad"), "--wise_alpha=1.5"]) == 2  # argparse's usage error
+
+
+@pytest.mark.slow
+def test_adapt_yaml_trains_a_labelled_folder_with_replay_and_early_stopping_on_retrieval(adaptation_data):
+    tmp, options = adaptation_data
+    import sys
+
+    from tiny import REPO
+    sys.path.insert(0, str(REPO))
+    import train
+
+    flags = {key: options[key] for key in ("noise_folders", "rir_folder", "base_model")}
+    train.main([str(REPO / "hparams" / "adapt.yaml"), f"--data_folder={tmp / 'corpus' / 'speech'}",
+                f"--replay_folders=[{tmp / 'replay'}]", f"--output_base={tmp / 'results'}", "--replay_rows=2",
+                "--number_of_epochs=2", "--batch_size=4", "--anchor_batch_size=4", "--seg_dur=1.5",
+                "--verification_speakers=3", "--babble_mixtures=4", "--num_workers=0",
+                "--evaluate_after_training=False", "--device=cpu", "--noprogressbar",
+                *[f"--{key}={value}" for key, value in flags.items()]])
+    log = (tmp / "results" / "adapt" / "1986" / "stage2" / "train_log.txt").read_text().splitlines()
+    assert len(log) == 2 and all("loss_aam" in line and "loss_replay" in line for line in log)
