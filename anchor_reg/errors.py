@@ -46,6 +46,10 @@ class ExportError(Exception):
     """An expected failure of an export (bad input, refused overwrite)."""
 
 
+class WiseError(ValueError):
+    """A stage that cannot be interpolated with its base (no base, another base, no dev anchors)."""
+
+
 class HubError(Exception):
     """An expected failure of a push: no token, existing repository, hub unreachable."""
 

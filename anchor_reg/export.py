@@ -29,7 +29,7 @@ Example
 
 Command line::
 
-    python -m anchor_reg.export STAGE_FOLDER OUT_FOLDER [--results results.json]
+    python -m anchor_reg.export STAGE_FOLDER OUT_FOLDER [--results results.json] [--wise_alpha A|auto]
         [--push --repo-id USER/NAME [--private] [--exist-ok] [--dry-run]]
 
 Authors
@@ -55,12 +55,16 @@ from speechbrain.utils.checkpoints import (
     torch_patched_state_dict_load,
 )
 
+from anchor_reg.errors import AnchorStoreError
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
 from anchor_reg.errors import ConfigError, ExportError, HubError, ResultsError, one_line
+from anchor_reg.forgetting import interpolate_weights
 from anchor_reg.hub import push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, model_card
 from anchor_reg.model_yaml import load_model_yaml
 from anchor_reg.results import load_results
+from anchor_reg.errors import WiseError
+from anchor_reg.wise import base_embedding_state, card_section, choose_alpha, dev_retrieval_errors, parse_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,7 @@ def export_model(
     datasets=None,
     evaluate=None,
     overwrite=False,
+    wise_alpha=None,
 ):
     """Writes a SpeechBrain inference folder for a trained stage.
 
@@ -141,6 +146,10 @@ def export_model(
         model is exported once and evaluated exactly as users will load it.
     overwrite : bool
         Replace an earlier export even if it holds files of its own.
+    wise_alpha : float or str, optional
+        WiSE-FT: export ``alpha * base + (1 - alpha) * adapted`` embedding
+        weights (a stage 2 and its recorded base); ``"auto"`` chooses alpha on
+        the dev criterion (:mod:`anchor_reg.wise`). The model card says so.
 
     Returns
     -------
@@ -163,6 +172,11 @@ def export_model(
         raise ExportError(f"label encoder not found: {label_file}")
     results = _results(results, stage_folder)
     model_name = model_name or out_folder.name
+    if wise_alpha is not None:
+        try:
+            base_state = base_embedding_state(tree, checkpoint)
+        except (WiseError, ConfigError, AnchorStoreError) as err:
+            raise ExportError(str(err)) from err
     datasets = dataset_names(datasets, tree)
 
     out_folder.parent.mkdir(parents=True, exist_ok=True)
@@ -181,11 +195,12 @@ def export_model(
             ),
             encoding="utf-8",
         )
+        wise_card = "" if wise_alpha is None else _interpolate(build, tree, base_state, params, wise_alpha)
         _verify_export(build, training_yaml)
         if evaluate is not None:
             results = _results(evaluate(build), stage_folder)
         (build / "README.md").write_text(
-            model_card(tree, model_name, datasets, results, checkpoint.name),
+            model_card(tree, model_name, datasets, results, checkpoint.name) + wise_card,
             encoding="utf-8",
         )
         _move_into_place(build, out_folder)
@@ -194,6 +209,22 @@ def export_model(
         raise
     logger.info("Exported %s (%s) to %s", stage_folder, checkpoint.name, out_folder)
     return out_folder
+
+
+def _interpolate(build, tree, base_state, params, wise_alpha):
+    """Writes the WiSE-FT embedding weights into the export being built; returns the model card's section."""
+    adapted_state = torch.load(params["embedding_model"], map_location="cpu")
+    errors = None
+    try:
+        if wise_alpha == "auto":
+            encoder = EncoderClassifier.from_hparams(source=str(build), savedir=str(build), run_opts={"device": "cpu"})
+            errors = dev_retrieval_errors(tree, encoder, base_state, adapted_state)
+            wise_alpha = choose_alpha(errors)
+            logger.info("WiSE-FT: dev retrieval error by alpha %s: alpha %g", errors, wise_alpha)
+        torch.save(interpolate_weights(base_state, adapted_state, wise_alpha), build / "embedding_model.ckpt")
+    except (WiseError, AnchorStoreError, ValueError) as err:
+        raise ExportError(str(err)) from err
+    return card_section(tree, wise_alpha, errors)
 
 
 def _check_destination(stage_folder, out_folder, overwrite):
@@ -387,6 +418,11 @@ def _parse_args(argv):
         "--overwrite", action="store_true",
         help="replace an earlier export even if it holds files export did not write",
     )
+    parser.add_argument(
+        "--wise_alpha", "--wise-alpha",
+        help="WiSE-FT: export alpha*base + (1-alpha)*adapted embedding weights (alpha in [0, 1]), or auto: "
+        "alpha in 0, 0.25, 0.5, 0.75 with the lowest dev noisy->anchor retrieval error (stage 2 only)",
+    )
     parser.add_argument("--checkpoint", help="CKPT+... folder (default: latest)")
     parser.add_argument("--results", help="results.json for the model card")
     parser.add_argument("--datasets", nargs="+", help="training data set names")
@@ -404,6 +440,11 @@ def _parse_args(argv):
     args = parser.parse_args(argv)
     if args.push and not args.dry_run and not args.repo_id:
         parser.error("--push needs --repo-id USER/NAME")
+    if args.wise_alpha is not None:
+        try:
+            args.wise_alpha = parse_alpha(args.wise_alpha)
+        except WiseError as err:
+            parser.error(str(err))
     return args
 
 
@@ -422,6 +463,7 @@ def main(argv=None):
             model_name=args.model_name or args.repo_id,
             datasets=args.datasets,
             overwrite=args.overwrite,
+            wise_alpha=args.wise_alpha,
         )
         print(f"exported {out_folder}")
         if args.push or args.dry_run:

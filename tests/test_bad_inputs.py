@@ -55,7 +55,7 @@ KEY_CASES = [
     ("stage1.yaml", {"test_seg_dur": -1}, "key 'test_seg_dur' must be null or a number > 0, got -1"),
     ("stage1.yaml", {"verification_speakers": 1},
      "key 'verification_speakers' must be an integer >= 2, a fraction in (0, 1) or a list of >= 2 speaker ids, got 1"),
-    ("stage1.yaml", {"dataset": "foo"}, "key 'dataset' must be one of synthetic, folder, voxceleb, got 'foo'"),
+    ("stage1.yaml", {"dataset": "foo"}, "key 'dataset' must be one of synthetic, folder, voxceleb, unlabelled, got 'foo'"),
     ("stage1.yaml", {"num_workers": -1}, "key 'num_workers' must be an integer >= 0, got -1"),
     ("stage1.yaml", {"lr": 0}, "key 'lr' must be a number > 0, got 0"),
     ("stage1.yaml", {"weight_decay": -0.1}, "key 'weight_decay' must be a number >= 0, got -0.1"),

@@ -1,0 +1,125 @@
+"""WiSE-FT at export: the adapted stage's embedding model interpolated with its base's.
+
+``python -m anchor_reg.export STAGE OUT --wise_alpha=A`` writes
+``A * base + (1 - A) * adapted`` (:func:`anchor_reg.forgetting.interpolate_weights`)
+as the export's embedding model; the base is the one the stage recorded
+(``base_model``, or its stage 1's best checkpoint) and must still have the
+fingerprint the stage was trained from. ``--wise_alpha=auto`` chooses A in
+:data:`AUTO_GRID` by the label-free dev criterion (:mod:`anchor_reg.retrieval`):
+the noisy -> anchor retrieval error of the stage's dev rows (their fixed noisy
+copies against ``dev_anchors.pt``); ties go to the larger A (closer to the base,
+the safer side against forgetting). The normaliser and the classifier stay the
+adapted stage's.
+"""
+import csv
+import pathlib
+
+import torch
+
+from anchor_reg.anchors import AnchorStore, checkpoint_fingerprint
+from anchor_reg.base import load_pretrained
+from anchor_reg.checkpointer import best_checkpoint
+from anchor_reg.data.audio import read_audio_checked
+from anchor_reg.data.dev_copies import NoisyDevCopies
+from anchor_reg.errors import WiseError
+from anchor_reg.forgetting import interpolate_weights
+from anchor_reg.provenance import read_provenance
+from anchor_reg.retrieval import retrieval_error
+
+AUTO_GRID = (0.0, 0.25, 0.5, 0.75)
+
+
+def parse_alpha(text):
+    """``auto`` or a number in [0, 1] (the command line's ``--wise_alpha``)."""
+    if text == "auto":
+        return text
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise WiseError(f"--wise_alpha must be a number in [0, 1] or auto, got {text!r}")
+    return alpha
+
+
+def base_embedding_state(tree, checkpoint):
+    """The ``state_dict`` of the embedding model of the base the stage recorded.
+
+    Arguments
+    ---------
+    tree : mapping
+        The stage's resolved training YAML.
+    checkpoint : pathlib.Path
+        The exported checkpoint (its ``provenance.ckpt`` names the base's fingerprint).
+    """
+    if tree.get("stage") != "stage2":
+        raise WiseError(f"--wise_alpha interpolates a stage 2 with its base; this stage is {tree.get('stage')}")
+    if tree.get("base_model") is None:
+        stage1 = best_checkpoint(pathlib.Path(str(tree["stage1_folder"])) / "save")
+        if stage1 is None:
+            raise WiseError(f"--wise_alpha: the stage's base (stage 1 in {tree['stage1_folder']}) has no checkpoint")
+        fingerprint = checkpoint_fingerprint(stage1.path)
+        state = torch.load(pathlib.Path(stage1.path) / "embedding_model.ckpt", map_location="cpu")
+    else:
+        base = load_pretrained(str(tree["base_model"]), pathlib.Path(str(tree["pretrained_folder"])))
+        fingerprint = base.fingerprint
+        state = base.modules["embedding_model"].state_dict()
+    recorded = read_provenance(pathlib.Path(checkpoint) / "provenance.ckpt").get("base_fingerprint")
+    if recorded not in (None, fingerprint):
+        raise WiseError(f"--wise_alpha: the base the stage was trained from (fingerprint {recorded[:12]}) is not "
+                        f"the one found now ({fingerprint[:12]})")
+    return state
+
+
+def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRID):
+    """``{alpha: retrieval error}`` of the interpolated models on the stage's dev rows.
+
+    Arguments
+    ---------
+    tree : mapping
+        The stage's resolved training YAML (``prep_folder``, ``anchors_folder``, noise keys).
+    encoder : speechbrain.inference.speaker.EncoderClassifier
+        The exported model; its embedding model's weights are replaced in turn.
+    base_state, adapted_state : dict
+        The embedding model's weights.
+    """
+    store_file = pathlib.Path(str(tree["anchors_folder"])) / "dev_anchors.pt"
+    if not store_file.is_file():
+        raise WiseError(f"--wise_alpha=auto needs the dev rows' anchors {store_file} "
+                        "(train the stage with dev_criterion: anchor_retrieval), or give a number")
+    store = AnchorStore.from_file(store_file)
+    prep = pathlib.Path(str(tree["prep_folder"]))
+    copies = NoisyDevCopies(prep, tree["snr_low"], tree["snr_high"], tree.get("reverb", True), tree["data_seed"],
+                            sample_rate=tree.get("sample_rate", 16000))
+    with open(prep / "dev.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    noisy = [copies(read_audio_checked(r["wav"], tree["sample_rate"], int(r["start"]), int(r["stop"])), r["ID"])
+             for r in rows]
+    own = store.rows([r["ID"] for r in rows])
+    errors = {}
+    for alpha in grid:
+        encoder.mods.embedding_model.load_state_dict(interpolate_weights(base_state, adapted_state, alpha))
+        with torch.no_grad():
+            queries = torch.cat([encoder.encode_batch(wav.unsqueeze(0)).reshape(1, -1) for wav in noisy])
+        errors[alpha] = retrieval_error(queries, own, store.embeddings)
+    return errors
+
+
+def choose_alpha(errors):
+    """The alpha of the lowest error; ties go to the larger alpha (closer to the base)."""
+    return min(errors, key=lambda alpha: (errors[alpha], -alpha))
+
+
+def card_section(tree, alpha, errors=None):
+    """Model-card text that says the weights are interpolated (and how alpha was chosen)."""
+    base = tree.get("base_model") or "its stage 1"
+    if isinstance(base, str) and base.startswith("/"):
+        base = "the stage's base model (base_model)"
+    text = (f"\n## Weight-space interpolation (WiSE-FT)\n\nThe embedding model's weights are "
+            f"{alpha:g} x base + {1 - alpha:g} x adapted, parameter by parameter, where base is {base} "
+            "and adapted is the stage-2 checkpoint; the normaliser and the classifier are the adapted ones.\n")
+    if errors:
+        listed = ", ".join(f"{a:g}: {100 * e:.2f} %" for a, e in errors.items())
+        text += (f"\nalpha was chosen by the dev criterion (noisy -> anchor retrieval error of the dev rows; "
+                 f"ties to the larger alpha): {listed}.\n")
+    return text
