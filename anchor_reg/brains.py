@@ -16,6 +16,7 @@ import logging
 
 import speechbrain as sb
 import torch
+import yaml
 
 from anchor_reg.data.batching import random_crops
 
@@ -46,6 +47,7 @@ def embed(modules, wavs, lens):
     return modules["embedding_model"](feats, lens)
 
 
+@sb.utils.checkpoints.register_checkpoint_hooks
 class SpeakerBrain(sb.core.Brain):
     """Stage 1: a speaker-embedding model trained with AAM-softmax.
 
@@ -56,6 +58,9 @@ class SpeakerBrain(sb.core.Brain):
     of that many seconds, with ``sample_rate``), ``frozen_parameters``
     (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
     ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
+    A checkpointer recoverable named ``random_state`` (an
+    :class:`anchor_reg.random_state.RandomState`) seeds the stage and carries
+    its random state across a resume.
     """
 
     def compute_embeddings(self, wavs, lens):
@@ -122,9 +127,23 @@ class SpeakerBrain(sb.core.Brain):
         total, count = self.loss_terms.get(name, (0.0, 0))
         self.loss_terms[name] = (total + float(value.detach()), count + 1)
 
+    @property
+    def random_state(self):
+        """The checkpointer's ``random_state`` recoverable, or None."""
+        return self.checkpointer.recoverables.get("random_state") if self.checkpointer is not None else None
+
+    def on_fit_start(self):
+        """Seeds the stage from (seed, stage), then Brain's start (a recovered checkpoint restores its state)."""
+        if self.random_state is not None:
+            self.random_state.seed_stage()
+        super().on_fit_start()
+
     def on_stage_start(self, stage, epoch=None):
-        """Resets the per-epoch statistics."""
-        self.loss_terms = {}
+        """Resets the per-epoch statistics (kept when resuming within a training epoch)."""
+        if stage != sb.Stage.TRAIN or self.step == 0:
+            self.loss_terms = {}
+        if stage == sb.Stage.TRAIN and self.random_state is not None:
+            self.random_state.start_epoch(epoch)
         if stage != sb.Stage.TRAIN:
             self.error_metrics = self.hparams.error_stats()
 
@@ -193,8 +212,26 @@ class SpeakerBrain(sb.core.Brain):
             logger.info("frozen parameters: %s", ", ".join(frozen))
         super().init_optimizers()
 
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        """Brain's step and running loss, and the running loss terms (a mid-epoch resume logs the whole epoch's)."""
+        super()._save(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(yaml.dump({"loss_terms": {name: list(value) for name, value in self.loss_terms.items()}}))
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            self.loss_terms = {name: tuple(value) for name, value in yaml.safe_load(f).get("loss_terms", {}).items()}
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Brain's loader; records the number of training batches per epoch."""
+        """Brain's loader; records the number of training batches per epoch.
+
+        The training loader draws its worker seeds from the ``random_state``'s own generator.
+        """
+        if stage == sb.Stage.TRAIN and self.random_state is not None:
+            loader_kwargs.setdefault("generator", self.random_state.loader_generator)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             try:
