@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from anchor_reg.data.batching import random_crops
+from anchor_reg.random_state import RandomState
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,18 @@ class SpeakerBrain(sb.core.Brain):
     of that many seconds, with ``sample_rate``), ``frozen_parameters``
     (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
     ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
-    A checkpointer recoverable named ``random_state`` (an
-    :class:`anchor_reg.random_state.RandomState`) seeds the stage and carries
-    its random state across a resume.
+    With a checkpointer, ``seed`` and ``stage`` seed the stage's generators
+    and its checkpoints carry their state (:mod:`anchor_reg.random_state`),
+    so a resumed run ends as the uninterrupted one.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.random_state = None
+        if self.checkpointer is not None:
+            self.random_state = RandomState(self.hparams.seed, self.hparams.stage, self.augmenter)
+            # optional: checkpoints saved before stages kept their random state still resume (not bit-identically)
+            self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def compute_embeddings(self, wavs, lens):
         """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`embed`)."""
@@ -126,11 +135,6 @@ class SpeakerBrain(sb.core.Brain):
     def _accumulate(self, name, value):
         total, count = self.loss_terms.get(name, (0.0, 0))
         self.loss_terms[name] = (total + float(value.detach()), count + 1)
-
-    @property
-    def random_state(self):
-        """The checkpointer's ``random_state`` recoverable, or None."""
-        return self.checkpointer.recoverables.get("random_state") if self.checkpointer is not None else None
 
     def on_fit_start(self):
         """Seeds the stage from (seed, stage), then Brain's start (a recovered checkpoint restores its state)."""

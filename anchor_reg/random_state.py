@@ -7,7 +7,7 @@ training step draws comes from:
 - torch's global generator (CPU, and CUDA where used): the ``Augmenter``'s
   choices, SNRs, drop masks and noise offsets, random crops, negative anchors;
 - Python's ``random``: the ``Augmenter``'s ``augment_prob`` and order;
-- numpy's global generator (nothing here today; kept for any pipeline that does);
+- numpy's global generator (for any pipeline that draws from it);
 - the noise and RIR loaders that SpeechBrain's ``AddNoise`` / ``AddReverb``
   keep open over their CSVs, which shuffle each pass with a seed drawn from
   torch's global generator when the pass starts.
@@ -17,7 +17,7 @@ The training rows' order needs nothing: ``Brain.make_dataloader`` turns
 ``SB_GLOBAL_SEED`` (the YAML's ``seed``) + epoch, and its ``SaveableDataLoader``
 resumes a mid-epoch checkpoint at its position.
 
-:class:`RandomState`, a Checkpointer recoverable, covers the rest:
+:class:`RandomState` covers the rest:
 
 - :meth:`RandomState.seed_stage` (when ``fit`` starts) seeds the generators
   from (``seed``, ``stage``), so a stage never depends on what ran before it in
@@ -30,6 +30,15 @@ resumes a mid-epoch checkpoint at its position.
   RIR loaders, so the next batch reopens them from the saved state, in the
   run that goes on and in the run that resumes alike; recovering restores the
   states.
+
+``SpeakerBrain`` (every stage's Brain) adds it to the stage's checkpointer, as
+``Brain`` adds itself, so the YAMLs and the stages' records are unchanged; it
+is optional on recovery, so checkpoints saved before it existed still resume
+(not bit-identically).
+
+Since each checkpoint reopens the noise lists, where the checkpoints fall is
+part of the run: ``--ckpt_interval_steps`` (a fixed step) repeats exactly,
+SpeechBrain's ``--ckpt_interval_minutes`` (the clock) does not.
 """
 import contextlib
 import hashlib
@@ -38,6 +47,7 @@ import random
 import numpy as np
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import if_main_process
 
 # what SpeechBrain 1.1.2's AddNoise / AddReverb keep between batches: the loader over the CSV and its iterator
 NOISE_LOADER_ATTRIBUTES = ("data_loader", "noise_data", "rir_data")
@@ -95,7 +105,6 @@ def close_noise_loaders(augmenter):
                 delattr(augmentation, name)
 
 
-@register_checkpoint_hooks
 class RandomState:
     """Recoverable: seeds a stage from (``seed``, ``stage``) and carries its random state across a resume.
 
@@ -107,6 +116,8 @@ class RandomState:
         The stage's name (``stage1``, ``stage2``, ``joint``).
     augmenter : speechbrain.augment.augmenter.Augmenter
         The training augmenter, whose noise loaders close at each checkpoint (None: none).
+
+    Its saver runs on every process (each closes its noise loaders); the main one writes the file.
     """
 
     def __init__(self, seed, stage, augmenter=None):
@@ -126,10 +137,14 @@ class RandomState:
 
     @mark_as_saver
     def _save(self, path):
-        close_noise_loaders(self.augmenter)
-        torch.save(capture(), path)
+        close_noise_loaders(self.augmenter)  # on every process, so that all go on alike
+        if if_main_process():
+            torch.save(capture(), path)
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
         del end_of_epoch  # the state is the same either way: that of the step after the checkpoint
         restore(torch.load(path, weights_only=True))
+
+
+register_checkpoint_hooks(RandomState, save_on_main_only=False)
