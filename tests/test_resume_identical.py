@@ -35,7 +35,9 @@ train.cli(sys.argv[4:])
 def launch(yaml_name, tmp, run_folder, kill_at=None, **overrides):
     """Runs ``train.py hparams/<yaml_name>`` (tiny, corpus in ``tmp``, outputs in ``run_folder``) in a fresh process.
 
-    ``kill_at``: (stage, epoch, step) at whose end the process is SIGKILLed. Returns the stage's folder.
+    The one place the tests start a stage: a stage 2 run here finds its finished stage 1 in
+    ``run_folder`` (a train.py that trains one stage per call takes it as ``base_model=<stage-1 folder>``).
+    ``kill_at``: (stage, epoch, step) at whose end the process is SIGKILLed. Returns the seed's folder.
     """
     command = tiny_command(yaml_name, tmp, output_base=str(run_folder), **overrides)
     killer = [] if kill_at is None else ["-c", KILLED_AT_STEP, *map(str, kill_at)]
@@ -69,10 +71,7 @@ def assert_same(saved, other, where):
 
 
 def assert_identical_runs(uninterrupted, resumed):
-    """The same train_log lines and checkpoints: every tensor equal, the other files byte-equal.
-
-    The provenance files name their own run's folders; they are compared without them.
-    """
+    """The same train_log lines and checkpoints: every tensor equal, the other files byte-equal."""
     log = (uninterrupted / "train_log.txt").read_text().splitlines()
     assert log and (resumed / "train_log.txt").read_text().splitlines() == log
     ours, theirs = checkpoints(uninterrupted), checkpoints(resumed)
@@ -84,11 +83,9 @@ def assert_identical_runs(uninterrupted, resumed):
         assert ckpt.paramfiles.keys() == other.paramfiles.keys()
         assert {"embedding_model", "classifier", "optimizer", "random_state"} <= ckpt.paramfiles.keys()
         for name, path in ckpt.paramfiles.items():
-            if name == "provenance":
-                continue
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a text file (counter, brain, dataloader position)
+            except Exception:  # a text file (counter, brain, dataloader position, provenance)
                 assert path.read_bytes() == other.paramfiles[name].read_bytes(), f"epoch {epoch} {name}"
                 continue
             assert_same(saved, torch.load(other.paramfiles[name], map_location="cpu", weights_only=True),
