@@ -30,6 +30,7 @@ import speechbrain as sb
 from anchor_reg.atomic import atomic_path
 from anchor_reg.digest import content_digest
 from anchor_reg.errors import AnchorStoreError
+from anchor_reg.random_state import preserved_random_state
 
 logger = logging.getLogger(__name__)
 
@@ -426,13 +427,16 @@ def speaker_centroids(embeddings, row_speaker, num_speakers):
 
 
 @torch.no_grad()
+@preserved_random_state()
 def extract_anchors(embed, dataloader, provenance=None, progressbar=True):
     """Embeds every row once with a frozen model and builds an :class:`AnchorStore`.
 
     Under DDP each rank embeds its own shard (the dataloader's sampler splits
     the rows) and sends it to rank 0 (``gather_object``), which alone builds
     the store, so every row gets exactly one anchor and no other rank ever
-    holds all the shards.
+    holds all the shards. The global random generators are left as they were
+    found (iterating a loader draws from torch's), so what trains next does not
+    depend on whether the anchors were extracted in the same process.
 
     Arguments
     ---------

@@ -19,16 +19,19 @@ import logging
 
 import speechbrain as sb
 import torch
+import yaml
 
 from anchor_reg.data.batching import random_crops
 from anchor_reg.embedding import embed
 from anchor_reg.forgetting import L2SP
 from anchor_reg.losses import anchor_distance
 from anchor_reg.retrieval import AnchorRetrievalStats
+from anchor_reg.random_state import RandomState
 
 logger = logging.getLogger(__name__)
 
 
+@sb.utils.checkpoints.register_checkpoint_hooks
 class SpeakerBrain(sb.core.Brain):
     """Stage 1: a speaker-embedding model trained with AAM-softmax.
 
@@ -39,7 +42,18 @@ class SpeakerBrain(sb.core.Brain):
     of that many seconds, with ``sample_rate``), ``frozen_parameters``
     (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
     ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
+    With a checkpointer, ``seed`` and ``stage`` seed the stage's generators
+    and its checkpoints carry their state (:mod:`anchor_reg.random_state`),
+    so a resumed run ends as the uninterrupted one.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.random_state = None
+        if self.checkpointer is not None:
+            self.random_state = RandomState(self.hparams.seed, self.hparams.stage, self.augmenter)
+            # optional: checkpoints saved before stages kept their random state still resume (not bit-identically)
+            self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def compute_embeddings(self, wavs, lens):
         """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`anchor_reg.embedding.embed`)."""
@@ -146,9 +160,18 @@ class SpeakerBrain(sb.core.Brain):
         total, count = self.loss_terms.get(name, (0.0, 0))
         self.loss_terms[name] = (total + float(value.detach()), count + 1)
 
+    def on_fit_start(self):
+        """Seeds the stage from (seed, stage), then Brain's start (a recovered checkpoint restores its state)."""
+        if self.random_state is not None:
+            self.random_state.seed_stage()
+        super().on_fit_start()
+
     def on_stage_start(self, stage, epoch=None):
-        """Resets the per-epoch statistics."""
-        self.loss_terms = {}
+        """Resets the per-epoch statistics (kept when resuming within a training epoch)."""
+        if stage != sb.Stage.TRAIN or self.step == 0:
+            self.loss_terms = {}
+        if stage == sb.Stage.TRAIN and self.random_state is not None:
+            self.random_state.start_epoch(epoch)
         if stage != sb.Stage.TRAIN:
             self.error_metrics = self.dev_criterion()
 
@@ -221,8 +244,26 @@ class SpeakerBrain(sb.core.Brain):
             logger.info("frozen parameters: %s", ", ".join(frozen))
         super().init_optimizers()
 
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        """Brain's step and running loss, and the running loss terms (a mid-epoch resume logs the whole epoch's)."""
+        super()._save(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(yaml.dump({"loss_terms": {name: list(value) for name, value in self.loss_terms.items()}}))
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            self.loss_terms = {name: tuple(value) for name, value in yaml.safe_load(f).get("loss_terms", {}).items()}
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Brain's loader; records the number of training batches per epoch."""
+        """Brain's loader; records the number of training batches per epoch.
+
+        The training loader draws its worker seeds from the ``random_state``'s own generator.
+        """
+        if stage == sb.Stage.TRAIN and self.random_state is not None:
+            loader_kwargs.setdefault("generator", self.random_state.loader_generator)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             try:
