@@ -97,7 +97,7 @@ def load_encoder(path, device="cpu"):
     from anchor_reg.export import export_model
 
     with tempfile.TemporaryDirectory(prefix="anchor_reg_encoder_") as tmp:
-        export = export_model(path, pathlib.Path(tmp) / "export")
+        export = export_model(path, pathlib.Path(tmp) / "export", allow_unfinished=True)  # evaluated, not published
         return EncoderClassifier.from_hparams(source=str(export), savedir=str(export), run_opts={"device": device})
 
 
