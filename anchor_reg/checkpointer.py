@@ -117,7 +117,7 @@ class AtomicCheckpointer(Checkpointer):
                 raise
             raise CheckpointError(
                 f"{invalid_file_message(bad)}: delete the folder {bad.parent} to resume from the checkpoint "
-                "before it, or train again into a new folder"
+                "before it (from the start if there is none), or train again into a new folder"
             ) from err
 
     def recover_if_possible(self, *args, **kwargs):

@@ -73,7 +73,7 @@ def _acquire(path):
             raise StageLockedError(
                 f"output_folder: {path.parent} is in use by another run "
                 f"(process {holder or 'unknown'}, lock file {path}); wait for that run to finish or stop it "
-                "(kill PID), or train into another folder (--experiment_name=NEW or --output_folder=NEW)"
+                f"(kill {holder or 'PID'}), or train into another folder (--experiment_name=NEW or --output_folder=NEW)"
             ) from None
         try:
             same_file = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -148,7 +148,8 @@ def test_tampered_parameter_file_one_line_naming_it_and_nothing_runs(tmp_path):
         checkpointer.recover_if_possible()
     assert str(error.value) == (
         f"{tampered} is not a valid checkpoint file (it does not load as saved tensors; nothing in it was run): "
-        f"delete the folder {latest.path} to resume from the checkpoint before it, or train again into a new folder"
+        f"delete the folder {latest.path} to resume from the checkpoint before it (from the start if there is none), "
+        "or train again into a new folder"
     )
     assert not marker.exists()
     # the remedy: without the tampered checkpoint, the one before it is recovered
