@@ -46,6 +46,7 @@ from anchor_reg.data.batching import collate_rows
 from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.data.prepare import check_prepared, prepare_data
 from anchor_reg.epoch_counter import stops_under
+from anchor_reg.lock import stage_lock
 from anchor_reg.provenance import load_record, record_differences, rows_digest
 from anchor_reg.replay import ReplaySet
 from anchor_reg.report import verification_report
@@ -295,14 +296,15 @@ def fit(hparams, data, run_opts, brain_options=None):
 
 def train_stage(hparams_file, hparams, overrides, run_opts):
     """Stage 1 or the joint baseline: reused when finished (on this data, with these settings), else trained."""
-    _, speakers, digest = training_rows(hparams)
-    if finished_checkpoint(hparams) is not None:
-        check_trained_on(hparams, speakers, digest)
-    if reuse_if_finished(hparams_file, hparams, overrides):
-        return
-    expect_provenance(hparams, train_rows_digest=digest)
-    write_record(hparams_file, hparams, overrides)
-    fit(hparams, dataio_prep(hparams), run_opts)
+    with stage_lock(hparams["output_folder"]):  # one run per stage folder
+        _, speakers, digest = training_rows(hparams)
+        if finished_checkpoint(hparams) is not None:
+            check_trained_on(hparams, speakers, digest)
+        if reuse_if_finished(hparams_file, hparams, overrides):
+            return
+        expect_provenance(hparams, train_rows_digest=digest)
+        write_record(hparams_file, hparams, overrides)
+        fit(hparams, dataio_prep(hparams), run_opts)
 
 
 def stage1_of(hparams, overrides):
@@ -323,7 +325,13 @@ def stage1_of(hparams, overrides):
 
 
 def train_stage2(hparams_file, hparams, overrides, run_opts):
-    """Base model -> anchors -> stage 2, in that order."""
+    """Base model -> anchors -> stage 2, in that order (one run per stage folder)."""
+    with stage_lock(hparams["output_folder"]):
+        return _train_stage2(hparams_file, hparams, overrides, run_opts)
+
+
+def _train_stage2(hparams_file, hparams, overrides, run_opts):
+    """:func:`train_stage2` under the stage folder's lock."""
     ids, speakers, digest = training_rows(hparams)
     stage1 = None
     if hparams["base_model"] is None:

@@ -90,6 +90,8 @@ class AnchorStore:
         self.speakers = []  # (S,) speaker labels
         self.centroids = torch.empty(0, 0)  # (S, D) float32, L2-normalised
         self.provenance = {}
+        self._rows_per_speaker = None  # (S,) int64, counted on the first negative draw
+        self._capped_negatives = False  # whether a too large bank was reported
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -221,7 +223,9 @@ class AnchorStore:
         exclude : torch.Tensor
             (B,) speaker indices never to draw (the batch's speakers).
         num : int
-            K, how many to draw (fewer if the store has fewer eligible entries).
+            K, how many to draw; at most the eligible entries (the other
+            speakers' rows or centroids) are drawn, whatever K asks for
+            (reported once), so a huge K allocates nothing larger.
         anchor_type : str
             ``utterance`` draws rows' anchors, ``speaker`` draws centroids.
         device : torch.device
@@ -246,6 +250,12 @@ class AnchorStore:
         else:
             raise AnchorStoreError(f"unknown anchor_type '{anchor_type}', expected one of {ANCHOR_TYPES}")
         size = pool.shape[0]
+        available = self._eligible(exclude, anchor_type)
+        if num > available and not self._capped_negatives:
+            self._capped_negatives = True
+            logger.info("contrastive_negatives: %d asked for, but a batch's other speakers have at most %d "
+                        "%s anchors in the store; drawing those", num, available, anchor_type)
+        num = min(num, available)
         chosen = torch.empty(0, dtype=torch.long)
         for _ in range(4):  # rejection sampling; falls back to the full list below
             draw = torch.randint(size, (2 * num + 16,))
@@ -261,6 +271,15 @@ class AnchorStore:
         if device is not None:
             anchors, speakers = anchors.to(device), speakers.to(device)
         return anchors, speakers
+
+    def _eligible(self, exclude, anchor_type):
+        """How many rows (``utterance``) or centroids (``speaker``) belong to speakers not in ``exclude``."""
+        excluded = torch.unique(exclude[(exclude >= 0) & (exclude < len(self.speakers))])
+        if anchor_type == "speaker":
+            return len(self.speakers) - len(excluded)
+        if self._rows_per_speaker is None:  # one pass over the (N,) map, then (S,) counts
+            self._rows_per_speaker = torch.bincount(self.row_speaker.long(), minlength=len(self.speakers))
+        return len(self) - int(self._rows_per_speaker[excluded].sum())
 
     def check_compatible(self, *, base_fingerprint=None, row_ids=None, emb_dim=None, source=""):
         """Raises :class:`AnchorStoreError` if these anchors do not fit the run.
@@ -374,6 +393,7 @@ class AnchorStore:
         self.speakers = [label.decode("utf-8") for label in byte_strings(payload["speakers"].numpy())]
         self.centroids = payload["centroids"]
         self.provenance = provenance
+        self._rows_per_speaker = None
         return self
 
     @classmethod

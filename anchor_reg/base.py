@@ -24,11 +24,10 @@ import re
 import ruamel.yaml
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
-from anchor_reg.checkpointer import best_checkpoint
+from anchor_reg.checkpointer import AtomicCheckpointer, best_checkpoint
 from anchor_reg.digest import content_digest
 from anchor_reg.embedding import embed
 from anchor_reg.errors import ConfigError, ProvenanceError, one_line
@@ -161,7 +160,7 @@ def load_stage1(stage1, train_speakers, train_rows_digest):
     labels = check_trained_on(stage1, train_speakers, train_rows_digest, ckpt)
     label_file = pathlib.Path(stage1["save_folder"]) / "label_encoder.txt"
     modules = torch.nn.ModuleDict({key: stage1[key] for key in (*EMBEDDING_KEYS, "classifier")})
-    reader = Checkpointer(stage1["save_folder"], recoverables={
+    reader = AtomicCheckpointer(stage1["save_folder"], recoverables={  # an invalid file: one error naming it
         "embedding_model": stage1["embedding_model"], "classifier": stage1["classifier"],
         "normalizer": stage1["mean_var_norm"],
     })

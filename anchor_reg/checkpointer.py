@@ -18,9 +18,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import pathlib
 import shutil
 import time
 
+import torch
 import yaml
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, Checkpointer
@@ -41,6 +43,36 @@ def best_checkpoint(save_folder):
     """The end-of-epoch checkpoint with the lowest ``ErrorRate``, the latest among equals (None if none)."""
     ckpts = [c for c in Checkpointer(save_folder).list_checkpoints() if end_of_epoch(c) and "ErrorRate" in c.meta]
     return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
+
+
+TENSOR_RECOVERABLES = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+
+
+def unreadable_parameter_file(checkpoint, recoverables):
+    """The first file of ``checkpoint`` saved from a torch object that ``torch.load`` refuses (None if none).
+
+    Loaded with ``weights_only=True``, as SpeechBrain loads them: a file holding
+    anything but tensors and plain containers is refused, and nothing in it runs.
+    """
+    for name, obj in recoverables.items():
+        path = checkpoint.paramfiles.get(name)
+        if path is not None and isinstance(obj, TENSOR_RECOVERABLES) and not is_tensor_file(path):
+            return pathlib.Path(path)
+    return None
+
+
+def is_tensor_file(path):
+    """Whether ``torch.load(path, weights_only=True)`` reads the file (nothing in it runs either way)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unpickling refused, not a torch file, truncated
+        return False
+    return True
+
+
+def invalid_file_message(path):
+    """The error text for a parameter file that is not saved tensors."""
+    return f"{path} is not a valid checkpoint file (it does not load as saved tensors; nothing in it was run)"
 
 
 class AtomicCheckpointer(Checkpointer):
@@ -71,6 +103,19 @@ class AtomicCheckpointer(Checkpointer):
                 "free disk space or make the folder writable (the last complete checkpoint is kept)"
             ) from err
         return checkpoint
+
+    def _call_load_hooks(self, checkpoint):
+        """Loads the checkpoint; a parameter file that is not saved tensors is one error naming it."""
+        try:
+            super()._call_load_hooks(checkpoint)
+        except Exception as err:
+            bad = unreadable_parameter_file(checkpoint, self.recoverables)
+            if bad is None:
+                raise
+            raise CheckpointError(
+                f"{invalid_file_message(bad)}: delete the folder {bad.parent} to resume from the checkpoint "
+                "before it (from the start if there is none), or train again into a new folder"
+            ) from err
 
     def recover_if_possible(self, *args, **kwargs):
         """Removes partial checkpoint folders left by earlier runs, then recovers."""

@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """A configuration problem: bad YAML, unknown or ill-typed key, unwritable folder."""
 
 
+class StageLockedError(ConfigError):
+    """Another process is training in the stage folder (``output_folder`` is taken)."""
+
+
 class AudioError(ValueError):
     """A bad audio file; the message names the file(s) and the problem(s).
 

@@ -100,7 +100,7 @@ def encoder_of(path, device="cpu"):
     if (path / "embedding_model.ckpt").is_file() or not (path / "save").is_dir():
         return load_encoder(path, device)
     with tempfile.TemporaryDirectory(prefix="anchor_reg_encoder_") as tmp:
-        return load_encoder(export_model(path, pathlib.Path(tmp) / "export"), device)
+        return load_encoder(export_model(path, pathlib.Path(tmp) / "export", allow_unfinished=True), device)  # evaluated, not published
 
 
 def read_utterances(csv_path):

@@ -30,7 +30,7 @@ Example
 Command line::
 
     python -m anchor_reg.export STAGE_FOLDER OUT_FOLDER [--results results.json] [--wise_alpha A|auto]
-        [--push --repo-id USER/NAME [--private] [--exist-ok] [--dry-run]]
+        [--allow_unfinished] [--push --repo-id USER/NAME [--private] [--exist-ok] [--dry-run]]
 
 Authors
  * anchor-reg contributors 2025
@@ -46,24 +46,26 @@ import sys
 import uuid
 
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.checkpoints import (
+    METAFNAME,
     Checkpointer,
     torch_patched_state_dict_load,
 )
 
-from anchor_reg.errors import AnchorStoreError
-from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
-from anchor_reg.errors import ConfigError, ExportError, HubError, ResultsError, one_line
+from anchor_reg.anchors import AnchorStore
+from anchor_reg.checkpointer import best_checkpoint, end_of_epoch, invalid_file_message, is_tensor_file
+from anchor_reg.errors import AnchorStoreError, ConfigError, ExportError, HubError, ResultsError, WiseError, one_line
 from anchor_reg.forgetting import interpolate_weights
 from anchor_reg.hub import push_to_hub
-from anchor_reg.model_card import backbone_name, dataset_names, model_card
+from anchor_reg.model_card import backbone_name, dataset_names, find_hparam, model_card
 from anchor_reg.model_yaml import load_model_yaml
 from anchor_reg.results import load_results
-from anchor_reg.errors import WiseError
 from anchor_reg.wise import base_embedding_state, card_section, choose_alpha, dev_retrieval_errors, parse_alpha
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,11 @@ EXPORT_FILES = frozenset(
 )
 # Training-YAML keys whose absolute value is published as ``<key>/...`` (longest match first).
 PATH_ROOTS = ("output_base", "data_folder")
-ABSOLUTE_PATH = re.compile(r"(?<=[\s\[,:'\"])/(?=[\w.~-])[^\s,\]}'\"#]*")
+# Where a path may start (after a space, "[", ",", ":" or a quote) and end (the end of a line or YAML
+# value: before ",", "]", "}", a quote or " #"); inside it, any character but a quote or a line break.
+PATH_START = r"(?<=[\s\[,:'\"])"
+PATH_END = r"(?=[ \t]*(?:$|[,\]}'\"]|[ \t]#))"
+ABSOLUTE_PATH = re.compile(PATH_START + r"/(?=[^\s/,\]}'\"#])[^\n'\"]*?" + PATH_END, re.M)
 
 INFERENCE_YAML_TAIL = """
 audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
@@ -113,6 +119,7 @@ def export_model(
     evaluate=None,
     overwrite=False,
     wise_alpha=None,
+    allow_unfinished=False,
 ):
     """Writes a SpeechBrain inference folder for a trained stage.
 
@@ -138,8 +145,9 @@ def export_model(
         Hub repo id (``USER/NAME``) or name, used by the model card;
         default: the name of ``out_folder``.
     datasets : list of str, optional
-        Training data sets for the card; default: the training YAML's
-        ``datasets`` key, else ``synthetic``.
+        Training data sets for the card; default: what the training YAML's
+        ``dataset`` trained on (the data folders' names, ``voxceleb`` or
+        ``synthetic``).
     evaluate : callable, optional
         ``evaluate(folder) -> results`` run on the verified export before its
         model card is written (the card then shows what it returns), so a
@@ -150,6 +158,10 @@ def export_model(
         WiSE-FT: export ``alpha * base + (1 - alpha) * adapted`` embedding
         weights (a stage 2 and its recorded base); ``"auto"`` chooses alpha on
         the dev criterion (:mod:`anchor_reg.wise`). The model card says so.
+    allow_unfinished : bool
+        Export a checkpoint whose training did not finish (fewer epochs than
+        ``number_of_epochs`` and no early stop, or a mid-epoch checkpoint);
+        the model card says so. Without it such an export is refused.
 
     Returns
     -------
@@ -166,6 +178,13 @@ def export_model(
     except ConfigError as err:
         raise ExportError(str(err)) from err
     checkpoint = _find_checkpoint(stage_folder, checkpoint)
+    progress = training_progress(checkpoint, tree)
+    if not (progress["finished"] or allow_unfinished):
+        raise ExportError(
+            f"{stage_folder} did not finish training: checkpoint {checkpoint.name} has {progress['epochs']} of "
+            f"{progress['planned']} epochs; resume it with the command that trained it, or pass "
+            "--allow_unfinished to export it as it is (its model card then says so)"
+        )
     params = _checkpoint_params(checkpoint)
     label_file = stage_folder / "save" / "label_encoder.txt"
     if not label_file.is_file():
@@ -200,7 +219,8 @@ def export_model(
         if evaluate is not None:
             results = _results(evaluate(build), stage_folder)
         (build / "README.md").write_text(
-            model_card(tree, model_name, datasets, results, checkpoint.name) + wise_card,
+            model_card(tree, model_name, datasets, results, checkpoint.name, progress, _base_provenance(tree))
+            + wise_card,
             encoding="utf-8",
         )
         _move_into_place(build, out_folder)
@@ -287,12 +307,63 @@ def _find_checkpoint(stage_folder, checkpoint):
     return pathlib.Path(chosen.path)
 
 
+def training_progress(checkpoint, tree):
+    """How far the stage's training went at ``checkpoint``.
+
+    The epoch comes from the checkpoint's meta (``epoch``), else from its epoch
+    counter file; a mid-epoch checkpoint counts the epochs completed before it.
+
+    Returns
+    -------
+    dict
+        ``epochs`` (trained), ``planned`` (``number_of_epochs``),
+        ``stopped_early`` (meta ``stopped_early``) and ``finished``.
+    """
+    try:
+        meta = yaml.safe_load((checkpoint / METAFNAME).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        meta = {}
+    mid_epoch = INTRA_EPOCH_CKPT_FLAG in meta
+    epochs = meta.get("epoch")
+    if epochs is None:
+        epochs = _counter_epoch(checkpoint / "counter.ckpt")
+        epochs = epochs - 1 if mid_epoch and epochs else epochs  # the counter holds the epoch in progress
+    planned = int(find_hparam(tree, "number_of_epochs") or 0)
+    stopped_early = bool(meta.get("stopped_early")) and not mid_epoch
+    finished = not mid_epoch and (stopped_early or epochs >= planned)
+    return {"epochs": epochs, "planned": planned, "stopped_early": stopped_early, "finished": finished}
+
+
+def _counter_epoch(path):
+    """The epoch an epoch counter file holds (a number, or the stopper's ``current_epoch``); 0 if none."""
+    try:
+        state = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return 0
+    if isinstance(state, dict):
+        state = state.get("current_epoch")
+    return int(state) if isinstance(state, int) else 0
+
+
+def _base_provenance(tree):
+    """What a stage 2's anchors record of its base model ({} when not a stage 2 or unreadable)."""
+    anchors_folder = tree.get("anchors_folder")
+    if tree.get("stage") != "stage2" or not anchors_folder:
+        return {}
+    try:
+        return dict(AnchorStore.from_file(pathlib.Path(str(anchors_folder)) / "anchors.pt").provenance)
+    except AnchorStoreError:
+        return {}
+
+
 def _checkpoint_params(checkpoint):
-    """Maps each inference loadable to its parameter file in ``checkpoint``."""
+    """Maps each inference loadable to its parameter file in ``checkpoint`` (refusing one that is not tensors)."""
     params = {}
     for loadable, names in CHECKPOINT_FILES.items():
         found = [checkpoint / n for n in names if (checkpoint / n).is_file()]
         if found:
+            if not is_tensor_file(found[0]):
+                raise ExportError(invalid_file_message(found[0]))
             params[loadable] = found[0]
         elif loadable in REQUIRED_LOADABLES:
             raise ExportError(f"{checkpoint} has no {' or '.join(names)}")
@@ -318,15 +389,17 @@ def redact_paths(yaml_text, tree):
     An absolute path under the absolute value of a :data:`PATH_ROOTS` key becomes
     ``<key>/<relative part>`` (e.g. ``<output_base>/default/1986/stage2/save``);
     any other absolute path becomes ``<redacted>/<its last component>``.
-    Relative paths are kept as they are.
+    A path is replaced whole, whatever characters it holds (spaces, non-ASCII,
+    and commas in a value of the YAML); relative paths are kept as they are.
 
     Example
     -------
-    >>> print(redact_paths("data_folder: /home/me/corpus\\nwav: /home/me/corpus/a.wav\\nx: [/etc/rir.csv]",
+    >>> print(redact_paths("data_folder: /home/me/corpus\\nwav: /home/me/corpus/a.wav\\n"
+    ...                    "x: [/home/John Smith/ñandú café/rir.csv, b]  # /home/John Smith/stage2.yaml",
     ...                    {"data_folder": "/home/me/corpus"}))
     data_folder: <data_folder>
     wav: <data_folder>/a.wav
-    x: [<redacted>/rir.csv]
+    x: [<redacted>/rir.csv, b]  # <redacted>/stage2.yaml
     """
     roots = sorted(
         ((str(tree.get(key)).rstrip("/"), key) for key in PATH_ROOTS if str(tree.get(key, "")).startswith("/")),
@@ -340,7 +413,23 @@ def redact_paths(yaml_text, tree):
                 return f"<{key}>" + path[len(root):]
         return "<redacted>/" + (path.rstrip("/").rsplit("/", 1)[-1] or "")
 
+    values = sorted({value for value in _strings(tree) if value.startswith("/")}, key=len, reverse=True)
+    if values:  # the YAML's own path values first, whole (a comma in one would end a generic match)
+        known = re.compile(PATH_START + "(?:" + "|".join(map(re.escape, values)) + ")" + PATH_END, re.M)
+        yaml_text = known.sub(replace, yaml_text)
     return ABSOLUTE_PATH.sub(replace, yaml_text)
+
+
+def _strings(node):
+    """Every string value in a parsed YAML tree."""
+    if isinstance(node, str):
+        yield str(node)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _strings(value)
 
 
 def _inference_yaml(tree, model_text, loadables, checkpoint):
@@ -424,6 +513,10 @@ def _parse_args(argv):
         "alpha in 0, 0.25, 0.5, 0.75 with the lowest dev noisy->anchor retrieval error (stage 2 only)",
     )
     parser.add_argument("--checkpoint", help="CKPT+... folder (default: latest)")
+    parser.add_argument(
+        "--allow_unfinished", action="store_true",
+        help="export a stage whose training did not finish (the model card says so)",
+    )
     parser.add_argument("--results", help="results.json for the model card")
     parser.add_argument("--datasets", nargs="+", help="training data set names")
     parser.add_argument("--model-name", help="name in the model card (default: repo id)")
@@ -464,6 +557,7 @@ def main(argv=None):
             datasets=args.datasets,
             overwrite=args.overwrite,
             wise_alpha=args.wise_alpha,
+            allow_unfinished=args.allow_unfinished,
         )
         print(f"exported {out_folder}")
         if args.push or args.dry_run:

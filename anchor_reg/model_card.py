@@ -20,34 +20,54 @@ CARD_HPARAMS = {
     "aam_margin": "AAM margin",
     "snr_low": "lowest training SNR (dB)",
     "snr_high": "highest training SNR (dB)",
-    "number_of_epochs": "epochs",
+    "number_of_epochs": "epochs planned",
     "lr": "learning rate",
     "batch_size": "batch size",
     "n_mels": "filter banks",
     "channels": "channels",
     "emb_dim": "embedding size",
 }
-DEFAULT_DATASETS = ("synthetic",)
-
-
 def dataset_names(datasets, tree):
-    """Training data set names: argument, YAML ``datasets`` key, or default."""
-    datasets = datasets or tree.get("datasets") or DEFAULT_DATASETS
-    return [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+    """Training data set names: the argument, else what the YAML's ``dataset`` trained on.
 
+    ``folder``: the data folders' names (no machine path); ``voxceleb`` and
+    ``synthetic``: that name.
 
-def base_model_name(base_model):
-    """How the card names a stage 2's base: a hub ID, a local folder's name (no machine path), or stage 1.
-
-    >>> base_model_name("speechbrain/spkrec-ecapa-voxceleb"), base_model_name("/data/models/ecapa")
-    ('speechbrain/spkrec-ecapa-voxceleb', 'a local model folder, ecapa')
+    >>> dataset_names(None, {"dataset": "folder", "data_folders": ["/data/asc", "/data/dsp"]})
+    ['asc', 'dsp']
     """
+    if datasets:
+        return [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
+    kind = str(tree.get("dataset") or "synthetic")
+    if kind == "folder":
+        folders = tree.get("data_folders") or [tree.get("data_folder")]
+        return [pathlib.PurePath(str(folder).rstrip("/")).name for folder in folders if folder]
+    return [kind]
+
+
+def base_model_name(base_model, provenance=None):
+    """How the card names a stage 2's base: a hub ID (and revision), a local folder's name (no machine
+    path), or stage 1 (and its checkpoint).
+
+    ``provenance`` is what the anchors record of the base (``base_revision``,
+    ``base_model``), when known.
+
+    >>> base_model_name("speechbrain/spkrec-ecapa-voxceleb", {"base_revision": "0f99f2d"})
+    'speechbrain/spkrec-ecapa-voxceleb (revision 0f99f2d)'
+    >>> base_model_name("/data/models/ecapa")
+    'a local model folder, ecapa'
+    """
+    provenance = provenance or {}
     if base_model is None:
-        return "this recipe's stage 1 (hparams/stage1.yaml)"
+        checkpoint = provenance.get("base_model")
+        return "this recipe's stage 1 (hparams/stage1.yaml)" + (
+            f", checkpoint {pathlib.PurePath(str(checkpoint)).name}" if checkpoint else ""
+        )
     text = str(base_model)
     if pathlib.PurePath(text).is_absolute() or text.startswith(".") or text.count("/") != 1:
         return f"a local model folder, {pathlib.PurePath(text).name}"
-    return text
+    revision = provenance.get("base_revision")
+    return f"{text} (revision {revision})" if revision else text
 
 
 def backbone_name(tree):
@@ -56,13 +76,13 @@ def backbone_name(tree):
     return tag.rsplit(".", 1)[-1] if tag else "unknown"
 
 
-def _hparam(tree, key):
+def find_hparam(tree, key):
     """Value of ``key``: top level first, else its first nested occurrence."""
     if key in tree:
         return tree[key]
     for value in tree.values():
         if isinstance(value, dict):
-            found = _hparam(value, key)
+            found = find_hparam(value, key)
             if found is not None:
                 return found
     return None
@@ -75,7 +95,26 @@ def _format_value(value):
     return str(value)
 
 
-def model_card(tree, model_name, datasets, results, checkpoint_name):
+def training_state(progress):
+    """One sentence: how many epochs were trained and whether training finished.
+
+    ``progress``: ``{"epochs": trained, "planned": number_of_epochs,
+    "finished": bool, "stopped_early": bool}``.
+
+    >>> training_state({"epochs": 1, "planned": 3, "finished": False, "stopped_early": False})
+    '**Unfinished training**: 1 of 3 planned epochs were trained (exported with `--allow_unfinished`).'
+    """
+    epochs, planned = progress["epochs"], progress["planned"]
+    if progress["stopped_early"]:
+        return (f"Training finished: early stopping (no better dev ErrorRate) ended it after {epochs} of "
+                f"{planned} planned epochs.")
+    if progress["finished"]:
+        return f"Training finished: {epochs} of {planned} planned epochs were trained."
+    return (f"**Unfinished training**: {epochs} of {planned} planned epochs were trained "
+            "(exported with `--allow_unfinished`).")
+
+
+def model_card(tree, model_name, datasets, results, checkpoint_name, progress, base_provenance=None):
     """README.md of an export: hub metadata header, model description, results, usage.
 
     Arguments
@@ -90,6 +129,10 @@ def model_card(tree, model_name, datasets, results, checkpoint_name):
         :func:`anchor_reg.results.load_results`'s dict, or None.
     checkpoint_name : str
         The exported ``CKPT+...`` folder's name.
+    progress : dict
+        How far training went (see :func:`training_state`).
+    base_provenance : dict, optional
+        What the stage-2 anchors record of the base model (hub revision, stage-1 checkpoint).
     """
     backbone = backbone_name(tree)
     backbone_tag = backbone.replace("_", "-")
@@ -112,15 +155,15 @@ def model_card(tree, model_name, datasets, results, checkpoint_name):
         model_name=model_name if results else None,
         eval_results=_eval_results(results, datasets[0]) if results else None,
     )
-    found = {key: _hparam(tree, key) for key in CARD_HPARAMS}
+    found = {key: find_hparam(tree, key) for key in CARD_HPARAMS}
     if tree.get("stage") == "stage2":
-        found["base_model"] = base_model_name(found["base_model"])
+        found["base_model"] = base_model_name(found["base_model"], base_provenance)
     hparams = {
         key: value
         for key, value in found.items()
         if value is not None and not isinstance(value, dict)
     }
-    emb_dim = hparams.get("emb_dim") or _hparam(tree["embedding_model"], "lin_neurons")
+    emb_dim = hparams.get("emb_dim") or find_hparam(tree["embedding_model"], "lin_neurons")
     sample_rate = int(tree.get("sample_rate", 16000))
     sections = [
         f"---\n{metadata.to_yaml()}\n---\n",
@@ -131,7 +174,7 @@ def model_card(tree, model_name, datasets, results, checkpoint_name):
         + ") trained with the anchor-based stage-wise strategy of "
         "[arXiv:2510.18530](https://arxiv.org/abs/2510.18530) "
         "(recipe: anchor-reg) for speaker verification in noise.\n",
-        _training_section(hparams, datasets, checkpoint_name),
+        _training_section(hparams, datasets, checkpoint_name, progress),
     ]
     if results:
         sections.append(_results_section(results))
@@ -139,7 +182,7 @@ def model_card(tree, model_name, datasets, results, checkpoint_name):
     return "\n".join(sections)
 
 
-def _training_section(hparams, datasets, checkpoint_name):
+def _training_section(hparams, datasets, checkpoint_name, progress):
     """Markdown: how the model was trained and its key hyper-parameters."""
     lines = [
         "## Training\n",
@@ -156,6 +199,9 @@ def _training_section(hparams, datasets, checkpoint_name):
             "The training configuration has no `anchor_*` keys: this model is "
             "not anchor-regularised (e.g. a stage-1 or baseline model).\n"
         )
+    if "base_model" in hparams:
+        lines.append(f"Stage 2 started from: {hparams['base_model']}.\n")
+    lines.append(training_state(progress) + "\n")
     lines.append(
         f"Training data: {', '.join(datasets)}. Exported from checkpoint "
         f"`{checkpoint_name}`; the full training configuration is in "

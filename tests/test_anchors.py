@@ -155,6 +155,28 @@ def test_negative_bank_is_drawn_only_from_other_speakers_without_repeats():
     assert len(everything) == len(rows_of_remaining)
 
 
+def test_a_huge_negative_bank_is_bounded_by_the_store(monkeypatch, caplog):
+    """--contrastive_negatives=1000000000 draws every other-speaker row once and allocates nothing larger."""
+    store, ids, _, _ = make_store(n=30)
+    exclude = store.speaker_index([ids[0]])
+    eligible = int((~torch.isin(store.row_speaker.long(), exclude)).sum())  # counted independently
+    randint = torch.randint
+
+    def bounded_randint(high, size, *args, **kwargs):
+        assert size[0] <= 4 * len(store) + 16, f"draws {size[0]} indices from a store of {len(store)} rows"
+        return randint(high, size, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", bounded_randint)
+    caplog.set_level("INFO", logger="anchor_reg.anchors")
+    for _ in range(2):
+        bank, bank_speakers = store.sample_negatives(exclude, 1_000_000_000)
+        assert bank.shape == (eligible, store.emb_dim) and not torch.isin(bank_speakers, exclude).any()
+    centroids, _ = store.sample_negatives(exclude, 1_000_000_000, anchor_type="speaker")
+    assert len(centroids) == len(store.speakers) - 1
+    reports = [r.getMessage() for r in caplog.records if "contrastive_negatives" in r.getMessage()]
+    assert len(reports) == 1 and f"at most {eligible} utterance anchors" in reports[0]
+
+
 def test_negative_bank_of_speaker_anchors_draws_other_centroids():
     store, ids, _, _ = make_store(n=30)
     exclude = store.speaker_index([ids[0]])

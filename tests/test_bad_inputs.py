@@ -6,6 +6,7 @@ Each case runs ``train.cli`` (what ``python train.py`` runs) in this process;
 real subprocess. The tiny synthetic corpus and its preparation are made once
 (``prepared``) and only read by the cases.
 """
+import csv
 import pathlib
 import re
 import shutil
@@ -31,6 +32,12 @@ def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_inputs")
     train.prepare(STAGE1, tiny_options(tmp, STAGE1))
     return tmp
+
+
+def read_csv_rows(path):
+    """The rows of a CSV (dicts)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def folder_dataset(prepared, speech):
@@ -204,9 +211,10 @@ def prep_cases(prepared):
          'noise_folders: no noise folders given (set --noise_folders="{noise: <folder>, music: <folder>}")'),
         ({"dataset": "voxceleb", "data_folder": speech, "rir_folder": str(corpus / "rir")},
          "musan_folder: no MUSAN folder given (set --musan_folder= to the MUSAN root)"),
-        ({"verification_speakers": 6},
-         "data preparation (synthetic data): Corpus 0 has 6 speakers; 6 held out for verification is not "
-         "possible (need at least 2, and at least 1 left for training)"),
+        ({"verification_speakers": 6, "data_folder": str(corpus)},
+         f"data preparation (synthetic data): data folder {speech} has 6 speaker(s) (spk0001, spk0002, spk0003, "
+         "...); 6 are held out for verification and at least 1 must be left for training, so at least 7 are "
+         "needed: add speaker folders (<speaker>/<session>/<utt>.wav) or lower verification_speakers"),
         ({"dataset": "folder", "data_folder": speech, "noise_folders": noise, "rir_folder": str(corpus / "rir"),
           "verification_speakers": 2},
          "verification_speakers: the evaluation babble mixes 3 to 7 verification speakers, so at least 3 are "
@@ -222,6 +230,34 @@ def test_data_preparation_problem_one_line(prepared, tmp_path, case):
     assert line == f"error: {expected}"
     assert files(tmp_path / "results") == {}
     assert tree(prepared / "corpus") == corpus_before
+
+
+def test_single_rir_names_rir_folder_then_a_second_one_is_enough(prepared, tmp_path):
+    speech = speech_copy(prepared, tmp_path)
+    rirs = tmp_path / "my rirs"
+    rirs.mkdir()
+    first, second = sorted((prepared / "corpus" / "rir").glob("*.wav"))[:2]
+    shutil.copy(first, rirs / first.name)
+    options = dict(folder_dataset(prepared, speech), rir_folder=str(rirs))
+    line = refused("stage1.yaml", tmp_path, **options)
+    assert line == (f"error: rir_folder: {rirs} holds 1 usable audio file(s); at least 2 are "
+                    "needed, one for training and one for evaluation (so that no evaluation condition was heard "
+                    "in training): add audio files to it")
+    shutil.copy(second, rirs / second.name)  # the remedy
+    train.prepare(STAGE1, tiny_options(tmp_path, STAGE1, **options))
+    prep = tmp_path / "results" / "default" / "prepared"
+    assert {len(read_csv_rows(prep / name)) for name in ("rir_train.csv", "eval_rir.csv")} == {1}
+
+
+def test_spaced_file_name_refused_at_preparation(prepared, tmp_path):
+    speech = speech_copy(prepared, tmp_path)
+    spaced = speech / "spk0002" / "sess1" / "\u00f1and\u00fa caf\u00e9 02.wav"  # ñandú café 02.wav
+    (speech / "spk0002" / "sess1" / "utt00.wav").rename(spaced)
+    line = refused("stage1.yaml", tmp_path, **folder_dataset(prepared, speech))
+    assert line == (f"error: data preparation (folder data): 1 audio file(s) in {speech} have whitespace in "
+                    "their name or folder names, which a trial list (fields separated by spaces) cannot hold: "
+                    f"{spaced}. Rename them without spaces (e.g. replace each space with '_')")
+    assert files(tmp_path / "results") == {}
 
 
 def test_synthetic_never_written_into_a_folder_of_speech(prepared, tmp_path):

@@ -19,11 +19,15 @@ import torch
 from huggingface_hub.utils import HfHubHTTPError, filter_repo_objects
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
+import ruamel.yaml
+
 from anchor_reg import hub, report
-from anchor_reg.evaluate import encoder_of
+from anchor_reg.anchors import AnchorStore
 from anchor_reg.errors import ExportError, HubError
+from anchor_reg.evaluate import encoder_of
 from anchor_reg.export import export_model, main
 from anchor_reg.hub import push_to_hub
+from anchor_reg.model_card import dataset_names
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
@@ -97,7 +101,6 @@ anchor_weight: 0.5
 anchor_distance: cosine
 snr_low: 0
 snr_high: 15
-datasets: [synthetic-tiny]
 add_noise: !new:speechbrain.augment.time_domain.AddNoise
     csv_file: /nonexistent/noise.csv
     snr_low: !ref <snr_low>
@@ -121,6 +124,13 @@ checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
         normalizer: !ref <mean_var_norm>
         counter: !ref <epoch_counter>
 """
+
+
+def finished_counter(epochs):
+    """An epoch counter that has counted all of its ``epochs``."""
+    counter = EpochCounter(epochs)
+    counter.current = epochs
+    return counter
 
 
 def make_stage(folder, model_yaml):
@@ -150,7 +160,7 @@ def make_stage(folder, model_yaml):
             "embedding_model": modules["embedding_model"],
             "classifier": modules["classifier"],
             "normalizer": modules["mean_var_norm"],
-            "counter": EpochCounter(3),  # training state, not exported
+            "counter": finished_counter(3),  # training state, not exported
         },
     ).save_checkpoint()
     labels = CategoricalEncoder()
@@ -290,7 +300,7 @@ def test_model_card(ecapa_export):
         "library_name: speechbrain",
         "- ECAPA-TDNN",
         "- noise-robust",
-        "- synthetic-tiny",
+        "- synthetic",  # no dataset key: the recipe's default
         "- minDCF",
     ):
         assert entry in metadata
@@ -305,6 +315,88 @@ def test_model_card(ecapa_export):
     assert "| anchor objective | `anchor_objective` | contrastive |" in card
     assert 'source="someone/anchor-ecapa"' in card
     assert "2510.18530" in card and "SpeechBrain" in card
+    assert "Training finished: 3 of 3 planned epochs were trained." in card
+    assert "| epochs planned | `number_of_epochs` | 3 |" in card
+
+
+def stage_copy_with_checkpoint(ecapa_stage, folder, meta, counted):
+    """A copy of the ECAPA stage whose only checkpoint has ``meta`` and a counter at epoch ``counted``."""
+    shutil.copytree(ecapa_stage[0], folder)
+    for old in (folder / "save").glob("CKPT+*"):
+        shutil.rmtree(old)
+    counter = EpochCounter(3)
+    counter.current = counted
+    modules = ecapa_stage[1]
+    return Checkpointer(folder / "save", recoverables={
+        "embedding_model": modules["embedding_model"], "classifier": modules["classifier"],
+        "normalizer": modules["mean_var_norm"], "counter": counter,
+    }).save_checkpoint(meta=meta)
+
+
+def test_unfinished_stage_needs_allow_unfinished_and_the_card_says_so(ecapa_stage, tmp_path, capsys):
+    stage = tmp_path / "stage2"
+    ckpt = stage_copy_with_checkpoint(ecapa_stage, stage, {"epoch": 1, "ErrorRate": 0.5}, 1)  # killed after 1 of 3
+    out = tmp_path / "out"
+    assert main([str(stage), str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {stage} did not finish training: checkpoint {ckpt.path.name} has 1 of 3 epochs; resume it with "
+        "the command that trained it, or pass --allow_unfinished to export it as it is (its model card then "
+        "says so)\n"
+    )
+    assert not out.exists()
+    assert main([str(stage), str(out), "--allow_unfinished"]) == 0  # the remedy
+    card = (out / "README.md").read_text()
+    assert "**Unfinished training**: 1 of 3 planned epochs were trained (exported with `--allow_unfinished`)." in card
+    assert "Training finished" not in card
+
+
+def test_early_stopped_and_mid_epoch_checkpoints(ecapa_stage, tmp_path):
+    stopped = tmp_path / "stopped"
+    stage_copy_with_checkpoint(ecapa_stage, stopped, {"epoch": 2, "stopped_early": True}, 2)
+    card = (export_model(stopped, tmp_path / "a") / "README.md").read_text()
+    assert "Training finished: early stopping (no better dev ErrorRate) ended it after 2 of 3 planned epochs." in card
+    mid = tmp_path / "mid"  # a mid-epoch checkpoint of epoch 3 (no epoch meta): 2 epochs done
+    ckpt = stage_copy_with_checkpoint(ecapa_stage, mid, {INTRA_EPOCH_CKPT_FLAG: True}, 3)
+    with pytest.raises(ExportError, match="has 2 of 3 epochs"):
+        export_model(mid, tmp_path / "b", checkpoint=ckpt.path)
+    out = export_model(mid, tmp_path / "b", checkpoint=ckpt.path, allow_unfinished=True)
+    assert "**Unfinished training**: 2 of 3 planned epochs" in (out / "README.md").read_text()
+
+
+def edit_training_yaml(stage, **values):
+    """Sets keys of a stage's hyperparams.yaml (round-trip: tags and other keys kept)."""
+    yaml = ruamel.yaml.YAML()
+    path = stage / "hyperparams.yaml"
+    tree = yaml.load(path.read_text())
+    tree.update(values)
+    with open(path, "w") as out:
+        yaml.dump(tree, out)
+
+
+def test_card_names_the_real_data_the_base_and_redacts_whole_paths(ecapa_stage, tmp_path):
+    stage = tmp_path / "stage2"
+    shutil.copytree(ecapa_stage[0], stage)
+    anchors = tmp_path / "anchors"
+    spaced = "/home/John Smith/\u00f1and\u00fa caf\u00e9/dsp"  # /home/John Smith/ñandú café/dsp
+    edit_training_yaml(
+        stage, dataset="folder", data_folders=["/srv/corpora/asc", spaced], base_model="speechbrain/spkrec-ecapa-voxceleb",
+        anchors_folder=str(anchors), rir_folder=f"{spaced}/rirs, room 2/simulated", noise_csv=f"{spaced}/all noise.csv",
+    )
+    anchors.mkdir()
+    AnchorStore.from_embeddings(["a", "b"], ["s1", "s2"], torch.randn(2, 4), provenance={
+        "base_kind": "hub", "base_model": "speechbrain/spkrec-ecapa-voxceleb", "base_revision": "0f99f2d",
+    }).save(anchors / "anchors.pt")
+    out = export_model(stage, tmp_path / "out")
+    card = (out / "README.md").read_text()
+    metadata = card.split("---\n")[1]
+    assert "- asc\n" in metadata and "- dsp\n" in metadata and "synthetic" not in card
+    assert "Training data: asc, dsp." in card
+    assert "Stage 2 started from: speechbrain/spkrec-ecapa-voxceleb (revision 0f99f2d)." in card
+    published = (out / "training_hparams.yaml").read_text()
+    for private in ("John", "Smith", "\u00f1and\u00fa", "caf\u00e9", "room 2", "/home", "/srv"):
+        assert private not in published, private
+    assert "<redacted>/dsp" in published and "<redacted>/all noise.csv" in published and "<redacted>/simulated" in published
+    assert dataset_names(None, {"dataset": "voxceleb"}) == ["voxceleb"]
 
 
 def test_results_in_card_from_stage_folder(ecapa_stage, tmp_path):
@@ -455,7 +547,7 @@ def test_checkpoint_choice(ecapa_stage, tmp_path):
     assert (out / "embedding_model.ckpt").read_bytes() == (
         end_of_epoch / "embedding_model.ckpt"
     ).read_bytes()
-    out = export_model(stage, tmp_path / "chosen", checkpoint=mid_epoch.path)
+    out = export_model(stage, tmp_path / "chosen", checkpoint=mid_epoch.path, allow_unfinished=True)
     assert (out / "embedding_model.ckpt").read_bytes() == (
         mid_epoch.path / "embedding_model.ckpt"
     ).read_bytes()

@@ -4,6 +4,7 @@ import fcntl
 import os
 import pathlib
 import re
+import shutil
 import sys
 
 import pytest
@@ -124,6 +125,49 @@ def test_corrupt_anchors_message_is_one_line_without_torch_advice(tmp_path):
         AnchorStore().load(anchors)
     assert str(error.value) == (f"anchor store {anchors} is unreadable or corrupt (UnpicklingError); "
                                 "delete it and re-run to re-extract the anchors")
+
+
+class RunsACommand:
+    """A pickled object whose unpickling would run a shell command (what a tampered file holds)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_tampered_parameter_file_one_line_naming_it_and_nothing_runs(tmp_path):
+    model, counter = torch.nn.Linear(3, 2), torch.nn.Linear(1, 1)
+    checkpointer = AtomicCheckpointer(tmp_path / "save", recoverables={"embedding_model": model, "classifier": counter})
+    first = checkpointer.save_checkpoint(meta={"epoch": 1})
+    latest = checkpointer.save_checkpoint(meta={"epoch": 2})
+    tampered = latest.path / "embedding_model.ckpt"
+    marker = tmp_path / "ran"
+    torch.save(RunsACommand(marker), tampered)
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.recover_if_possible()
+    assert str(error.value) == (
+        f"{tampered} is not a valid checkpoint file (it does not load as saved tensors; nothing in it was run): "
+        f"delete the folder {latest.path} to resume from the checkpoint before it (from the start if there is none), "
+        "or train again into a new folder"
+    )
+    assert not marker.exists()
+    # the remedy: without the tampered checkpoint, the one before it is recovered
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    shutil.rmtree(latest.path)
+    assert checkpointer.recover_if_possible().path == first.path
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+
+
+def test_a_mismatched_but_valid_file_keeps_its_own_error(tmp_path):
+    checkpointer = AtomicCheckpointer(tmp_path / "save", recoverables={"embedding_model": torch.nn.Linear(3, 2)})
+    checkpointer.save_checkpoint()
+    other = AtomicCheckpointer(tmp_path / "save", recoverables={"embedding_model": torch.nn.Linear(4, 2)})
+    with pytest.raises(RuntimeError, match="size mismatch"):  # an architecture change, not a bad file
+        other.recover_if_possible()
 
 
 # ------------------------------------------------------------- bad audio ----

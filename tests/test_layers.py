@@ -11,7 +11,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "anchor_reg"
 
 # Lowest first. A name covers the module and, for a package, every module in it.
 LAYERS = [
-    ("foundation", ["anchor_reg", "anchor_reg.errors", "anchor_reg.atomic", "anchor_reg.digest", "anchor_reg.random_state"]),
+    ("foundation", ["anchor_reg", "anchor_reg.errors", "anchor_reg.atomic", "anchor_reg.digest", "anchor_reg.random_state",
+                    "anchor_reg.lock"]),
     ("data", ["anchor_reg.data", "anchor_reg.corruption"]),
     ("model pieces", ["anchor_reg.embedding", "anchor_reg.losses", "anchor_reg.anchors", "anchor_reg.heads",
                       "anchor_reg.metrics", "anchor_reg.checkpointer", "anchor_reg.epoch_counter",

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from anchor_reg.data.cache import CSV_FIELDS
 from anchor_reg.data.folder import prepare_folder_of_speakers, segment_bounds, split_dev
-from anchor_reg.data.trials import generate_trials, strip_trial_extension
+from anchor_reg.data.trials import generate_trials, read_trial_list, strip_trial_extension
 from anchor_reg.errors import AudioError
 
 SR = 16000
@@ -378,6 +378,55 @@ def test_bad_arguments(tree, tmp_path):
         prepare_folder_of_speakers([tree[0], tree[0]], tmp_path / "p")
     with pytest.raises(FileNotFoundError, match="Data folder not found"):
         prepare_folder_of_speakers(tmp_path / "nothing", tmp_path / "p")
+
+
+def test_names_with_spaces_refused_before_any_work_then_renamed(tmp_path):
+    root = make_tree(tmp_path / "my speech", {f"a{i}": [1.5, 1.5] for i in range(4)})
+    spaced = root / "a1" / "s1" / "\u00f1and\u00fa caf\u00e9 02.wav"  # ñandú café 02.wav
+    (root / "a1" / "s1" / "001.wav").rename(spaced)
+    with pytest.raises(ValueError) as err:
+        prepare_folder_of_speakers(root, tmp_path / "p", verification_speakers=2)
+    message = str(err.value)
+    assert f"1 audio file(s) in {root} have whitespace" in message and str(spaced) in message
+    assert "Rename them without spaces" in message
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())  # refused before writing
+    # the remedy: renamed, the file is prepared, and the trial list written reads back
+    renamed = spaced.with_name(spaced.name.replace(" ", "_"))
+    spaced.rename(renamed)
+    out = prepare_folder_of_speakers(root, tmp_path / "p", verification_speakers=2, test_seg_dur=0.5)
+    trials = read_trial_list(out["trials"])
+    listed = {name for _, e, t in trials for name in (e, t)} | {
+        row["wav"] for row in read_rows(out["train"]) + read_rows(out["dev"])
+    }
+    assert any(renamed.stem in name for name in listed)
+
+
+@pytest.mark.parametrize("where", ["speaker", "session", "file"])
+def test_symlink_loop_named_on_one_line(tmp_path, where):
+    root = make_tree(tmp_path / "speech", {f"a{i}": [1.5, 1.5] for i in range(4)})
+    link = {"speaker": root / "loop", "session": root / "a0" / "loop", "file": root / "a0" / "s1" / "loop.wav"}[where]
+    link.symlink_to(link.name)  # points to itself
+    with pytest.raises(ValueError) as err:
+        prepare_folder_of_speakers(root, tmp_path / "p", verification_speakers=2)
+    assert str(err.value).startswith(f"{link} cannot be followed (Too many levels of symbolic links)")
+    assert "\n" not in str(err.value)
+    link.unlink()  # the remedy
+    assert read_rows(prepare_folder_of_speakers(root, tmp_path / "p", verification_speakers=2)["train"])
+
+
+def test_too_few_speakers_says_how_many_are_needed(tmp_path):
+    root = make_tree(tmp_path / "speech", {"only": [3.0, 3.0, 3.0]})
+    with pytest.raises(ValueError) as err:
+        prepare_folder_of_speakers(root, tmp_path / "p")  # default: 20 %, at least 2, held out
+    assert str(err.value).startswith(
+        f"data folder {root} has 1 speaker(s) (only); 2 are held out for verification and at least 1 must be "
+        "left for training, so at least 3 are needed"
+    )
+    make_tree(root, {"second": [3.0, 3.0], "third": [3.0, 3.0]})  # the remedy: add speakers
+    out = prepare_folder_of_speakers(root, tmp_path / "p")
+    assert {row["spk_id"] for row in read_rows(out["train"])} == {"only", "second", "third"} - {
+        row["spk_id"] for row in read_rows(out["test"])
+    }
 
 
 # ----------------------------------------------------------------- unit level

@@ -39,6 +39,7 @@ from pathlib import Path
 from anchor_reg.data.audio import AUDIO_EXTENSIONS, validate_audio_files
 from anchor_reg.data.cache import csv_row, file_size, input_fingerprint, options_unchanged, save_options, write_csv
 from anchor_reg.data.trials import (
+    check_trial_names,
     generate_trials,
     map_trial_list,
     read_trial_list,
@@ -240,7 +241,7 @@ def prepare_speaker_corpora(
         ]
     else:
         held_out = select_verification_speakers(
-            corpora, verification_speakers, seed
+            corpora, verification_speakers, seed, data_folders
         )
         used = [utt for corpus in corpora for utt in corpus]
     report = outputs.get("bad_files")
@@ -318,7 +319,7 @@ def scan_speaker_folder(folder, extensions=AUDIO_EXTENSIONS):
         for session in _subfolders(os.path.join(folder, spk_id)):
             session_dir = os.path.join(folder, spk_id, session)
             for entry in sorted(os.scandir(session_dir), key=lambda e: e.name):
-                if entry.is_dir() or not entry.name.lower().endswith(
+                if _is_dir(entry) or not entry.name.lower().endswith(
                     extensions
                 ):
                     continue
@@ -336,6 +337,7 @@ def scan_speaker_folder(folder, extensions=AUDIO_EXTENSIONS):
             f"No {'/'.join(extensions)} files found as "
             f"{folder}/<speaker>/<session>/<utt>"
         )
+    check_trial_names([utt.path for utt in utterances], folder)
     return utterances
 
 
@@ -441,7 +443,7 @@ def split_dev(rows, dev_ratio, seed):
     return train, dev
 
 
-def select_verification_speakers(corpora, verification_speakers, seed):
+def select_verification_speakers(corpora, verification_speakers, seed, data_folders=None):
     """Chooses the held-out speakers (a set of speaker ids).
 
     Arguments
@@ -453,8 +455,11 @@ def select_verification_speakers(corpora, verification_speakers, seed):
         or explicit speaker ids.
     seed : int
         Seed of the choice.
+    data_folders : list, optional
+        The corpora's folders, named in errors.
     """
     speakers = [sorted({utt.spk_id for utt in corpus}) for corpus in corpora]
+    names = [str(f) for f in data_folders] if data_folders else [f"corpus {i}" for i in range(len(corpora))]
     if isinstance(verification_speakers, (list, tuple, set)):
         chosen = set(verification_speakers)
         unknown = chosen - {spk for corpus in speakers for spk in corpus}
@@ -467,12 +472,20 @@ def select_verification_speakers(corpora, verification_speakers, seed):
         per_corpus = []
         for index, corpus in enumerate(speakers):
             count = _speaker_count(verification_speakers, len(corpus))
+            if len(corpus) <= count:
+                raise ValueError(
+                    f"data folder {names[index]} has {len(corpus)} speaker(s) "
+                    f"({', '.join(corpus[:3])}{', ...' if len(corpus) > 3 else ''}); "
+                    f"{count} are held out for verification and at least 1 must be left "
+                    f"for training, so at least {count + 1} are needed: add speaker "
+                    "folders (<speaker>/<session>/<utt>.wav) or lower verification_speakers"
+                )
             rng = random.Random(f"{seed}-verification-{index}")
             per_corpus.append(rng.sample(corpus, count))
     for index, chosen in enumerate(per_corpus):
         if len(chosen) == 1 or len(chosen) >= len(speakers[index]):
             raise ValueError(
-                f"Corpus {index} has {len(speakers[index])} speakers; "
+                f"data folder {names[index]} has {len(speakers[index])} speakers; "
                 f"{len(chosen)} held out for verification is not possible "
                 "(need at least 2, and at least 1 left for training)"
             )
@@ -551,7 +564,18 @@ def _speaker_count(verification_speakers, n_speakers):
 
 def _subfolders(folder):
     """Sorted names of the sub-folders of ``folder``."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    return sorted(e.name for e in os.scandir(folder) if _is_dir(e))
+
+
+def _is_dir(entry):
+    """Whether a ``os.scandir`` entry is a folder (following links); a link that loops is an error naming it."""
+    try:
+        return entry.is_dir()
+    except OSError as err:
+        raise ValueError(
+            f"{entry.path} cannot be followed ({err.strerror}): a symbolic link that points "
+            "to itself or into a loop; remove it or point it at a real folder or audio file"
+        ) from None
 
 
 def folder_list(data_folders):

@@ -45,7 +45,7 @@ from anchor_reg.errors import AudioError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("synthetic", "folder", "voxceleb")  # the values of the key `dataset`
+DATASETS = ("synthetic", "folder", "voxceleb", "unlabelled")  # the values of the key `dataset`
 SHORT_VERIFICATION_FRACTION = 0.5  # warn of verification utterances shorter than this x the shortest crop
 _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
@@ -271,6 +271,7 @@ def prepare_noise(hparams, sources):
             prep / "musan_babble_train.csv",
             prep / "eval_babble.csv",
             seed,
+            ("musan_folder", pathlib.Path(sources["musan"]) / "speech"),
         )
     for kind, folder in (sources.get("noise") or {}).items():
         files = find_audio_files(folder)
@@ -289,8 +290,13 @@ def prepare_noise(hparams, sources):
     train_parts = []
     for kind, csv_file in per_type.items():
         train_parts.append(prep / f"train_{kind}.csv")
+        origin = (
+            ("musan_folder", pathlib.Path(sources["musan"]) / kind)
+            if sources.get("musan")
+            else (f"noise_folders[{kind}]", sources["noise"][kind])
+        )
         split_noise_csv(
-            csv_file, train_parts[-1], prep / f"eval_{kind}.csv", seed
+            csv_file, train_parts[-1], prep / f"eval_{kind}.csv", seed, origin
         )
     outputs["noise_train"] = merge_noise_csvs(
         train_parts, prep / "noise_train.csv"
@@ -349,7 +355,7 @@ def prepare_noise(hparams, sources):
             skip_bad_files=skip,
         )
     split_noise_csv(
-        rir_csv, prep / "rir_train.csv", prep / "eval_rir.csv", seed
+        rir_csv, prep / "rir_train.csv", prep / "eval_rir.csv", seed, ("rir_folder", rir_folder)
     )
     outputs.update(
         {
@@ -367,17 +373,21 @@ def prepare_noise(hparams, sources):
     return outputs
 
 
-def split_noise_csv(csv_file, train_csv, eval_csv, seed, eval_fraction=0.5):
+def split_noise_csv(csv_file, train_csv, eval_csv, seed, source, eval_fraction=0.5):
     """Splits noise rows into training and evaluation CSVs by source file.
 
     Segments cut from one file (IDs ``<name>_<start>_<stop>``) stay together, so
-    no evaluation noise was heard in training. Both sides get at least one file.
+    no evaluation noise was heard in training. Both sides get at least one file:
+    fewer than 2 source files is a :class:`ConfigError` naming ``source``, the
+    key and folder the files came from (e.g. ``("rir_folder", "/data/rirs")``).
     """
     rows = _read_rows(csv_file)
     sources = sorted({_SEGMENT_SUFFIX.sub("", row["ID"]) for row in rows})
     if len(sources) < 2:
-        raise ValueError(
-            f"{csv_file}: needs at least 2 source files to keep training and evaluation disjoint"
+        key, folder = source
+        raise ConfigError(
+            f"{key}: {folder} holds {len(sources)} usable audio file(s); at least 2 are needed, one for training and one "
+            "for evaluation (so that no evaluation condition was heard in training): add audio files to it"
         )
     random.Random(seed).shuffle(sources)
     n_eval = min(len(sources) - 1, max(1, round(eval_fraction * len(sources))))

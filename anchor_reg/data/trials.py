@@ -186,6 +186,29 @@ def strip_trial_extension(entry):
     return stem if ext.lower() in TRIAL_EXTENSIONS else entry
 
 
+def check_trial_names(paths, data_folder):
+    """Refuses audio files whose path below ``data_folder`` holds whitespace.
+
+    A trial list names each utterance by that path and separates its fields
+    with spaces, so such a name cannot be written to (or read back from) it.
+
+    Arguments
+    ---------
+    paths : list of str
+        Absolute paths of the data folder's audio files.
+    data_folder : str
+        The folder they were found in.
+    """
+    spaced = [path for path in paths if any(c.isspace() for c in os.path.relpath(path, data_folder))]
+    if spaced:
+        raise ValueError(
+            f"{len(spaced)} audio file(s) in {data_folder} have whitespace in their name or folder "
+            f"names, which a trial list (fields separated by spaces) cannot hold: "
+            f"{'; '.join(spaced[:5])}{'; ...' if len(spaced) > 5 else ''}. "
+            "Rename them without spaces (e.g. replace each space with '_')"
+        )
+
+
 def write_trials(trials, path):
     """Writes ``(label, enrol, test)`` trials as ``label enrol test`` lines."""
     lines = [f"{label} {enrol} {test}\n" for label, enrol, test in trials]

@@ -298,10 +298,12 @@ class Runner:
         with self.eval_lock:
             start, cpu = time.time(), time.process_time()
             if seed == self.args.seeds[0]:
-                export_model(stage_folder, self.out / system / "export", checkpoint=checkpoint, evaluate=grid)
+                export_model(stage_folder, self.out / system / "export", checkpoint=checkpoint, evaluate=grid,
+                             allow_unfinished=True)  # an equal-updates view stops mid-training; its card says so
             else:
                 with tempfile.TemporaryDirectory(dir=self.out) as tmp:
-                    grid(export_model(stage_folder, pathlib.Path(tmp) / "export", checkpoint=checkpoint))
+                    grid(export_model(stage_folder, pathlib.Path(tmp) / "export", checkpoint=checkpoint,
+                                      allow_unfinished=True))
             self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
 
     def done(self, system, seed):
