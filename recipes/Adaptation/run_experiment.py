@@ -240,8 +240,9 @@ def split_speakers(speakers, test_counts, small_size, seed):
         test[corpus] = sorted(random.Random(f"{seed}-test-{corpus}").sample(ids, test_counts[corpus]))
         rest[corpus] = [s for s in ids if s not in test[corpus]]
     full = rest[ADAPTED]
-    if small_size > len(full):
-        raise ValueError(f"--small_size {small_size}: {ADAPTED} has only {len(full)} adaptation speakers")
+    if small_size >= len(full):
+        raise ValueError(f"--small_size {small_size}: {ADAPTED} has {len(full)} adaptation speakers "
+                         "(the small set is a strict subsample)")
     small = sorted(random.Random(f"{seed}-small").sample(full, small_size)) if small_size else []
     return {"test": test, "broad": {c: rest[c] for c in speakers if c != ADAPTED}, "adapt": {"full": full, "small": small}}
 
