@@ -106,7 +106,6 @@ SYSTEMS = {
 }
 WISEFT_OF, WISE_ALPHA = "ft_lambda0", "auto"
 EQUAL_ROWS = {"anchors_replay_equal_rows": ("anchors_replay", "anchors")}  # view -> (replay system, control)
-DEFAULT_SMALL_SYSTEMS = ("base", "ft_lambda0", "anchors", "anchors_replay", "labelfree_replay")
 # Paired differences (system - control, same seed, same base): the anchors' own share and what each control moved.
 PAIRS = (
     ("anchors", "ft_lambda0"),
@@ -132,8 +131,8 @@ def parse_args(argv=None):
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--small_size", type=int, default=5,
                         help="speakers of the small adaptation set (0: only the full set)")
-    parser.add_argument("--small_systems", nargs="+", choices=list(SYSTEMS), default=list(DEFAULT_SMALL_SYSTEMS),
-                        help="systems also run on the small set (those of --systems)")
+    parser.add_argument("--small_systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
+                        help="systems also run on the small set (of those in --systems; default: all)")
     parser.add_argument("--base_model", default=None,
                         help="start every stage 2 from this SpeechBrain model (folder or hub id) instead of "
                              "training stage 1 on the broad corpora")
@@ -354,7 +353,7 @@ def evaluate_by_corpus(encoder, prep, corpus_of, *, snrs=SNRS, batch_size=16, se
                     ", ".join(f"{c} {by_corpus[c][condition.name]['EER']:.2f}" for c in by_corpus))
     return {
         "system": system_name,
-        "settings": {"prep": str(prep), "snrs": list(snrs), "corrupt": "test", "seed": seed,
+        "settings": {"prep": str(prep), "snrs": list(snrs), "corrupt": "test", "norm": None, "seed": seed,
                      "batch_size": batch_size, "n_utterances": len(index.ids)},
         "min_dcf_definition": MIN_DCF_NOTE,
         "conditions": pooled,
