@@ -643,8 +643,11 @@ class Runner:
 
     # ---- plan
     def plan(self):
-        """Ordered steps ``(name, callable, names it waits for)``: the base, then seed by seed, size by size."""
-        steps = []
+        """Ordered steps ``(name, callable, names it waits for)``: the base, then seed by seed, size by size.
+
+        The first stage 2 of each anchors folder extracts the anchors; the others that read them wait for it.
+        """
+        steps, extracts = [], {}  # anchors file -> the step that writes it
         base_missing = self.args.base_model is None and not (self.out / "base" / "export" / "embedding_model.ckpt").is_file()
         if base_missing or ("base" in self.args.systems and not self.done("base", self.args.base_seed)):
             steps.append(("base", self.base_step, ()))
@@ -662,7 +665,10 @@ class Runner:
                         after = tuple(f"{self.run_name(s, size)}/seed{seed}" for s in EQUAL_ROWS[system])
                         steps.append((name, lambda v=system, s=size, d=seed: self.equal_rows_step(v, s, d), after))
                     else:
-                        steps.append((name, lambda y=system, s=size, d=seed: self.stage2_step(y, s, d), ("base",)))
+                        anchors = pathlib.Path(self.stage2_options(system, size, seed)[1]["anchors_folder"]) / "anchors.pt"
+                        after = ("base",) if anchors.is_file() else ("base", extracts.setdefault(anchors, name))
+                        steps.append((name, lambda y=system, s=size, d=seed: self.stage2_step(y, s, d),
+                                      tuple(a for a in after if a != name)))
         return steps
 
     def run_steps(self, steps, on_finished=None):
