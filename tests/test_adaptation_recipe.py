@@ -56,6 +56,21 @@ def test_split_refuses_impossible_counts(recipe):
         recipe.split_speakers(speakers, {"librispeech-train": 2, "asc": 2, "dsp": 2}, small_size=1, seed=1)
 
 
+def test_linked_folders_hold_exactly_the_speakers_asked_for(recipe, tmp_path):
+    source = tmp_path / "corpus"
+    for speaker in ("a", "b", "c"):
+        for utt in ("u1.flac", "u2.flac", "notes.txt"):
+            (source / speaker / "s1").mkdir(parents=True, exist_ok=True)
+            (source / speaker / "s1" / utt).write_bytes(b"x")
+    tree = recipe.link_speakers(source, tmp_path / "tree", ["a", "b"], max_utterances=1)
+    assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*.flac")) == ["a/s1/u1.flac", "b/s1/u1.flac"]
+    flat = recipe.link_speakers(source, tmp_path / "flat", ["a", "c"], flat=True)
+    assert sorted(p.name for p in flat.iterdir()) == ["a_s1_u1.flac", "a_s1_u2.flac", "c_s1_u1.flac", "c_s1_u2.flac"]
+    recipe.link_speakers(source, tree, ["c"], max_utterances=1)  # another split: a and b leave the folder
+    assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*")) == ["c", "c/s1", "c/s1/u1.flac"]
+    assert (tree / "c" / "s1" / "u1.flac").resolve() == (source / "c" / "s1" / "u1.flac").resolve()
+
+
 def write_tone(path, seconds, frequency, rng):
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(16000 * seconds)) / 16000
@@ -90,7 +105,8 @@ def test_prepared_data_keeps_test_speakers_and_the_adapted_corpus_where_they_bel
     runner.prepare()
     test = {s for ids in split["test"].values() for s in ids}
     dsp = {f"dsp{s}" for s in range(7)}
-    broad_train = column(runner.prep("broad") / "train.csv", "spk_id") | column(runner.prep("broad") / "dev.csv", "spk_id")
+    broad = runner.prep("broad")
+    broad_train = column(broad / "train.csv", "spk_id") | column(broad / "dev.csv", "spk_id")
     assert broad_train == {f"{c[:3]}{s}" for c in ("librispeech-train", "asc") for s in range(7)} - test
     for size, speakers in (("4", dsp - test), ("3", set(split["adapt"]["small"]))):
         prep = runner.prep(f"adapt_{size}")
@@ -102,8 +118,8 @@ def test_prepared_data_keeps_test_speakers_and_the_adapted_corpus_where_they_bel
     assert trial_speakers == test  # every corpus' test speakers, and no one else
     # noise, music and rooms are split by file identically for training and evaluation in every data set
     for name in ("eval_noise", "eval_music", "eval_rir", "noise_train", "rir_train"):
-        assert column(runner.prep("adapt_4") / f"{name}.csv", "wav") == column(runner.prep("broad") / f"{name}.csv", "wav")
-    assert not column(runner.prep("broad") / "eval_noise.csv", "wav") & column(runner.prep("broad") / "noise_train.csv", "wav")
+        assert column(runner.prep("adapt_4") / f"{name}.csv", "wav") == column(broad / f"{name}.csv", "wav")
+    assert not column(broad / "eval_noise.csv", "wav") & column(broad / "noise_train.csv", "wav")
 
 
 def test_systems_with_keys_their_yaml_lacks_are_refused_before_any_work(recipe, tmp_path, capsys, monkeypatch):
@@ -119,7 +135,8 @@ def results(clean, corrupted, corpora=None):
     """A results dict: clean EER and corrupted conditions' EERs (+ per corpus: {corpus: (clean, [corrupted])})."""
     def conditions(clean, corrupted):
         rows = {"clean": {"EER": clean, "minDCF": 0.5, "noise_type": None}}
-        rows.update({f"noise_{5 * k}dB": {"EER": e, "minDCF": 0.5, "noise_type": "noise"} for k, e in enumerate(corrupted)})
+        rows.update({f"noise_{5 * k}dB": {"EER": e, "minDCF": 0.5, "noise_type": "noise"}
+                     for k, e in enumerate(corrupted)})
         return rows
 
     out = {"system": "s", "conditions": conditions(clean, corrupted)}
@@ -131,7 +148,8 @@ def collected_by_hand(recipe):
     """base 5 / 20; three systems on seeds 1-3 (hand-picked values)."""
     def entry(system, speakers, per_seed):
         return {"system": system, "speakers": speakers,
-                "seeds": {seed: {**recipe.run_stats(results(cl, co)), "rows": 1000} for seed, (cl, co) in per_seed.items()}}
+                "seeds": {seed: {**recipe.run_stats(results(cl, co)), "rows": 1000}
+                          for seed, (cl, co) in per_seed.items()}}
 
     return {
         "base": {"system": "base", "speakers": 0, "seeds": {1: recipe.run_stats(results(5.0, [10.0, 30.0]))}},

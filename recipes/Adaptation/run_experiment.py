@@ -243,23 +243,34 @@ def split_speakers(speakers, test_counts, small_size, seed):
         raise ValueError(f"--small_size {small_size}: {ADAPTED} has {len(full)} adaptation speakers "
                          "(the small set is a strict subsample)")
     small = sorted(random.Random(f"{seed}-small").sample(full, small_size)) if small_size else []
-    return {"test": test, "broad": {c: rest[c] for c in speakers if c != ADAPTED}, "adapt": {"full": full, "small": small}}
+    broad = {c: rest[c] for c in speakers if c != ADAPTED}
+    return {"test": test, "broad": broad, "adapt": {"full": full, "small": small}}
 
 
 def link_speakers(source, target, speakers, max_utterances=None, flat=False):
-    """Symlinks the speakers' files of ``source/<spk>/<session>/`` under ``target`` (idempotent).
+    """Symlinks the speakers' files of ``source/<spk>/<session>/`` under ``target``, and only those.
 
     ``flat``: ``target/<spk>_<session>_<file>`` (an unlabelled folder of audio), else the same tree.
+    Links left by an earlier run with another split are removed, so no speaker lingers where it
+    no longer belongs.
     """
+    wanted = set()
     for speaker in speakers:
         for session in sorted(p for p in (source / speaker).iterdir() if p.is_dir()):
             files = sorted(p for p in session.iterdir() if p.suffix in (".wav", ".flac"))
             for audio in files[:max_utterances]:
                 name = f"{speaker}_{session.name}_{audio.name}" if flat else f"{speaker}/{session.name}/{audio.name}"
                 link = target / name
+                wanted.add(link)
                 if not link.is_symlink():
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(audio.resolve())
+    if target.is_dir():
+        for path in sorted(target.rglob("*"), reverse=True):  # a folder's entries before the folder
+            if path.is_symlink() and path not in wanted:
+                path.unlink()
+            elif path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
     return target
 
 
@@ -288,9 +299,10 @@ def test_trials(folders, test_speakers, seg_dur, seed, trials_per_speaker=50, mi
     """
     trials = {}
     for index, (corpus, folder) in enumerate(folders.items()):
-        rows = [row for utt in scan_speaker_folder(folder) if utt.spk_id in test_speakers[corpus]
-                for row in verification_rows(utt, soundfile.info(utt.path).frames, seg_dur, min_dur,
-                                             soundfile.info(utt.path).samplerate)]
+        utterances = [(utt, soundfile.info(utt.path)) for utt in scan_speaker_folder(folder)
+                      if utt.spk_id in test_speakers[corpus]]
+        rows = [row for utt, info in utterances
+                for row in verification_rows(utt, info.frames, seg_dur, min_dur, info.samplerate)]
         trials[corpus] = generate_trials(rows, trials_per_speaker, random.Random(f"{seed}-trials-{index}"))
     return trials
 
@@ -399,9 +411,8 @@ class Runner:
         trials = test_trials(full, split["test"], self.args.test_seg_dur, self.args.data_seed)
         self.trial_lists = {}
         for name, corpora in (("eval", list(speakers)), ("broad", BROAD), ("adapt", (ADAPTED,))):
-            self.trial_lists[name] = data / f"trials_{name}.txt"
-            if not self.trial_lists[name].is_file():
-                write_trials([t for c in corpora for t in trials[c]], self.trial_lists[name])
+            self.trial_lists[name] = data / f"trials_{name}.txt"  # the same content is prepared once
+            write_trials([t for c in corpora for t in trials[c]], self.trial_lists[name])
         write_text_atomic(data / "speakers.json", json.dumps(split, indent=2) + "\n")
         return split
 
@@ -434,7 +445,8 @@ class Runner:
         }
         for size in self.sizes():
             name = f"adapt_{size}"
-            experiments[name] = ("stage2.yaml", self.data_overrides(name, self.folders[name], self.trial_lists["adapt"]))
+            overrides = self.data_overrides(name, self.folders[name], self.trial_lists["adapt"])
+            experiments[name] = ("stage2.yaml", overrides)
             if any(SYSTEMS[s] and SYSTEMS[s][1].get("dataset") == "unlabelled" for s in self.systems_of(size)):
                 name = f"unlabelled_{size}"
                 overrides = self.data_overrides(name, self.folders[name], self.trial_lists["adapt"])
@@ -576,7 +588,8 @@ class Runner:
             "number_of_epochs": self.args.stage2_epochs, "early_stop_patience": self.args.patience,
             "output_folder": str(self.stage_folder(system, size, seed)),
             # anchors of the same rows from the same base are shared (replay systems' also hold the replay rows)
-            "anchors_folder": str(self.runs / experiment / ("anchors_replay" if "replay_folders" in overrides else "anchors")),
+            "anchors_folder": str(self.runs / experiment / ("anchors_replay" if "replay_folders" in overrides
+                                                            else "anchors")),
             **{key: fill.get(value, value) if isinstance(value, str) else value for key, value in overrides.items()},
         }
         if system in {replay for replay, _ in EQUAL_ROWS.values()}:
@@ -592,7 +605,10 @@ class Runner:
             self.export_and_evaluate(run, seed, self.stage_folder(system, size, seed))
 
     def wiseft_step(self, size, seed):
-        """Exports ``WISEFT_OF`` as α·base + (1-α)·adapted (``python -m anchor_reg.export --wise_alpha``) and scores it."""
+        """Exports ``WISEFT_OF`` as α·base + (1-α)·adapted and scores it.
+
+        ``python -m anchor_reg.export <stage> <out> --wise_alpha=auto`` chooses α on the dev criterion.
+        """
         run = self.run_name("wiseft", size)
         stage = self.stage_folder(WISEFT_OF, size, seed)
         keep = seed == self.args.seeds[0]
@@ -635,7 +651,8 @@ class Runner:
     def rows_drawn(self, system, size, seed):
         """{"best": rows drawn up to the epoch used, "total": rows drawn in all epochs trained}."""
         save = self.stage_folder(system, size, seed) / "save"
-        epochs = [c.meta["epoch"] for c in Checkpointer(save).list_checkpoints() if end_of_epoch(c) and "epoch" in c.meta]
+        epochs = [c.meta["epoch"] for c in Checkpointer(save).list_checkpoints()
+                  if end_of_epoch(c) and "epoch" in c.meta]
         best = best_checkpoint(save)
         per_epoch = self.rows_per_epoch(system, size)
         return {"best": per_epoch * (best.meta["epoch"] if best else max(epochs, default=0)),
@@ -648,7 +665,8 @@ class Runner:
         The first stage 2 of each anchors folder extracts the anchors; the others that read them wait for it.
         """
         steps, extracts = [], {}  # anchors file -> the step that writes it
-        base_missing = self.args.base_model is None and not (self.out / "base" / "export" / "embedding_model.ckpt").is_file()
+        exported = (self.out / "base" / "export" / "embedding_model.ckpt").is_file()
+        base_missing = self.args.base_model is None and not exported
         if base_missing or ("base" in self.args.systems and not self.done("base", self.args.base_seed)):
             steps.append(("base", self.base_step, ()))
         for seed in self.args.seeds:
@@ -665,7 +683,8 @@ class Runner:
                         after = tuple(f"{self.run_name(s, size)}/seed{seed}" for s in EQUAL_ROWS[system])
                         steps.append((name, lambda v=system, s=size, d=seed: self.equal_rows_step(v, s, d), after))
                     else:
-                        anchors = pathlib.Path(self.stage2_options(system, size, seed)[1]["anchors_folder"]) / "anchors.pt"
+                        _, options = self.stage2_options(system, size, seed)
+                        anchors = pathlib.Path(options["anchors_folder"]) / "anchors.pt"
                         after = ("base",) if anchors.is_file() else ("base", extracts.setdefault(anchors, name))
                         steps.append((name, lambda y=system, s=size, d=seed: self.stage2_step(y, s, d),
                                       tuple(a for a in after if a != name)))
@@ -780,10 +799,12 @@ def summary_table(collected):
         clean, clean_sd = across_seeds(seeds, lambda s: s["clean"])
         corrupted, corrupted_sd = across_seeds(seeds, lambda s: s["corrupted"])
         rows, _ = mean_and_sd([s.get("rows") for s in seeds.values()])
-        verdict = "–" if run == "base" else "yes" if meets_rule(clean, corrupted, base_clean, base_corrupted) else "no"
+        meets = meets_rule(clean, corrupted, base_clean, base_corrupted)
+        verdict = "–" if run == "base" else "yes" if meets else "no"
         lines.append(f"| {run} | {entry['system']} | {entry['speakers'] or '–'} | {len(seeds)} | "
                      f"{cell(clean, clean_sd, len(seeds))} | {cell(corrupted, corrupted_sd, len(seeds))} | "
-                     f"{corrupted / base_corrupted:.2f} | {'–' if rows is None else f'{rows / 1000:.1f}'} | {verdict} |")
+                     f"{corrupted / base_corrupted:.2f} | {'–' if rows is None else f'{rows / 1000:.1f}'} | "
+                     f"{verdict} |")
     return "\n".join(lines) + (
         f"\n\nPooled trials of every corpus' test speakers. Mean ± sample sd over the stage-2 seeds (one base). "
         f"Corrupted: noise, music and babble x 0-20 dB and reverb, evaluation noises and rooms only. "
@@ -809,7 +830,8 @@ def per_corpus_table(collected):
         for key in ("clean", "corrupted"):
             cells.append(cell(*across_seeds(seeds, lambda s, k=key: s[k]), n))
         lines.append(f"| {run} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nEER (%) on each corpus' test speakers (trials within the corpus), mean ± sd over seeds.\n"
+    return "\n".join(lines) + ("\n\nEER (%) on each corpus' test speakers (trials within the corpus), "
+                               "mean ± sd over seeds.\n")
 
 
 def paired_differences(collected, system, control, key):
@@ -820,7 +842,8 @@ def paired_differences(collected, system, control, key):
 
 def paired_table(collected, run_name, sizes):
     """Markdown: each anchored system or control vs its counterpart, paired per seed (same base, same seed)."""
-    lines = ["| Comparison | adaptation speakers | seeds | Δ clean EER | Δ corrupted mean EER | per seed (clean / corrupted) |",
+    lines = ["| Comparison | adaptation speakers | seeds | Δ clean EER | Δ corrupted mean EER | "
+             "per seed (clean / corrupted) |",
              "|---|---:|---:|---:|---:|---|"]
     for size in sizes:
         for system, control in PAIRS:
