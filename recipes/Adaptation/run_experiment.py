@@ -408,6 +408,8 @@ class Runner:
                 speech / ADAPTED, data / f"adapt_{size}" / ADAPTED, adapt + split["test"][ADAPTED], limit)]
             self.folders[f"unlabelled_{size}"] = [
                 link_speakers(speech / ADAPTED, data / f"unlabelled_{size}", adapt, limit, flat=True)]
+        # a label-free run's own trials (train.py requires them): the adapted corpus' test speakers
+        self.folders["test_adapted"] = [link_speakers(speech / ADAPTED, data / "test" / ADAPTED, split["test"][ADAPTED], limit)]
         trials = test_trials(full, split["test"], self.args.test_seg_dur, self.args.data_seed)
         self.trial_lists = {}
         for name, corpora in (("eval", list(speakers)), ("broad", BROAD), ("adapt", (ADAPTED,))):
@@ -451,6 +453,7 @@ class Runner:
                 name = f"unlabelled_{size}"
                 overrides = self.data_overrides(name, self.folders[name], self.trial_lists["adapt"])
                 del overrides["trial_list"]  # no speakers in this folder: nothing to hold out
+                overrides["verification_folders"] = [str(f) for f in self.folders["test_adapted"]]
                 experiments[name] = ("stage2.yaml", {**overrides, "dataset": "unlabelled"})
         return experiments
 
