@@ -454,7 +454,8 @@ class Runner:
                 overrides = self.data_overrides(name, self.folders[name], self.trial_lists["adapt"])
                 del overrides["trial_list"]  # no speakers in this folder: nothing to hold out
                 overrides["verification_folders"] = [str(f) for f in self.folders["test_adapted"]]
-                experiments[name] = ("stage2.yaml", {**overrides, "dataset": "unlabelled"})
+                # what a label-free data set implies (checked when its YAML loads, before the base exists)
+                experiments[name] = ("stage2.yaml", {**overrides, **LABEL_FREE, "base_model": self.base_model()})
         return experiments
 
     def prepare(self):
