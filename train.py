@@ -381,7 +381,7 @@ def rows_dataset(hparams, csv_file):
 def adaptation_inputs(hparams, base, run_opts):
     """Stage 2's inputs beyond the training anchors: (AnchorRegBrain options, provenance to expect).
 
-    ``dev_criterion: anchor_retrieval``: the dev rows' anchors (``dev_anchors.pt``); replay
+    The dev rows' anchors (``dev_anchors.pt``: the ``anchor_retrieval`` criterion, WiSE-FT's alpha); replay
     (``replay_rows`` > 0): the replay rows and their anchors (``replay_anchors.pt``), both extracted once by
     the same frozen base as the training anchors; ``l2sp_weight`` > 0: the base's embedding model.
     """
@@ -398,9 +398,11 @@ def adaptation_inputs(hparams, base, run_opts):
             progressbar=not run_opts.get("noprogressbar", False), extra_provenance={"rows_csv": str(csv_file)},
         )
 
+    # the dev rows' anchors: the anchor_retrieval criterion's gallery, and WiSE-FT's choice of alpha at export
+    dev_anchors = anchors_of(prep / "dev.csv", anchors_folder / "dev_anchors.pt")
     if hparams.get("dev_criterion") == "anchor_retrieval":
-        options["dev_anchors"] = anchors_of(prep / "dev.csv", anchors_folder / "dev_anchors.pt")
-        provenance["dev_anchors_digest"] = options["dev_anchors"].digest()
+        options["dev_anchors"] = dev_anchors
+        provenance["dev_anchors_digest"] = dev_anchors.digest()
     if hparams.get("replay_rows", 0) > 0:
         store = anchors_of(prep / "replay.csv", anchors_folder / "replay_anchors.pt")
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

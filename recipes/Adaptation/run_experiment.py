@@ -699,26 +699,38 @@ class Runner:
         names that are in ``steps`` (the others are done)."""
         names = {name for name, _, _ in steps}
         pending = list(steps)
-        finished = set()
+        finished, failed = set(), {}
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
             running = {}
             while pending or running:
                 for step in list(pending):
-                    if len(running) >= max(1, self.args.jobs):
-                        break
                     name, run, after = step
-                    if all(a in finished or a not in names for a in after):
+                    if any(a in failed for a in after):  # it needs a step that failed
+                        pending.remove(step)
+                        failed[name] = f"not run: it needs {', '.join(a for a in after if a in failed)}"
+                    elif len(running) < max(1, self.args.jobs) and all(a in finished or a not in names for a in after):
                         pending.remove(step)
                         running[pool.submit(run)] = name
                 if not running:
-                    raise RuntimeError(f"steps waiting for steps that cannot run: {[s[0] for s in pending]}")
+                    if pending:
+                        raise RuntimeError(f"steps waiting for steps that cannot run: {[s[0] for s in pending]}")
+                    break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
-                    future.result()
+                    try:
+                        future.result()
+                    except Exception as err:  # one failed run does not stop the runs that do not need it
+                        logger.error("%s failed: %s", name, err)
+                        failed[name] = str(err).splitlines()[0]
+                        continue
                     finished.add(name)
                     if on_finished:
                         on_finished(name)
+        if failed:
+            listed = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise RuntimeError(f"{len(failed)} step(s) did not finish ({listed}); the others did and are kept: "
+                               "fix the cause and run the same command to finish them")
 
     # ---- reports
     def collect(self):
