@@ -178,10 +178,14 @@ def export_model(
     except ConfigError as err:
         raise ExportError(str(err)) from err
     checkpoint = _find_checkpoint(stage_folder, checkpoint)
-    progress = training_progress(checkpoint, tree)
+    # whether the stage finished is the training's state: its latest end-of-epoch checkpoint (the exported one
+    # may be an earlier, better epoch), else its latest one
+    saved = Checkpointer(stage_folder / "save") if (stage_folder / "save").is_dir() else None
+    latest = saved and (saved.find_checkpoint(ckpt_predicate=end_of_epoch) or saved.find_checkpoint())
+    progress = training_progress(pathlib.Path(latest.path) if latest is not None else checkpoint, tree)
     if not (progress["finished"] or allow_unfinished):
         raise ExportError(
-            f"{stage_folder} did not finish training: checkpoint {checkpoint.name} has {progress['epochs']} of "
+            f"{stage_folder} did not finish training: its latest checkpoint has {progress['epochs']} of "
             f"{progress['planned']} epochs; resume it with the command that trained it, or pass "
             "--allow_unfinished to export it as it is (its model card then says so)"
         )
@@ -308,7 +312,7 @@ def _find_checkpoint(stage_folder, checkpoint):
 
 
 def training_progress(checkpoint, tree):
-    """How far the stage's training went at ``checkpoint``.
+    """How far the stage's training went at ``checkpoint`` (its latest one: where training stands).
 
     The epoch comes from the checkpoint's meta (``epoch``), else from its epoch
     counter file; a mid-epoch checkpoint counts the epochs completed before it.

@@ -10,6 +10,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import time
 import types
 
 import huggingface_hub
@@ -339,7 +340,7 @@ def test_unfinished_stage_needs_allow_unfinished_and_the_card_says_so(ecapa_stag
     out = tmp_path / "out"
     assert main([str(stage), str(out)]) == 1
     assert capsys.readouterr().err == (
-        f"error: {stage} did not finish training: checkpoint {ckpt.path.name} has 1 of 3 epochs; resume it with "
+        f"error: {stage} did not finish training: its latest checkpoint has 1 of 3 epochs; resume it with "
         "the command that trained it, or pass --allow_unfinished to export it as it is (its model card then "
         "says so)\n"
     )
@@ -348,6 +349,22 @@ def test_unfinished_stage_needs_allow_unfinished_and_the_card_says_so(ecapa_stag
     card = (out / "README.md").read_text()
     assert "**Unfinished training**: 1 of 3 planned epochs were trained (exported with `--allow_unfinished`)." in card
     assert "Training finished" not in card
+
+
+def test_a_finished_stage_exports_its_best_earlier_epoch_without_allow_unfinished(ecapa_stage, tmp_path):
+    stage = tmp_path / "stage2"
+    best = stage_copy_with_checkpoint(ecapa_stage, stage, {"epoch": 2, "ErrorRate": 0.2}, 2)
+    time.sleep(0.01)  # checkpoints are ordered by their save time
+    modules = ecapa_stage[1]
+    counter = EpochCounter(3)
+    counter.current = 3
+    Checkpointer(stage / "save", recoverables={
+        "embedding_model": modules["embedding_model"], "classifier": modules["classifier"],
+        "normalizer": modules["mean_var_norm"], "counter": counter,
+    }).save_checkpoint(meta={"epoch": 3, "ErrorRate": 0.4})  # the last epoch, worse on dev
+    card = (export_model(stage, tmp_path / "out") / "README.md").read_text()
+    assert "Training finished: 3 of 3 planned epochs were trained." in card
+    assert best.path.name in card  # the exported checkpoint is the best one
 
 
 def test_early_stopped_and_mid_epoch_checkpoints(ecapa_stage, tmp_path):
