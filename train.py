@@ -29,6 +29,7 @@ import sys
 import traceback
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -46,6 +47,7 @@ from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.data.prepare import check_prepared, prepare_data
 from anchor_reg.epoch_counter import stops_under
 from anchor_reg.provenance import load_record, record_differences, rows_digest
+from anchor_reg.replay import ReplaySet
 from anchor_reg.report import verification_report
 
 logger = logging.getLogger(__name__)
@@ -66,28 +68,12 @@ def dataio_prep(hparams, label_encoder_source=None):
         builds one from the training CSV.
     """
     prep = pathlib.Path(hparams["prep_folder"])
-    sample_rate = hparams["sample_rate"]
     datasets = {
         name: sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(prep / f"{name}.csv"))
         for name in ("train", "dev")
     }
 
-    skip_report = pathlib.Path(hparams["skip_report"])
-
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav, start, stop):
-        try:
-            return read_audio_checked(wav, sample_rate, int(start), int(stop))
-        except AudioError as err:
-            if not hparams["skip_bad_files"]:
-                raise
-            logger.warning("skipping bad audio: %s (listed in %s)", err, skip_report)
-            skip_report.parent.mkdir(parents=True, exist_ok=True)
-            with open(skip_report, "a", encoding="utf-8") as report:
-                report.write(f"{err}\n")
-            return None
-
+    audio_pipeline = audio_item(hparams)
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
     @sb.utils.data_pipeline.takes("spk_id")
@@ -122,10 +108,34 @@ def dataio_prep(hparams, label_encoder_source=None):
             path=str(encoder_file), from_didatasets=[datasets["train"]], output_key="spk_id"
         )
     label_encoder.expect_len(hparams["num_train_speakers"])
-    keys = ["id", "sig", "spk_id", "spk_id_encoded"]
+    keys = ["id", "sig", "spk_id"]
+    if hparams.get("supervision", "labelled") == "labelled":  # label-free dev rows are files the encoder never saw
+        keys.append("spk_id_encoded")
     sb.dataio.dataset.set_output_keys([datasets["train"]], keys)
     sb.dataio.dataset.set_output_keys([datasets["dev"]], keys + dev_keys)
     return datasets["train"], datasets["dev"], label_encoder
+
+
+def audio_item(hparams):
+    """The dynamic item ``sig`` of a prepared row (``wav``, ``start``, ``stop``); None for bad audio
+    skipped under ``skip_bad_files`` (listed in ``skip_report``)."""
+    skip_report = pathlib.Path(hparams["skip_report"])
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav, start, stop):
+        try:
+            return read_audio_checked(wav, hparams["sample_rate"], int(start), int(stop))
+        except AudioError as err:
+            if not hparams["skip_bad_files"]:
+                raise
+            logger.warning("skipping bad audio: %s (listed in %s)", err, skip_report)
+            skip_report.parent.mkdir(parents=True, exist_ok=True)
+            with open(skip_report, "a", encoding="utf-8") as report:
+                report.write(f"{err}\n")
+            return None
+
+    return audio_pipeline
 
 
 def read_column(csv_file, column):
@@ -333,8 +343,9 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
         progressbar=not run_opts.get("noprogressbar", False),
         extra_provenance={"train_csv": str(pathlib.Path(hparams["prep_folder"]) / "train.csv")},
     )
+    adaptation, adaptation_provenance = adaptation_inputs(hparams, base, run_opts)
     expect_provenance(hparams, base_fingerprint=base.fingerprint, anchors_digest=store.digest(),
-                      train_rows_digest=digest)  # a stage 2 made from another base or other anchors is refused
+                      train_rows_digest=digest, **adaptation_provenance)  # another base or other anchors: refused
     if reuse_if_finished(hparams_file, hparams, overrides, base.model_file):
         return hparams
     write_record(hparams_file, hparams, overrides, base.model_file)
@@ -346,8 +357,51 @@ def train_stage2(hparams_file, hparams, overrides, run_opts):
         logger.info("stage 2: starting from a copy of %s; classifier: %s", base.source,
                     "the base's own (same speakers)" if head == "reused"
                     else "a new head whose rows are the anchors' speaker centroids")
-    fit(hparams, data, run_opts, brain_options={"anchors": store})
+    fit(hparams, data, run_opts, brain_options={"anchors": store, **adaptation})
     return hparams
+
+
+# --------------------------------------------------- adaptation inputs ----
+def rows_dataset(hparams, csv_file):
+    """``id``, ``sig``, ``spk_id`` of a prepared CSV's rows (dev anchors, replay rows)."""
+    dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(csv_file))
+    sb.dataio.dataset.add_dynamic_item([dataset], audio_item(hparams))
+    sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "spk_id"])
+    return dataset
+
+
+def adaptation_inputs(hparams, base, run_opts):
+    """Stage 2's inputs beyond the training anchors: (AnchorRegBrain options, provenance to expect).
+
+    ``dev_criterion: anchor_retrieval``: the dev rows' anchors (``dev_anchors.pt``); replay
+    (``replay_rows`` > 0): the replay rows and their anchors (``replay_anchors.pt``), both extracted once by
+    the same frozen base as the training anchors; ``l2sp_weight`` > 0: the base's embedding model.
+    """
+    options, provenance = {}, {}
+    prep, anchors_folder = pathlib.Path(hparams["prep_folder"]), pathlib.Path(hparams["anchors_folder"])
+    skip_bad = hparams["skip_bad_files"]
+
+    def anchors_of(csv_file, anchors_file):
+        return load_or_extract(
+            base, rows_dataset(hparams, csv_file), anchors_file,
+            row_ids=None if skip_bad else read_column(csv_file, "ID"), batch_size=hparams["anchor_batch_size"],
+            num_workers=hparams["num_workers"], collate_fn=functools.partial(collate_rows, skip_bad=skip_bad),
+            reextract=hparams["reextract_anchors"], device=run_opts.get("device", "cpu"),
+            progressbar=not run_opts.get("noprogressbar", False), extra_provenance={"rows_csv": str(csv_file)},
+        )
+
+    if hparams.get("dev_criterion") == "anchor_retrieval":
+        options["dev_anchors"] = anchors_of(prep / "dev.csv", anchors_folder / "dev_anchors.pt")
+        provenance["dev_anchors_digest"] = options["dev_anchors"].digest()
+    if hparams.get("replay_rows", 0) > 0:
+        store = anchors_of(prep / "replay.csv", anchors_folder / "replay_anchors.pt")
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        options["replay"] = ReplaySet(rows_dataset(hparams, prep / "replay.csv"), store, hparams["replay_rows"],
+                                      hparams["seed"], rank)
+        provenance["replay_anchors_digest"] = store.digest()
+    if hparams.get("l2sp_weight", 0) > 0:
+        options["base_embedding"] = base.modules["embedding_model"]
+    return options, provenance
 
 
 # ---------------------------------------------------------------- main ----

@@ -5,10 +5,13 @@ All three share one forward path (:meth:`SpeakerBrain.compute_embeddings`)::
     wavs (B, T) -> [Augmenter: clean + K noisy copies] -> Fbank -> InputNormalization
          -> embedding_model -> emb (B', 1, D) -> classifier -> AAM-softmax
 
-and differ only in the extra term added to the AAM loss (:meth:`extra_objective`):
+and differ only in the extra terms added to the AAM loss (:meth:`SpeakerBrain.extra_terms`):
 
 - :class:`SpeakerBrain` (stage 1): none.
-- :class:`AnchorRegBrain` (stage 2): ``λ(t) · d(emb, fixed anchor of the row)``.
+- :class:`AnchorRegBrain` (stage 2): ``λ(t) · d(emb, fixed anchor of the row)``, and
+  optionally replay rows tied to their own anchors, L2-SP towards the base's
+  weights and the online clean/noisy consistency term. With ``supervision: none``
+  it has no classifier loss: the anchor objective alone.
 - :class:`JointBrain` (baseline): ``λ · d(noisy emb, clean emb of the same crop)``,
   the clean embedding computed online by the same network.
 """
@@ -18,6 +21,9 @@ import speechbrain as sb
 import torch
 
 from anchor_reg.data.batching import random_crops
+from anchor_reg.forgetting import L2SP
+from anchor_reg.losses import anchor_distance
+from anchor_reg.retrieval import AnchorRetrievalStats
 
 logger = logging.getLogger(__name__)
 
@@ -80,43 +86,84 @@ class SpeakerBrain(sb.core.Brain):
             return torch.cat([rows, rows])
         return rows
 
+    @property
+    def labelled(self):
+        """False for ``supervision: none``: no classifier, no AAM loss."""
+        return getattr(self.hparams, "supervision", "labelled") == "labelled"
+
+    def training_inputs(self, wavs, lens):
+        """Training crops (``crop_dur``) and the ``Augmenter``'s clean + noisy copies of (B, T) waveforms."""
+        crop_dur = getattr(self.hparams, "crop_dur", None)
+        if crop_dur:
+            wavs, lens = random_crops(wavs, lens, int(crop_dur * self.hparams.sample_rate))
+        if self.augmenter is not None:
+            wavs, lens = self.augmenter(wavs, lens)
+        return wavs, lens
+
     def compute_forward(self, batch, stage):
-        """Returns ``{"emb": (B', 1, D), "logits": (B', 1, S), "lens": (B',)}``."""
+        """Returns ``{"emb": (B', 1, D), "logits": (B', 1, S) or None (label-free), "lens": (B',)}``."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        crop_dur = getattr(self.hparams, "crop_dur", None)
-        if stage == sb.Stage.TRAIN and crop_dur:
-            wavs, lens = random_crops(wavs, lens, int(crop_dur * self.hparams.sample_rate))
-        if stage == sb.Stage.TRAIN and self.augmenter is not None:
-            wavs, lens = self.augmenter(wavs, lens)
-        elif stage != sb.Stage.TRAIN and hasattr(batch, "sig_noisy"):
+        if stage == sb.Stage.TRAIN:
+            wavs, lens = self.training_inputs(wavs, lens)
+        elif hasattr(batch, "sig_noisy"):
             wavs, lens = torch.cat([wavs, batch.sig_noisy.data]), torch.cat([lens, batch.sig_noisy.lengths])
         emb = self.compute_embeddings(wavs, lens)
-        return {"emb": emb, "logits": self.modules.classifier(emb), "lens": lens}
+        logits = self.modules.classifier(emb) if self.labelled else None
+        return {"emb": emb, "logits": logits, "lens": lens}
 
     def compute_objectives(self, predictions, batch, stage):
-        """AAM-softmax plus the subclass's extra term."""
-        spkid, _ = batch.spk_id_encoded
-        spkid = self.replicate(spkid, stage, batch)
-        loss = self.hparams.compute_cost(predictions["logits"], spkid, predictions["lens"])
-        self._accumulate("aam", loss)
+        """AAM-softmax (when labelled) plus the subclass's extra terms."""
+        loss = torch.zeros((), device=self.device)
+        if self.labelled:
+            spkid, _ = batch.spk_id_encoded
+            spkid = self.replicate(spkid, stage, batch)
+            loss = self.hparams.compute_cost(predictions["logits"], spkid, predictions["lens"])
+            self._accumulate("aam", loss)
         if stage == sb.Stage.TRAIN:
             extra = self.extra_objective(predictions, batch)
             if extra is not None:
-                self._accumulate(self.extra_name, extra)
                 loss = loss + extra
         else:
-            ids = list(batch.id)
-            if hasattr(batch, "sig_noisy"):
-                ids += [f"{row_id}/noisy" for row_id in batch.id]
-            self.error_metrics.append(ids, predictions["logits"], spkid, predictions["lens"])
+            loss = loss + self.dev_statistics(predictions, batch)
         return loss
 
-    extra_name = "extra"
+    def dev_statistics(self, predictions, batch):
+        """Adds a dev batch to the dev criterion (``error_metrics``); returns an extra dev loss (0 here)."""
+        spkid = self.replicate(batch.spk_id_encoded.data, sb.Stage.VALID, batch)
+        ids = list(batch.id)
+        if hasattr(batch, "sig_noisy"):
+            ids += [f"{row_id}/noisy" for row_id in batch.id]
+        self.error_metrics.append(ids, predictions["logits"], spkid, predictions["lens"])
+        return 0.0
 
     def extra_objective(self, predictions, batch):
-        """Extra training term; None for stage 1."""
-        return None
+        """Sum of :meth:`extra_terms`, each logged under its name; None when there is none."""
+        terms = self.extra_terms(predictions, batch)
+        for name, value in terms.items():
+            self._accumulate(name, value)
+        return sum(terms.values()) if terms else None
+
+    def extra_terms(self, predictions, batch):
+        """``{name: scalar}`` training terms beside AAM; none for stage 1."""
+        return {}
+
+    def clean_noisy_consistency(self, predictions, batch, loss):
+        """``loss(noisy emb, clean emb of the same crop)``, both from this forward pass; None when the
+        batch was not augmented.
+
+        The ``Augmenter`` must keep the clean batch first (``concat_original``).
+        """
+        augmenter = self.augmenter
+        if augmenter is None or not augmenter.do_augment or augmenter.skip_concat:
+            return None
+        emb = predictions["emb"]
+        batch_size = len(batch.id)
+        clean, noisy = emb[:batch_size], emb[batch_size:]
+        if noisy.shape[0] == 0:
+            return None
+        target = clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1)))
+        return loss(noisy, target)
 
     def _accumulate(self, name, value):
         total, count = self.loss_terms.get(name, (0.0, 0))
@@ -126,7 +173,11 @@ class SpeakerBrain(sb.core.Brain):
         """Resets the per-epoch statistics."""
         self.loss_terms = {}
         if stage != sb.Stage.TRAIN:
-            self.error_metrics = self.hparams.error_stats()
+            self.error_metrics = self.dev_criterion()
+
+    def dev_criterion(self):
+        """The dev statistics whose ``summarize("average")`` is the epoch's ``ErrorRate``."""
+        return self.hparams.error_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs train/valid statistics, anneals the learning rate, checkpoints."""
@@ -177,8 +228,8 @@ class SpeakerBrain(sb.core.Brain):
     def init_optimizers(self):
         """Optimises every parameter except those matching ``frozen_parameters``."""
         frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
-        if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids":
-            frozen = frozen + ("classifier",)  # the head holds the base's centroids (anchor_reg.heads)
+        if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids" or not self.labelled:
+            frozen = frozen + ("classifier",)  # the base's centroids (anchor_reg.heads), or unused (label-free)
         if frozen:
             names = [n for n, _ in self.modules.named_parameters()]
             for prefix in frozen:
@@ -216,30 +267,111 @@ class AnchorRegBrain(SpeakerBrain):
     :class:`anchor_reg.losses.ContrastiveAnchorLoss`), ``anchor_weight_schedule``
     (a :class:`anchor_reg.losses.WeightSchedule`) and optionally
     ``classifier_head: anchor_centroids`` (the head fixed at the base's
-    centroids, see :mod:`anchor_reg.heads`).
+    centroids, see :mod:`anchor_reg.heads`), ``supervision`` (``labelled`` |
+    ``none``), ``dev_criterion`` (``classification`` | ``anchor_retrieval``, see
+    :mod:`anchor_reg.retrieval`), ``replay_loss`` (the objective of the replay
+    rows), ``l2sp_weight``, ``consistency_weight`` and ``consistency_loss``.
+
+    Arguments
+    ---------
+    anchors : anchor_reg.anchors.AnchorStore
+        The training rows' anchors.
+    dev_anchors : anchor_reg.anchors.AnchorStore
+        The dev rows' anchors (``dev_criterion: anchor_retrieval``).
+    replay : anchor_reg.replay.ReplaySet
+        Replay rows and their anchors, or None.
+    base_embedding : torch.nn.Module
+        The base's embedding model, the reference of L2-SP (``l2sp_weight > 0``).
     """
 
-    extra_name = "anchor"
     batches_per_epoch = None  # set by make_dataloader
 
-    def __init__(self, *args, anchors, **kwargs):
+    def __init__(self, *args, anchors, dev_anchors=None, replay=None, base_embedding=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.anchors = anchors
+        self.dev_anchors = dev_anchors
+        self.replay = replay
+        l2sp_weight = getattr(self.hparams, "l2sp_weight", 0.0)
+        if l2sp_weight > 0 and base_embedding is None:
+            raise ValueError("l2sp_weight > 0 needs the base's embedding model (base_embedding)")
+        self.l2sp = L2SP(l2sp_weight, base_embedding) if l2sp_weight > 0 else None
+        if self.retrieval_criterion and dev_anchors is None:
+            raise ValueError("dev_criterion: anchor_retrieval needs the dev rows' anchors (dev_anchors)")
 
-    def extra_objective(self, predictions, batch):
-        """``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike."""
-        store, kind = self.anchors, self.hparams.anchor_type
+    @property
+    def retrieval_criterion(self):
+        """Whether the dev criterion is noisy -> anchor retrieval."""
+        return getattr(self.hparams, "dev_criterion", "classification") == "anchor_retrieval"
+
+    def extra_terms(self, predictions, batch):
+        """``anchor``: ``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike; then, when
+        asked, ``consistency`` (noisy to clean, online), ``l2sp`` and ``replay``."""
         # within-epoch progress of the schedule; 0 for a batch fed outside fit() (no training loader)
         progress = min(1.0, self.step / self.batches_per_epoch) if self.batches_per_epoch else 0.0
         scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)
-        loss = self.hparams.anchor_loss
-        anchors = self.replicate(store.lookup(batch.id, kind, self.device), sb.Stage.TRAIN, batch)
+        terms = {"anchor": self.anchor_term(self.hparams.anchor_loss, predictions["emb"], batch.id, scale,
+                                            self.anchors, self.replay.store if self.replay else None)}
+        if getattr(self.hparams, "consistency_weight", 0) > 0:
+            consistency = self.clean_noisy_consistency(predictions, batch, self.hparams.consistency_loss)
+            if consistency is not None:
+                terms["consistency"] = consistency
+        if self.l2sp is not None:
+            terms["l2sp"] = self.l2sp(self.modules.embedding_model)
+        if self.replay is not None:
+            replay = self.replay_term()
+            if replay is not None:
+                terms["replay"] = replay
+        return terms
+
+    def anchor_term(self, loss, emb, ids, scale, store, extra_negatives=None):
+        """``loss`` of (B', 1, D) embeddings of the augmented rows ``ids`` against their anchors in ``store``.
+
+        A contrastive ``loss`` draws its negatives from ``store`` (other speakers, or other source
+        files for label-free rows) and as many again from ``extra_negatives`` (the replay store),
+        whose speaker indices are shifted past ``store``'s so that the two never collide.
+        """
+        kind = self.hparams.anchor_type
+        anchors = self.replicate(store.lookup(ids, kind, self.device), sb.Stage.TRAIN, None)
         if not hasattr(loss, "num_negatives"):  # a pull towards the anchor
-            return loss(predictions["emb"], anchors, scale)
-        speakers = store.speaker_index(batch.id, self.device)
+            return loss(emb, anchors, scale)
+        speakers = store.speaker_index(ids, self.device)
         bank, bank_speakers = store.sample_negatives(speakers, loss.num_negatives, kind, self.device)
-        speakers = self.replicate(speakers, sb.Stage.TRAIN, batch)
-        return loss(predictions["emb"], anchors, speakers, bank, bank_speakers, scale)
+        if extra_negatives is not None:
+            nobody = torch.empty(0, dtype=torch.long)
+            more, more_speakers = extra_negatives.sample_negatives(nobody, loss.num_negatives, kind, self.device)
+            bank = torch.cat([bank, more])
+            bank_speakers = torch.cat([bank_speakers, more_speakers + len(store.speakers)])
+        speakers = self.replicate(speakers, sb.Stage.TRAIN, None)
+        return loss(emb, anchors, speakers, bank, bank_speakers, scale)
+
+    def replay_term(self):
+        """``replay_weight · objective`` of this step's replay rows (clean + noisy copies) against their own
+        anchors (contrastive: negatives from the replay store); None if no replay row could be read."""
+        batch = self.replay.draw(self.hparams.epoch_counter.current, self.step)
+        if batch is None:
+            return None
+        batch = batch.to(self.device)
+        wavs, lens = self.training_inputs(*batch.sig)
+        emb = self.compute_embeddings(wavs, lens)
+        return self.anchor_term(self.hparams.replay_loss, emb, batch.id, 1.0, self.replay.store)
+
+    def dev_criterion(self):
+        """Classification error (labelled), or the noisy -> anchor retrieval error (:mod:`anchor_reg.retrieval`)."""
+        if self.retrieval_criterion:
+            return AnchorRetrievalStats(self.dev_anchors)
+        return super().dev_criterion()
+
+    def dev_statistics(self, predictions, batch):
+        """Retrieval: queries are the noisy copies (the second half of the dev batch); a label-free dev
+        loss is the mean cosine distance of every dev embedding to its row's anchor."""
+        if not self.retrieval_criterion:
+            return super().dev_statistics(predictions, batch)
+        batch_size = len(batch.id)
+        self.error_metrics.append(list(batch.id), predictions["emb"][batch_size:2 * batch_size])
+        if self.labelled:
+            return 0.0
+        anchors = self.replicate(self.dev_anchors.lookup(batch.id, device=self.device), sb.Stage.VALID, batch)
+        return anchor_distance(predictions["emb"], anchors).mean()
 
 
 class JointBrain(SpeakerBrain):
@@ -247,23 +379,14 @@ class JointBrain(SpeakerBrain):
 
     The ``Augmenter`` must keep the clean batch first (``concat_original``);
     the extra term pulls each noisy embedding towards the clean embedding of
-    the same crop computed in the same forward pass. Extra ``hparams``:
+    the same crop computed in the same forward pass
+    (:meth:`SpeakerBrain.clean_noisy_consistency`). Extra ``hparams``:
     ``consistency_loss`` (an ``AnchorDistanceLoss``; with
     ``detach_target: False`` the gradient flows through both branches, as in
     conventional joint training).
     """
 
-    extra_name = "consistency"
-
-    def extra_objective(self, predictions, batch):
-        """``λ · mean d(noisy emb, clean emb)``; None when the batch was not augmented."""
-        augmenter = self.augmenter
-        if augmenter is None or not augmenter.do_augment or augmenter.skip_concat:
-            return None
-        emb = predictions["emb"]
-        batch_size = len(batch.id)
-        clean, noisy = emb[:batch_size], emb[batch_size:]
-        if noisy.shape[0] == 0:
-            return None
-        target = clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1)))
-        return self.hparams.consistency_loss(noisy, target)
+    def extra_terms(self, predictions, batch):
+        """``consistency``: ``λ · mean d(noisy emb, clean emb)``; nothing when the batch was not augmented."""
+        term = self.clean_noisy_consistency(predictions, batch, self.hparams.consistency_loss)
+        return {} if term is None else {"consistency": term}

@@ -13,7 +13,7 @@ import collections
 import math
 
 from anchor_reg.anchors import ANCHOR_TYPES
-from anchor_reg.losses import DISTANCES, WeightSchedule
+from anchor_reg.losses import DISTANCES, OBJECTIVES, WeightSchedule
 
 Rule = collections.namedtuple("Rule", "test wants")
 
@@ -61,8 +61,10 @@ def _verification_speakers(v):
 
 POSITIVE = number(0, open_low=True)
 NON_NEGATIVE = number(0)
-DATASETS = ("synthetic", "folder", "voxceleb")
+DATASETS = ("synthetic", "folder", "voxceleb", "unlabelled")
 EVAL_NOISE_TYPES = ("noise", "music", "babble")
+SUPERVISIONS = ("labelled", "none")
+DEV_CRITERIA = ("classification", "anchor_retrieval")
 
 RANGES = {
     # which trainer, seeds
@@ -107,6 +109,15 @@ RANGES = {
     "anchor_weight_schedule_kind": one_of(WeightSchedule.KINDS),
     "consistency_weight": NON_NEGATIVE,
     "consistency_distance": one_of(DISTANCES),
+    # adaptation: labels, dev criterion, replay, forgetting controls
+    "supervision": one_of(SUPERVISIONS),
+    "dev_criterion": one_of(DEV_CRITERIA),
+    "verification_folders": list_of(Rule(lambda v: isinstance(v, str) and bool(v), ""), "a list of folders"),
+    "replay_folders": list_of(Rule(lambda v: isinstance(v, str) and bool(v), ""), "a list of folders"),
+    "replay_rows": integer(0),
+    "replay_weight": NON_NEGATIVE,
+    "replay_objective": one_of(OBJECTIVES),
+    "l2sp_weight": NON_NEGATIVE,
     # model
     "n_mels": integer(1),
     "channels": integer(4),
@@ -123,6 +134,51 @@ RANGES = {
 
 # (low key, high key): low must not exceed high.
 ORDERED = [("snr_low", "snr_high")]
+
+# (key, condition, other key, rule): when ``key``'s value passes ``condition``, ``other key`` must pass
+# ``rule`` (a YAML without the other key fails: e.g. unlabelled data in a stage without ``supervision``).
+IMPLIED = [
+    ("dataset", one_of(("unlabelled",)), "supervision", one_of(("none",))),
+    ("dataset", one_of(("unlabelled",)), "base_model",
+     Rule(lambda v: v is not None, "a pretrained model (hub ID or folder)")),
+    ("dataset", one_of(("unlabelled",)), "verification_folders",
+     Rule(lambda v: isinstance(v, list) and bool(v), "at least one folder of speakers (for the trials)")),
+    ("supervision", one_of(("none",)), "anchor_weight", POSITIVE),
+    ("supervision", one_of(("none",)), "dev_criterion", one_of(("anchor_retrieval",))),
+    ("dev_criterion", one_of(("anchor_retrieval",)), "dev_noisy_copies", Rule(lambda v: v is True, "True")),
+    ("replay_rows", integer(1), "replay_folders",
+     Rule(lambda v: isinstance(v, list) and bool(v), "at least one folder of audio")),
+]
+
+# Keys that only shape the classifier (AAM head): a label-free stage refuses them set away from its defaults.
+CLASSIFIER_ONLY_KEYS = ("classifier_head", "aam_margin", "aam_scale")
+
+
+def implied_conflict(values):
+    """The first ``(key, other key, rule)`` of :data:`IMPLIED` that ``values`` break, or None."""
+    for key, condition, other, rule in IMPLIED:
+        if key in values and not tagged(values[key]) and condition.test(plain(values[key])):
+            if other not in values or (not tagged(values[other]) and not rule.test(plain(values[other]))):
+                return key, other, rule
+    return None
+
+
+def label_free_conflict(defaults, values):
+    """The first classifier-only key set away from its default when ``supervision`` is ``none``, or None.
+
+    Arguments
+    ---------
+    defaults : mapping
+        The YAML file's own values.
+    values : mapping
+        The values after the overrides.
+    """
+    if plain(values.get("supervision")) != "none":
+        return None
+    for key in CLASSIFIER_ONLY_KEYS:
+        if key in values and key in defaults and plain(values[key]) != plain(defaults[key]):
+            return key
+    return None
 
 
 def tagged(value):

@@ -14,7 +14,7 @@ import re
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-from anchor_reg.checks import ORDERED, RANGES, plain, tagged
+from anchor_reg.checks import ORDERED, RANGES, implied_conflict, label_free_conflict, plain, tagged
 
 
 class ConfigError(ValueError):
@@ -126,8 +126,24 @@ def check_values(values, source):
             raise ConfigError(
                 f"{source}: key '{low}' must be <= {high} ({plain(values[high])!r}), got {plain(values[low])!r}"
             )
+    conflict = implied_conflict(values)
+    if conflict is not None:
+        key, other, rule = conflict
+        got = f"got {plain(values[other])!r}" if other in values else "this YAML has no such key"
+        raise ConfigError(f"{source}: key '{other}' must be {rule.wants} when {key} is {plain(values[key])!r} ({got})")
     if isinstance(values.get("stage1_overrides"), dict):  # stage 2 passes them to stage 1: check them now
         check_values(values["stage1_overrides"], f"{source} (stage1_overrides)")
+
+
+def check_label_free(defaults, values, source):
+    """Refuses a classifier-only key (``classifier_head``, ``aam_margin`` ...) set away from the YAML's
+    default in a label-free stage (``supervision: none``), which has no classifier."""
+    key = label_free_conflict(defaults, values)
+    if key is not None:
+        raise ConfigError(
+            f"{source}: key '{key}' shapes the classifier, but supervision is none (no classifier, no AAM): "
+            f"drop --{key} (got {plain(values[key])!r}, default {plain(defaults[key])!r})"
+        )
 
 
 def load_hparams(hparams_file, overrides=None, model_file=None):
@@ -158,7 +174,9 @@ def load_hparams(hparams_file, overrides=None, model_file=None):
     check_override_types(defaults, overrides, str(path))
     try:
         resolved = resolve_references(yaml_stream(path, model_file), overrides).getvalue()
-        check_values(_read_yaml(resolved, str(path)), str(path))
+        values = _read_yaml(resolved, str(path))
+        check_values(values, str(path))
+        check_label_free(defaults, values, str(path))
         return load_hyperpyyaml(yaml_stream(path, model_file), overrides)
     except ConfigError:
         raise

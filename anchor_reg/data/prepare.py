@@ -4,6 +4,7 @@
 into ``prep_folder``:
 
 - ``train.csv``, ``dev.csv``, ``enrol.csv``, ``test.csv``, ``trials.txt`` (speech);
+- ``replay.csv`` (rows of ``replay_folders``, when ``replay_rows`` > 0);
 - ``noise_train.csv`` (noise + music), ``babble_train.csv`` (babble of training
   speakers) and ``rir_train.csv`` for the training augmentations;
 - ``eval_noise.csv``, ``eval_music.csv``, ``eval_babble.csv``, ``eval_rir.csv``
@@ -12,7 +13,9 @@ into ``prep_folder``:
 
 ``dataset`` selects the sources: ``synthetic`` (the embedded corpus, generated
 into ``data_folder``), ``folder`` (folders of speakers + ``noise_folders`` +
-``rir_folder``) or ``voxceleb`` (VoxCeleb + ``musan_folder`` + ``rir_folder``
+``rir_folder``), ``unlabelled`` (folders of audio at any depth, rows
+labelled by source file, trials from ``verification_folders``; same noise keys as
+``folder``) or ``voxceleb`` (VoxCeleb + ``musan_folder`` + ``rir_folder``
 pointing at RIRS_NOISES).
 """
 
@@ -39,6 +42,7 @@ from anchor_reg.data.noise import (
     prepare_rirs_noises,
 )
 from anchor_reg.data.synthetic import generate_corpus
+from anchor_reg.data.unlabelled import prepare_replay, prepare_unlabelled
 from anchor_reg.data.voxceleb import prepare_voxceleb
 
 logger = logging.getLogger(__name__)
@@ -95,6 +99,14 @@ def prepare_data(hparams):
                 trial_list=hparams["trial_list"] or "veri_test2.txt",
                 **common,
             )
+        elif dataset == "unlabelled":
+            prepare_unlabelled(
+                sources.pop("speech"),
+                hparams["verification_folders"],
+                prep,
+                test_seg_dur=hparams["test_seg_dur"],
+                **common,
+            )
         else:
             prepare_folder_of_speakers(
                 sources.pop("speech"),
@@ -104,6 +116,9 @@ def prepare_data(hparams):
                 test_seg_dur=hparams["test_seg_dur"],
                 **common,
             )
+        if hparams.get("replay_rows"):
+            prepare_replay(hparams["replay_folders"], prep, seg_dur=hparams["seg_dur"],
+                           sample_rate=hparams["sample_rate"], skip_bad_files=hparams["skip_bad_files"])
         return prepare_noise(hparams, sources)
     except (ConfigError, AudioError):
         raise
@@ -208,6 +223,10 @@ def noise_sources(hparams):
         raise FileNotFoundError(
             f"data_folders: {', '.join(missing)} not found (set --data_folder=...)"
         )
+    for key in ("verification_folders", "replay_folders"):
+        missing = [str(f) for f in hparams.get(key) or () if not pathlib.Path(f).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{key}: {', '.join(missing)} not found")
     if not hparams["rir_folder"]:
         raise ConfigError(
             "rir_folder: no RIR folder given (set --rir_folder= to a folder of RIR audio or the RIRS_NOISES root)"

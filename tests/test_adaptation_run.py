@@ -1,0 +1,82 @@
+"""Label-free adaptation end to end: a flat folder of audio (no speaker folders) prepares and trains."""
+import csv
+import os
+import shutil
+
+import pytest
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+
+from anchor_reg.anchors import AnchorStore
+from anchor_reg.export import export_model
+from tiny import refused, run_train
+
+
+@pytest.fixture(scope="module")
+def adaptation_data(tmp_path_factory):
+    """A tiny exported base, a flat folder of audio, a replay folder and a verification folder of speakers."""
+    tmp = tmp_path_factory.mktemp("adapt")
+    run_train("stage1.yaml", tmp)
+    export = export_model(tmp / "results" / "default" / "1986" / "stage1", tmp / "export")
+    speech = tmp / "corpus" / "speech"
+    speakers = sorted(os.listdir(speech))
+    flat, replay, verification = tmp / "flat", tmp / "replay" / "deep" / "er", tmp / "verification"
+    for folder in (flat, replay, verification):
+        folder.mkdir(parents=True)
+    for index, speaker in enumerate(speakers):
+        wavs = sorted((speech / speaker).rglob("*.wav"))
+        if index < 2:  # adaptation audio: every file in one flat folder, no speaker structure
+            for k, wav in enumerate(wavs):
+                shutil.copy(wav, flat / f"recording{index}{k}.wav")
+        elif index < 3:
+            for k, wav in enumerate(wavs):
+                shutil.copy(wav, replay / f"broad{k}.wav")
+        else:
+            shutil.copytree(speech / speaker, verification / speaker)
+    noise = tmp / "corpus" / "noise"
+    options = dict(
+        dataset="unlabelled", data_folders=f"[{flat}]", verification_folders=f"[{verification}]",
+        noise_folders=f"{{noise: {noise / 'noise'}, music: {noise / 'music'}}}", rir_folder=str(tmp / "corpus" / "rir"),
+        base_model=str(export), supervision="none", dev_criterion="anchor_retrieval", experiment_name="label_free",
+    )
+    return tmp, options
+
+
+@pytest.mark.slow
+def test_a_flat_folder_prepares_and_trains_label_free_with_replay(adaptation_data):
+    tmp, options = adaptation_data
+    run_train("stage2.yaml", tmp, replay_rows=2, replay_folders=f"[{tmp / 'replay'}]", l2sp_weight=0.1,
+              consistency_weight=0.5, **options)
+    prep = tmp / "results" / "label_free" / "prepared"
+    with open(prep / "train.csv") as f:
+        train = list(csv.DictReader(f))
+    with open(prep / "dev.csv") as f:
+        dev = list(csv.DictReader(f))
+    assert {row["spk_id"] for row in train} | {row["spk_id"] for row in dev} == {
+        f"flat/{name[:-4]}" for name in os.listdir(tmp / "flat")}  # each row's "speaker" is its source file
+    assert not {row["spk_id"] for row in train} & {row["spk_id"] for row in dev}  # dev split by file
+    assert (prep / "trials.txt").read_text().strip()
+    anchors = tmp / "results" / "label_free" / "1986" / "anchors"
+    dev_store = AnchorStore.from_file(anchors / "dev_anchors.pt")
+    replay_store = AnchorStore.from_file(anchors / "replay_anchors.pt")
+    train_store = AnchorStore.from_file(anchors / "anchors.pt")
+    assert len(dev_store) == len(dev) and all(s.startswith("replay/") for s in replay_store.speakers)
+    fingerprints = {store.provenance["base_fingerprint"] for store in (dev_store, replay_store, train_store)}
+    assert len(fingerprints) == 1  # the same frozen base made all three
+    stage = tmp / "results" / "label_free" / "1986" / "stage2"
+    log = (stage / "train_log.txt").read_text()
+    for term in ("loss_anchor", "loss_replay", "loss_l2sp", "loss_consistency", "ErrorRate"):
+        assert term in log
+    assert "loss_aam" not in log
+    ckpt = Checkpointer(stage / "save").find_checkpoint()
+    assert 0.0 <= ckpt.meta["ErrorRate"] <= 1.0
+    weights = torch.load(ckpt.paramfiles["embedding_model"])
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_label_free_stage2_refuses_a_classifier_only_key(tmp_path):
+    line = refused("stage2.yaml", tmp_path, supervision="none", dev_criterion="anchor_retrieval",
+                   classifier_head="anchor_centroids")
+    assert "classifier_head" in line and "supervision is none" in line
+    line = refused("stage2.yaml", tmp_path, supervision="none", dev_criterion="classification")
+    assert "'dev_criterion' must be one of anchor_retrieval when supervision is 'none'" in line
