@@ -30,6 +30,7 @@ FIGURE_NAMES = {
     "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_ratio",
     "anchor_store_load_s", "anchor_store_rank_memory", "anchor_store_lookup_ms", "peak_memory_ratio",
     "stage1_utterances_per_s", "stage2_utterances_per_s", "joint_utterances_per_s", "contrastive_term_overhead",
+    "replay_row_cost",
 }
 
 
@@ -71,7 +72,7 @@ def test_every_figure_reports_a_finite_value_and_a_verdict_where_it_has_a_target
             assert interval["samples"] >= 1 and 0 <= interval["coverage"] <= 1 and interval["method"], name
     # every target gets one verdict
     assert (out["passed"], out["failed"], out["unresolved"]) == (counts["PASS"], counts["FAIL"], counts["unresolved"])
-    assert sum(counts.values()) == len(figures.TARGETS) == 12
+    assert sum(counts.values()) == len(figures.TARGETS) == 13
 
 
 @pytest.mark.slow
@@ -83,7 +84,8 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
                            ("live_teacher_cost", ("live_teacher", "fixed_anchors")),
                            ("live_teacher_cost_noisy_only", ("live_teacher", "fixed_anchors")),
                            ("batched_embedding_speedup", ("batched", "one_at_a_time")),
-                           ("noisy_evaluation_cost", ("clean_only", "all_conditions"))]:
+                           ("noisy_evaluation_cost", ("clean_only", "all_conditions")),
+                           ("replay_row_cost", ("with_replay", "without_replay"))]:
         timings = by_name[name]["details"]["timings"]
         for variant in variants:
             assert timings[variant]["median_s"] > 0 and all(t > 0 for t in timings[variant]["times_s"])
@@ -94,6 +96,11 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
     assert by_name["live_teacher_cost"]["details"]["rows_through_net"] == 4
     # with clean_copies=False only the noisy copy goes through the network
     assert by_name["live_teacher_cost_noisy_only"]["details"]["rows_through_net"] == 2
+    # the replay figure: as many replay rows as batch rows, all drawn, the replay term only where replay is on
+    replay = by_name["replay_row_cost"]["details"]
+    assert replay["batch_rows"] == replay["replay_rows"] == replay["replay_rows_drawn"] == 2
+    assert replay["rows_through_net"] == 4
+    assert replay["replay_terms"] == ["anchor", "replay"] and replay["plain_terms"] == ["anchor"]
 
 
 @pytest.mark.slow
@@ -194,6 +201,45 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
     figures.bench_throughput(work, sizes)
     # one warm-up round and max(2, steps // 2) = 2 timed rounds of stage 1, stage 2, joint
     assert sorted(calls) == sorted(["SpeakerBrain", "AnchorRegBrain", "JointBrain"] * 3)
+
+
+def test_replay_row_cost_is_the_extra_time_per_replay_row_over_the_time_per_training_row():
+    # B = 32 training rows at 25 ms each; R = 16 replay rows at k x 25 ms each, k = 1.0, 1.5, 0.8 per round
+    row = 0.025
+    without = [32 * row, 32 * row * 1.1, 32 * row * 0.9]  # the load moves both variants of a round alike
+    with_replay = [t + 16 * k * t / 32 for t, k in zip(without, (1.0, 1.5, 0.8))]
+    timings = {"with_replay": {"times_s": with_replay}, "without_replay": {"times_s": without}}
+    assert figures.replay_row_costs(timings, batch_rows=32, replay_rows=16) == pytest.approx([1.0, 1.5, 0.8])
+
+
+@pytest.mark.slow
+def test_the_replay_figure_times_a_label_free_step_with_and_without_replay(tmp_path, monkeypatch):
+    options = cli.parse_args(["--quick", *TINY])
+    sizes = dict(cli.QUICK, **TINY_SIZES, steps=1)
+    work = workload.Workload(workload.prepare(tmp_path, options, sizes), options, scratch=tmp_path)
+    with_replay, without_replay = work.label_free_brains(replay_rows=3)
+    assert not with_replay.labelled and not without_replay.labelled  # supervision: none, no AAM
+    assert with_replay.modules.embedding_model is without_replay.modules.embedding_model  # one set of modules
+    assert without_replay.replay is None
+    # the replay rows are prepared rows of the full crop, with anchors of their own store
+    full = {list(work.dataset.data_ids)[i] for i in workload.full_crop_rows(work.dataset, 0.5)}
+    drawn = with_replay.replay.draw(1, 0)
+    assert len(drawn.id) == 3 and set(drawn.id) <= full
+    assert drawn.sig.data.shape[1] == work.batch.sig.data.shape[1]
+    assert {i.decode() for i in with_replay.replay.store.ids} == full
+    calls = []
+    term = type(with_replay).replay_term
+
+    def spy(self):
+        calls.append(len(self.replay.draw(1, 0).id))
+        return term(self)
+
+    monkeypatch.setattr(type(with_replay), "replay_term", spy)
+    out = figures.bench_replay(work, sizes)
+    assert calls == [2, 2]  # one warm-up and one timed step with replay (R = B = 2 rows); none without
+    timings = out["details"]["timings"]
+    expected = figures.replay_row_costs(timings, batch_rows=2, replay_rows=2)
+    assert out["value"] == pytest.approx(expected[0]) and out["target"] == "<= 1.5"
 
 
 def test_voxceleb2_ids_are_unique_and_shaped_like_voxceleb2():

@@ -46,6 +46,7 @@ TARGETS = {
     "anchor_store_lookup_ms": ("<=", 1.0),
     "peak_memory_ratio": ("<=", 1.1),
     "contrastive_term_overhead": ("<=", 1.05),
+    "replay_row_cost": ("<=", 1.5),
 }
 CONTRASTIVE_NEGATIVES = 1024  # K of the contrastive figure
 
@@ -525,6 +526,45 @@ def bench_throughput(work, sizes):
     return figures
 
 
+def replay_row_costs(timings, batch_rows, replay_rows):
+    """Per interleaved round: ``((t_with - t_without) / replay_rows) / (t_without / batch_rows)``."""
+    return [(ratio - 1) * batch_rows / replay_rows for ratio in paired_ratios(timings, "with_replay", "without_replay")]
+
+
+def bench_replay(work, sizes):
+    """Figure 10: what a replay row costs a label-free stage-2 step, relative to a training row.
+
+    The label-free step (``supervision: none``, pull to the fixed anchors) of
+    the batch's B rows, timed with ``replay_rows`` R = B (each step also draws R
+    replay rows, augments them alike and pulls them to their own anchors) and
+    without replay, interleaved. Per round, the figure is
+    ``((t_with - t_without) / R) / (t_without / B)``: the time of one more
+    replay row over the time of one training row; 1 when a replay row costs
+    what a training row does (the replay rows go through their own forward pass).
+    """
+    rows = len(work.batch.id)
+    replay_rows = rows
+    with_replay, without_replay = work.label_free_brains(replay_rows)
+    batch = work.batch
+    timings = interleaved(
+        {"with_replay": lambda: with_replay.fit_batch(batch), "without_replay": lambda: without_replay.fit_batch(batch)},
+        sizes["steps"],
+        work.device,
+        seed=SEED,
+    )
+    costs = replay_row_costs(timings, rows, replay_rows)
+    replay_drawn = with_replay.replay.draw(with_replay.hparams.epoch_counter.current, with_replay.step)
+    return figure(
+        "replay_row_cost", statistics.median(costs),
+        "label-free stage-2 step: time per replay row added / time per training row (R = B replay rows), "
+        "median of the paired rounds", median_interval(costs),
+        batch_rows=rows, replay_rows=replay_rows, replay_rows_drawn=len(replay_drawn.id),
+        rows_through_net=rows_through_network(without_replay, batch),
+        step_ratio=statistics.median(paired_ratios(timings, "with_replay", "without_replay")),
+        replay_terms=sorted(with_replay.loss_terms), plain_terms=sorted(without_replay.loss_terms), timings=timings,
+    )
+
+
 # What the command line runs, in order: (progress label, bench function).
 FIGURES = [
     ("1 anchor term", bench_anchor_term),
@@ -536,4 +576,5 @@ FIGURES = [
     ("7 peak memory", bench_peak_memory),
     ("8 throughput", bench_throughput),
     ("9 contrastive term", bench_contrastive_term),
+    ("10 replay", bench_replay),
 ]
