@@ -127,7 +127,7 @@ def parse_args(argv=None):
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m anchor_reg.benchmark",
                                      description=anchor_reg.benchmark.__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (< 3 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (about 5 min on 2 idle CPU cores)")
     parser.add_argument("--output", default="results/benchmark.json", help="JSON file written (atomically)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
