@@ -24,7 +24,7 @@ QUICK = {
     "corpus_speakers": 30,  # the synthetic corpus: speakers x utterances (2-4 s each)
     "corpus_utterances": 6,
     "eval_speakers": 6,  # figure 4: speakers held out for the prepared trials
-    "loader_steps": 7,  # figure 5 (at most the batches of the prepared train.csv; the first is not counted)
+    "loader_steps": 7,  # figure 5: measured steps (over several epochs; each epoch's first batch is not counted)
     "store_rows": VOXCELEB2_ROWS,  # figure 6: VoxCeleb2 dev in 3 s rows
     "store_writes": 5,  # figure 6: interleaved rounds of save / plain write
     "store_loads": 7,
