@@ -2,29 +2,35 @@
 
 Timings are not checked (they depend on the machine); what is checked is what
 each figure measured: the rows through the network, the conditions evaluated,
-the Brain whose ``fit_batch`` ran, the table and JSON written.
+the Brain whose ``fit_batch`` ran, the table and JSON written, and the
+intervals and verdicts on synthetic timings of known spread.
 """
 import argparse
+import itertools
 import json
 import math
+import random
+import statistics
 
 import pytest
 import speechbrain as sb
 import torch
 
-from anchor_reg.benchmark import cli, figures, timing, workload
+from anchor_reg.benchmark import cli, figures, spread, timing, workload
 from anchor_reg.data.trials import read_trial_list
 from anchor_reg.losses import ContrastiveAnchorLoss
 
 TINY = ["--channels", "16", "--batch_size", "2", "--crop", "0.5", "--eval_batch_size", "2", "--speakers", "8",
         "--store_rows", "3000", "--steps", "1"]
 TINY_SIZES = {"embed_utterances": 4, "utterance_seconds": (0.4, 1.0), "corpus_speakers": 5, "corpus_utterances": 3,
-              "eval_speakers": 2, "loader_steps": 2, "lookups": 5}
+              "eval_speakers": 2, "loader_steps": 2, "lookups": 5, "eval_rounds": 2, "store_writes": 2,
+              "store_loads": 2}
 FIGURE_NAMES = {
     "anchor_term_overhead", "live_teacher_cost", "live_teacher_cost_noisy_only", "batched_embedding_speedup",
     "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_ratio",
     "anchor_store_load_s", "anchor_store_rank_memory", "anchor_store_lookup_ms", "peak_memory_ratio",
     "stage1_utterances_per_s", "stage2_utterances_per_s", "joint_utterances_per_s", "contrastive_term_overhead",
+    "replay_row_cost",
 }
 
 
@@ -48,14 +54,25 @@ def test_every_figure_reports_a_finite_value_and_a_verdict_where_it_has_a_target
     out, _ = results
     by_name = {f["name"]: f for f in out["figures"]}
     assert set(by_name) == FIGURE_NAMES
+    counts = {"PASS": 0, "FAIL": 0, "unresolved": 0}
     for name, fig in by_name.items():
         assert math.isfinite(fig["value"]) and fig["value"] >= 0, name
         assert fig["description"]
         if name in figures.TARGETS:
-            assert fig["target"].split()[0] in ("<=", ">=") and isinstance(fig["passed"], bool)
+            assert fig["target"].split()[0] in ("<=", ">=") and fig["verdict"] in counts
+            counts[fig["verdict"]] += 1
         else:
-            assert fig["target"] is None and fig["passed"] is None
-    assert out["passed"] + out["failed"] == len(figures.TARGETS) == 12  # every target is met or missed once
+            assert fig["target"] is None and fig["verdict"] is None
+        # every figure but the byte counts carries the interval of its samples, around its value
+        if name in {"anchor_store_memory", "anchor_store_rank_memory", "peak_memory_ratio"}:
+            assert fig["interval"] is None, name
+        else:
+            interval = fig["interval"]
+            assert interval["low"] <= fig["value"] <= interval["high"], name
+            assert interval["samples"] >= 1 and 0 <= interval["coverage"] <= 1 and interval["method"], name
+    # every target gets one verdict
+    assert (out["passed"], out["failed"], out["unresolved"]) == (counts["PASS"], counts["FAIL"], counts["unresolved"])
+    assert sum(counts.values()) == len(figures.TARGETS) == 13
 
 
 @pytest.mark.slow
@@ -67,7 +84,8 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
                            ("live_teacher_cost", ("live_teacher", "fixed_anchors")),
                            ("live_teacher_cost_noisy_only", ("live_teacher", "fixed_anchors")),
                            ("batched_embedding_speedup", ("batched", "one_at_a_time")),
-                           ("noisy_evaluation_cost", ("clean_only", "all_conditions"))]:
+                           ("noisy_evaluation_cost", ("clean_only", "all_conditions")),
+                           ("replay_row_cost", ("with_replay", "without_replay"))]:
         timings = by_name[name]["details"]["timings"]
         for variant in variants:
             assert timings[variant]["median_s"] > 0 and all(t > 0 for t in timings[variant]["times_s"])
@@ -78,6 +96,11 @@ def test_side_by_side_timings_are_positive_and_rows_are_the_recipes(results):
     assert by_name["live_teacher_cost"]["details"]["rows_through_net"] == 4
     # with clean_copies=False only the noisy copy goes through the network
     assert by_name["live_teacher_cost_noisy_only"]["details"]["rows_through_net"] == 2
+    # the replay figure: as many replay rows as batch rows, all drawn, the replay term only where replay is on
+    replay = by_name["replay_row_cost"]["details"]
+    assert replay["batch_rows"] == replay["replay_rows"] == replay["replay_rows_drawn"] == 2
+    assert replay["rows_through_net"] == 4
+    assert replay["replay_terms"] == ["anchor", "replay"] and replay["plain_terms"] == ["anchor"]
 
 
 @pytest.mark.slow
@@ -102,7 +125,11 @@ def test_figure_details_match_the_prepared_data(results):
     assert store["file_bytes"] >= store["raw_bytes"] and store["embeddings_mapped_from_file"]
     save = by_name["anchor_store_save_ratio"]["details"]  # both writes timed twice, in alternating order
     assert [len(save["times"][k]["times_s"]) for k in ("save", "raw")] == [2, 2]
-    assert by_name["anchor_store_save_ratio"]["value"] == pytest.approx(save["save_s"] / save["raw_write_s"])
+    ratios = [a / b for a, b in zip(save["times"]["save"]["times_s"], save["times"]["raw"]["times_s"])]
+    assert by_name["anchor_store_save_ratio"]["value"] == pytest.approx(statistics.median(ratios))
+    loads = by_name["anchor_store_load_s"]
+    assert len(loads["details"]["times_s"]) == 2 and loads["interval"]["coverage"] < spread.CONFIDENCE
+    assert loads["verdict"] == "unresolved"  # two loads cannot hold the median at 90 %
     # both ranks held the store the figure saved (rebuilt here from the same IDs and seed), in pages they share
     ranks = by_name["anchor_store_rank_memory"]["details"]
     expected = workload.random_store(workload.voxceleb2_ids(3000)).digest()
@@ -123,12 +150,14 @@ def test_json_and_table(results):
     written = json.loads((tmp / "out" / "benchmark.json").read_text())
     assert written["figures"] == json.loads(json.dumps(out["figures"]))
     assert written["settings"]["channels"] == 16 and written["settings"]["mode"] == "quick"
+    assert written["confidence"] == spread.CONFIDENCE
     table = cli.format_table(out).splitlines()
     for fig in out["figures"]:
         (line,) = [row for row in table if row.startswith(f"| {fig['name']} |")]
-        verdict = {None: "–", True: "PASS", False: "FAIL"}[fig["passed"]]
-        assert line.endswith(f"| {verdict} |") and f"| {fig['value']:.4g} |" in line
-    assert table[-1] == f"{out['passed']} passed, {out['failed']} failed."
+        assert line.endswith(f"| {fig['verdict'] or '–'} |") and f"| {fig['value']:.4g} |" in line
+        if fig["interval"] is not None:
+            assert f"| [{fig['interval']['low']:.4g}, {fig['interval']['high']:.4g}] n={fig['interval']['samples']}" in line
+    assert table[-1].startswith(f"{out['passed']} passed, {out['failed']} failed, {out['unresolved']} unresolved.")
 
 
 @pytest.mark.slow
@@ -147,8 +176,9 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
     figures.bench_anchor_term(work, sizes)
     # one warm-up + one timed step per variant
     assert calls == ["AnchorRegBrain", "SpeakerBrain"] * 2
-    total, count = work.stage2.loss_terms["anchor"]  # AnchorRegBrain's own anchor objective ran in each step
-    assert count == 2 and total > 0 and "anchor" not in work.stage2_without_anchor.loss_terms
+    # AnchorRegBrain's own anchor objective ran in each step, and in each call of the term alone (1 + 20)
+    total, count = work.stage2.loss_terms["anchor"]
+    assert count == 2 + 1 + 20 and total > 0 and "anchor" not in work.stage2_without_anchor.loss_terms
     calls.clear()
     banks = []
     forward = ContrastiveAnchorLoss.forward
@@ -174,6 +204,45 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
     assert sorted(calls) == sorted(["SpeakerBrain", "AnchorRegBrain", "JointBrain"] * 3)
 
 
+def test_replay_row_cost_is_the_extra_time_per_replay_row_over_the_time_per_training_row():
+    # B = 32 training rows at 25 ms each; R = 16 replay rows at k x 25 ms each, k = 1.0, 1.5, 0.8 per round
+    row = 0.025
+    without = [32 * row, 32 * row * 1.1, 32 * row * 0.9]  # the load moves both variants of a round alike
+    with_replay = [t + 16 * k * t / 32 for t, k in zip(without, (1.0, 1.5, 0.8))]
+    timings = {"with_replay": {"times_s": with_replay}, "without_replay": {"times_s": without}}
+    assert figures.replay_row_costs(timings, batch_rows=32, replay_rows=16) == pytest.approx([1.0, 1.5, 0.8])
+
+
+@pytest.mark.slow
+def test_the_replay_figure_times_a_label_free_step_with_and_without_replay(tmp_path, monkeypatch):
+    options = cli.parse_args(["--quick", *TINY])
+    sizes = dict(cli.QUICK, **TINY_SIZES, steps=1)
+    work = workload.Workload(workload.prepare(tmp_path, options, sizes), options, scratch=tmp_path)
+    with_replay, without_replay = work.label_free_brains(replay_rows=3)
+    assert not with_replay.labelled and not without_replay.labelled  # supervision: none, no AAM
+    assert with_replay.modules.embedding_model is without_replay.modules.embedding_model  # one set of modules
+    assert without_replay.replay is None
+    # the replay rows are prepared rows of the full crop, with anchors of their own store
+    full = {list(work.dataset.data_ids)[i] for i in workload.full_crop_rows(work.dataset, 0.5)}
+    drawn = with_replay.replay.draw(1, 0)
+    assert len(drawn.id) == 3 and set(drawn.id) <= full
+    assert drawn.sig.data.shape[1] == work.batch.sig.data.shape[1]
+    assert {i.decode() for i in with_replay.replay.store.ids} == full
+    calls = []
+    term = type(with_replay).replay_term
+
+    def spy(self):
+        calls.append(len(self.replay.draw(1, 0).id))
+        return term(self)
+
+    monkeypatch.setattr(type(with_replay), "replay_term", spy)
+    out = figures.bench_replay(work, sizes)
+    assert calls == [2, 2]  # one warm-up and one timed step with replay (R = B = 2 rows); none without
+    timings = out["details"]["timings"]
+    expected = figures.replay_row_costs(timings, batch_rows=2, replay_rows=2)
+    assert out["value"] == pytest.approx(expected[0]) and out["target"] == "<= 1.5"
+
+
 def test_voxceleb2_ids_are_unique_and_shaped_like_voxceleb2():
     ids = workload.voxceleb2_ids(5000)
     assert len(set(ids)) == 5000
@@ -184,13 +253,105 @@ def test_voxceleb2_ids_are_unique_and_shaped_like_voxceleb2():
     assert store.lookup(ids[:1], "speaker").shape == (1, 192)
 
 
+def interval(low, high, coverage=0.95):
+    return {"low": low, "high": high, "coverage": coverage, "samples": 8, "method": "test"}
+
+
 def test_figure_verdicts_at_and_around_the_targets():
-    assert figures.figure("anchor_term_overhead", 1.05, "x")["passed"] is True
-    assert figures.figure("anchor_term_overhead", 1.06, "x")["passed"] is False
-    assert figures.figure("live_teacher_cost", 1.3, "x")["passed"] is True
-    assert figures.figure("live_teacher_cost", 1.29, "x")["passed"] is False
-    assert figures.figure("live_teacher_cost", 1.31, "x")["target"] == ">= 1.3"
-    assert figures.figure("stage1_utterances_per_s", 10.0, "x")["passed"] is None
+    # a count (no interval): the value decides
+    assert figures.figure("anchor_store_memory", 1.1, "x")["verdict"] == "PASS"
+    assert figures.figure("anchor_store_memory", 1.11, "x")["verdict"] == "FAIL"
+    # a timed figure: only an interval wholly on one side of the target gives a verdict
+    assert figures.figure("anchor_term_overhead", 1.0, "x", interval(0.98, 1.05))["verdict"] == "PASS"
+    assert figures.figure("anchor_term_overhead", 1.1, "x", interval(1.06, 1.2))["verdict"] == "FAIL"
+    assert figures.figure("anchor_term_overhead", 1.0, "x", interval(0.9, 1.06))["verdict"] == "unresolved"
+    assert figures.figure("live_teacher_cost", 1.4, "x", interval(1.3, 1.5))["verdict"] == "PASS"
+    assert figures.figure("live_teacher_cost", 1.2, "x", interval(1.1, 1.29))["verdict"] == "FAIL"
+    assert figures.figure("live_teacher_cost", 1.31, "x", interval(1.29, 1.4))["verdict"] == "unresolved"
+    # an interval covering less than the confidence level decides nothing, however far from the target
+    assert figures.figure("live_teacher_cost", 3.0, "x", interval(2.9, 3.1, coverage=0.875))["verdict"] == "unresolved"
+    fig = figures.figure("live_teacher_cost", 1.31, "x", interval(1.29, 1.4))
+    assert fig["target"] == ">= 1.3" and fig["interval"] == interval(1.29, 1.4)
+    assert figures.figure("stage1_utterances_per_s", 10.0, "x", interval(9, 11))["verdict"] is None
+
+
+def test_median_interval_coverage_is_the_binomial_count_of_samples_below_the_median():
+    # the k-th smallest and k-th largest of n samples miss the median exactly when fewer than k samples
+    # lie on one side of it: count those of the 2^n equally likely below/above patterns
+    for n in range(1, 13):
+        for k in range(1, n // 2 + 1):
+            misses = sum(min(sum(p), n - sum(p)) < k for p in itertools.product((0, 1), repeat=n))
+            assert spread.order_pair_coverage(n, k) == pytest.approx(1 - misses / 2**n)
+    values = [5.0, 1.0, 4.0, 2.0, 8.0, 3.0, 7.0, 6.0]  # n = 8: k = 2 covers 93 %, k = 3 only 71 %
+    out = spread.median_interval(values)
+    assert (out["low"], out["high"], out["samples"]) == (2.0, 7.0, 8)
+    assert out["coverage"] == pytest.approx(1 - 2 * (1 + 8) / 256)
+    short = spread.median_interval([1.0, 2.0, 3.0, 4.0])  # n = 4: even [min, max] covers only 87.5 %
+    assert (short["low"], short["high"], short["coverage"]) == (1.0, 4.0, 0.875)
+    assert spread.verdict("<=", 10.0, 2.5, short) == "unresolved"
+
+
+def synthetic_timings(ratio, spread_fraction, rounds, seed, drift=0.0):
+    """Interleaved timings of A = ratio x B whose round ratios spread evenly over ratio x (1 +- spread_fraction).
+
+    The rounds' ratios are the midpoints of ``rounds`` equal slices of that range, in an order shuffled by
+    ``seed``; B's times are random and ``drift`` makes every later round slower for both variants (a load
+    that rises), which the paired ratios cancel.
+    """
+    rng = random.Random(seed)
+    offsets = [spread_fraction * (2 * (i + 0.5) / rounds - 1) for i in range(rounds)]
+    rng.shuffle(offsets)
+    base = [0.8 * (1 + drift * i) * rng.uniform(0.7, 1.3) for i in range(rounds)]
+    return {"a": {"times_s": [b * ratio * (1 + o) for b, o in zip(base, offsets)]}, "b": {"times_s": base}}
+
+
+@pytest.mark.parametrize("ratio, spread_fraction, expected", [
+    (1.00, 0.02, "PASS"),  # 1.00 +- 2 % clears <= 1.05
+    (1.12, 0.02, "FAIL"),  # 1.12 +- 2 % stays above it
+    (1.05, 0.03, "unresolved"),  # at the target
+    (1.00, 0.15, "unresolved"),  # a spread wider than the distance to the target
+])
+def test_ratio_verdicts_on_synthetic_timings_of_known_spread(ratio, spread_fraction, expected):
+    for seed in range(5):  # in any order of the rounds, under a load that doubles the step time over the run
+        timings = synthetic_timings(ratio, spread_fraction, rounds=8, seed=seed, drift=0.15)
+        value, out = spread.ratio_figure_value(timings, "a", "b")
+        # 8 rounds: the 2nd smallest and 2nd largest ratios, the midpoints of slices 2 and 7 of 8
+        assert out["low"] == pytest.approx(ratio * (1 - 0.625 * spread_fraction))
+        assert out["high"] == pytest.approx(ratio * (1 + 0.625 * spread_fraction))
+        assert value == pytest.approx(ratio)
+        assert spread.verdict("<=", 1.05, value, out) == expected, seed
+    # four rounds never give a verdict, however clear
+    value, out = spread.ratio_figure_value(synthetic_timings(1.0, 0.01, rounds=4, seed=0), "a", "b")
+    assert spread.verdict("<=", 1.05, value, out) == "unresolved"
+
+
+def test_median_interval_holds_the_true_median_as_often_as_it_claims():
+    rng = random.Random(3)
+    for n in (5, 8, 12):
+        hits, coverage = 0, None
+        for _ in range(4000):  # skewed samples (log-normal, median 1), as step times under load are
+            out = spread.median_interval([math.exp(rng.gauss(0, 0.3)) for _ in range(n)])
+            hits += out["low"] <= 1.0 <= out["high"]
+            coverage = out["coverage"]
+        assert coverage >= spread.CONFIDENCE
+        assert hits / 4000 == pytest.approx(coverage, abs=0.02), n
+
+
+def test_bootstrap_interval_is_reproducible_and_needs_five_samples():
+    steps = [(0.01, 1.0), (0.02, 1.1), (0.0, 0.9), (0.05, 1.0), (0.01, 1.2), (0.03, 0.95)]
+
+    def fraction(sample):
+        wait = sum(w for w, _ in sample)
+        return wait / (wait + sum(c for _, c in sample))
+
+    first = spread.bootstrap_interval(steps, fraction)
+    assert first == spread.bootstrap_interval(steps, fraction)  # fixed seed
+    assert first["low"] <= fraction(steps) <= first["high"] and first["coverage"] == spread.CONFIDENCE
+    # the extremes of the resampled fractions bound it: all steps the least / most waiting one
+    least, most = min(w / (w + c) for w, c in steps), max(w / (w + c) for w, c in steps)
+    assert least <= first["low"] and first["high"] <= most
+    assert spread.verdict("<=", 0.1, fraction(steps), first) == "PASS"
+    assert spread.bootstrap_interval(steps[:4], fraction)["coverage"] == 0.0
 
 
 def test_interleaved_alternates_the_order_and_seeds_each_round_alike():

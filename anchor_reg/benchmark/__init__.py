@@ -8,7 +8,7 @@ cuts VoxCeleb2 dev into: :data:`anchor_reg.benchmark.workload.VOXCELEB2_ROWS`, ~
 rows of 3 s, 2.3 GB). Absolute times depend on the
 machine, so each figure compares two variants measured here, interleaved::
 
-    python -m anchor_reg.benchmark --quick            # CPU, < 3 min on 2 cores
+    python -m anchor_reg.benchmark --quick            # CPU, about 5 min on 2 idle cores
     python -m anchor_reg.benchmark --device cuda --precision bf16 \\
         --channels 1024 --batch_size 128 --crop 3.0   # GPU: adds utterances/s
 
@@ -26,18 +26,27 @@ line runs :data:`anchor_reg.benchmark.figures.FIGURES` in order):
    and the private memory each of 2 gloo ranks (fresh processes) adds when it loads and uses it;
 7. peak memory of a stage-2 step vs a stage-1 step with as many rows;
 8. training throughput (utterances/s) of stage 1, stage 2 and the joint baseline (no target);
-9. stage-2 step with the contrastive anchor objective (K = 1024 negatives) vs without an anchor term.
+9. stage-2 step with the contrastive anchor objective (K = 1024 negatives) vs without an anchor term;
+10. label-free stage-2 step (``supervision: none``) with replay rows vs without: the time a replay row
+    adds, over the time of a training row.
 
 Every training step is the Brain's own ``fit_batch`` (``anchor_reg.brains``) on
 the modules, Augmenter and objectives of ``hparams/stage1.yaml``,
 ``stage2.yaml`` and ``joint.yaml``; embeddings and evaluation are
 :func:`anchor_reg.evaluate.embed_utterances` / :func:`anchor_reg.evaluate.evaluate_model`.
-Timed variants alternate (A B, B A, ...), each round seeded alike, and report
-medians; CPU timings still move with whatever else runs on the machine (the
-table prints the load average), so compare figures from quiet runs. Memory is
-compared in fresh subprocesses (peak RSS on CPU, ``max_memory_allocated`` on GPU).
+Timed variants alternate (A B, B A, ...), each round seeded alike; a ratio
+figure is the median of the rounds' ratios (a round's two variants share the
+load of their moment), a time the median of its repeats. Each comes with an
+interval of at least 90 % coverage (:mod:`~anchor_reg.benchmark.spread`), and
+its verdict is PASS or FAIL only when the whole interval lies on one side of
+the target, "unresolved" otherwise. The interval holds the spread within the
+run; CPU timings also move with whatever else runs on the machine (the table
+prints the load average), so compare figures from quiet runs. Memory is
+compared in fresh subprocesses (peak RSS on CPU, ``max_memory_allocated`` on
+GPU); those figures are byte counts, judged on their value.
 
 Modules: :mod:`~anchor_reg.benchmark.timing` (clocks and memory probes),
+:mod:`~anchor_reg.benchmark.spread` (intervals and verdicts),
 :mod:`~anchor_reg.benchmark.workload` (data, Brains, batch, store),
 :mod:`~anchor_reg.benchmark.figures` (one function per figure),
 :mod:`~anchor_reg.benchmark.cli` (sizes, table, JSON, command line).

@@ -22,7 +22,8 @@ import torch
 
 import anchor_reg
 from anchor_reg.anchors import AnchorStore
-from anchor_reg.benchmark.timing import (MMAP_THRESHOLD, cpu_peak, interleaved, mapped_file, memory_counters, paired_ratio,
+from anchor_reg.benchmark.spread import bootstrap_interval, median_interval, paired_ratios, ratio_figure_value, verdict
+from anchor_reg.benchmark.timing import (MMAP_THRESHOLD, cpu_peak, interleaved, mapped_file, memory_counters,
                                          private_bytes, timed)
 from anchor_reg.benchmark.workload import EMB_DIM, LiveTeacher, Workload, random_store, rows_through_network, voxceleb2_ids
 from anchor_reg.brains import AnchorRegBrain
@@ -45,18 +46,25 @@ TARGETS = {
     "anchor_store_lookup_ms": ("<=", 1.0),
     "peak_memory_ratio": ("<=", 1.1),
     "contrastive_term_overhead": ("<=", 1.05),
+    "replay_row_cost": ("<=", 1.5),
 }
 CONTRASTIVE_NEGATIVES = 1024  # K of the contrastive figure
 
 
-def figure(name, value, description, **details):
-    """One result: ``value`` against its target from :data:`TARGETS` (if any)."""
-    result = {"name": name, "description": description, "value": float(value)}
+def figure(name, value, description, interval=None, **details):
+    """One result: ``value`` and its ``interval`` against its target from :data:`TARGETS` (if any).
+
+    ``interval`` (from :mod:`anchor_reg.benchmark.spread`) is the spread of a
+    timed figure; None for a count (bytes), whose value alone decides. The
+    verdict is :func:`anchor_reg.benchmark.spread.verdict` ("PASS", "FAIL",
+    "unresolved"), None without a target.
+    """
+    result = {"name": name, "description": description, "value": float(value), "interval": interval}
     if name in TARGETS:
         op, target = TARGETS[name]
-        result.update(target=f"{op} {target:g}", passed=bool(value <= target if op == "<=" else value >= target))
+        result.update(target=f"{op} {target:g}", verdict=verdict(op, target, value, interval))
     else:
-        result.update(target=None, passed=None)
+        result.update(target=None, verdict=None)
     result["details"] = details
     return result
 
@@ -73,7 +81,7 @@ def bench_anchor_term(work, sizes):
         work.device,
         seed=SEED,
     )
-    ratio = timings["with_anchor"]["median_s"] / timings["without_anchor"]["median_s"]
+    ratio, interval = ratio_figure_value(timings, "with_anchor", "without_anchor")
     rows = rows_through_network(work.stage2, batch)  # also leaves the Augmenter's state for this batch
     emb = torch.randn(rows, 1, EMB_DIM, device=work.device, requires_grad=True)
 
@@ -82,9 +90,9 @@ def bench_anchor_term(work, sizes):
 
     alone = interleaved({"anchor_term": anchor_term_alone}, max(20, sizes["steps"]), work.device)["anchor_term"]
     return figure(
-        "anchor_term_overhead", ratio, "stage-2 step time (fit_batch), with / without the anchor term",
-        rows_through_net=rows, store_rows=len(work.store),
-        paired_ratio=paired_ratio(timings, "with_anchor", "without_anchor"),
+        "anchor_term_overhead", ratio, "stage-2 step time (fit_batch), with / without the anchor term, "
+        "median of the paired rounds", interval, rows_through_net=rows, store_rows=len(work.store),
+        ratio_of_medians=timings["with_anchor"]["median_s"] / timings["without_anchor"]["median_s"],
         anchor_term_alone_ms=1000 * alone["median_s"],
         anchor_term_alone_over_step=alone["median_s"] / timings["without_anchor"]["median_s"], timings=timings,
     )
@@ -111,7 +119,7 @@ def bench_contrastive_term(work, sizes):
         work.device,
         seed=SEED,
     )
-    ratio = timings["contrastive"]["median_s"] / timings["without_anchor"]["median_s"]
+    ratio, interval = ratio_figure_value(timings, "contrastive", "without_anchor")
     rows = rows_through_network(contrastive, batch)
     emb = torch.randn(rows, 1, EMB_DIM, device=work.device, requires_grad=True)
 
@@ -121,9 +129,10 @@ def bench_contrastive_term(work, sizes):
     alone = interleaved({"term": contrastive_term_alone}, max(20, sizes["steps"]), work.device)["term"]
     return figure(
         "contrastive_term_overhead", ratio,
-        f"stage-2 step time (fit_batch), contrastive anchor term (K={loss.num_negatives}) / no anchor term",
+        f"stage-2 step time (fit_batch), contrastive anchor term (K={loss.num_negatives}) / no anchor term, "
+        "median of the paired rounds", interval,
         negatives=loss.num_negatives, rows_through_net=rows, store_rows=len(work.store),
-        paired_ratio=paired_ratio(timings, "contrastive", "without_anchor"),
+        ratio_of_medians=timings["contrastive"]["median_s"] / timings["without_anchor"]["median_s"],
         contrastive_term_alone_ms=1000 * alone["median_s"],
         contrastive_term_alone_over_step=alone["median_s"] / timings["without_anchor"]["median_s"], timings=timings,
     )
@@ -151,20 +160,22 @@ def bench_live_teacher(work, sizes):
             work.device,
             seed=SEED,
         )
+        ratio, interval = ratio_figure_value(timings, "live_teacher", "fixed_anchors")
         results[name] = dict(
-            ratio=timings["live_teacher"]["median_s"] / timings["fixed_anchors"]["median_s"],
+            value=ratio, interval=interval,
             rows_through_net=rows_through_network(fixed, batch), teacher_rows=len(batch.id),
-            paired_ratio=paired_ratio(timings, "live_teacher", "fixed_anchors"), timings=timings,
+            ratio_of_medians=timings["live_teacher"]["median_s"] / timings["fixed_anchors"]["median_s"],
+            timings=timings,
         )
-    main, noisy = results["clean_and_noisy"], results["noisy_only"]
     return [
         figure(
-            "live_teacher_cost", main.pop("ratio"),
-            "stage-2 step time, live teacher (frozen copy re-embeds the clean crop) / fixed anchors", **main,
+            "live_teacher_cost", description="stage-2 step time, live teacher (frozen copy re-embeds the clean "
+            "crop) / fixed anchors, median of the paired rounds", **results["clean_and_noisy"],
         ),
         figure(
-            "live_teacher_cost_noisy_only", noisy.pop("ratio"),
-            "the same with clean_copies=False (noisy copy only; no target: not the recipe's default)", **noisy,
+            "live_teacher_cost_noisy_only",
+            description="the same with clean_copies=False (noisy copy only; no target: not the recipe's default)",
+            **results["noisy_only"],
         ),
     ]
 
@@ -185,7 +196,7 @@ def evaluation_waveforms(work, count, seconds, seed=1):
 
 
 def bench_batched_embedding(work, sizes):
-    """Figure 3: ``embed_utterances`` in length-sorted batches vs one utterance at a time."""
+    """Figure 3: ``embed_utterances`` in length-sorted batches vs one utterance at a time (``eval_rounds`` rounds)."""
     encoder = work.encoder()
     waveforms = evaluation_waveforms(work, sizes["embed_utterances"], sizes["utterance_seconds"])
     ids = sorted(waveforms)
@@ -197,16 +208,17 @@ def bench_batched_embedding(work, sizes):
             "batched": lambda: results.__setitem__("batched", embed_utterances(encoder, waveforms, ids, batch_size)),
             "one_at_a_time": lambda: results.__setitem__("single", embed_utterances(encoder, waveforms, ids, 1)),
         },
-        1,
+        sizes["eval_rounds"],
         work.device,
         warmup=0,
     )
     cosine = torch.nn.functional.cosine_similarity(results["batched"], results["single"], dim=1)
     lengths = [waveforms[i].numel() / work.hparams["sample_rate"] for i in ids]
-    speedup = timings["one_at_a_time"]["median_s"] / timings["batched"]["median_s"]
+    speedup, interval = ratio_figure_value(timings, "one_at_a_time", "batched")
     return figure(
         "batched_embedding_speedup", speedup,
-        "evaluation embeddings: one utterance at a time / length-sorted batches (time)",
+        "evaluation embeddings: one utterance at a time / length-sorted batches (time), median of the paired rounds",
+        interval,
         utterances=len(ids), batch_size=batch_size, seconds_min=round(min(lengths), 2),
         seconds_max=round(max(lengths), 2), seconds_total=round(sum(lengths), 1),
         cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()),
@@ -216,7 +228,10 @@ def bench_batched_embedding(work, sizes):
 
 
 def bench_noisy_evaluation(work, sizes):
-    """Figure 4: ``evaluate_model`` on the prepared trials with all 17 conditions / 17 x a clean-only call."""
+    """Figure 4: ``evaluate_model`` on the prepared trials with all 17 conditions / 17 x a clean-only call.
+
+    Timed in ``eval_rounds`` interleaved rounds; the figure is the median of the rounds' ratios.
+    """
     encoder = work.encoder()
     prep = work.prep_folder
     counts = {}
@@ -232,12 +247,13 @@ def bench_noisy_evaluation(work, sizes):
     run(["clean"])  # warm-up
     all_conditions = None  # evaluate_model's default grid: clean, 3 types x 5 SNRs, reverb
     timings = interleaved({"clean_only": lambda: run(["clean"]), "all_conditions": lambda: run(all_conditions)},
-                          1, work.device, warmup=0)
+                          sizes["eval_rounds"], work.device, warmup=0)
     n_conditions = max(counts)
-    ratio = timings["all_conditions"]["median_s"] / (n_conditions * timings["clean_only"]["median_s"])
+    ratios = [r / n_conditions for r in paired_ratios(timings, "all_conditions", "clean_only")]
     return figure(
-        "noisy_evaluation_cost", ratio,
-        f"evaluate_model time, {n_conditions} conditions / ({n_conditions} x clean only)",
+        "noisy_evaluation_cost", statistics.median(ratios),
+        f"evaluate_model time, {n_conditions} conditions / ({n_conditions} x clean only), median of the paired rounds",
+        median_interval(ratios),
         conditions=n_conditions, utterances=counts[n_conditions]["n_utterances"],
         corrupted_utterances=counts[n_conditions]["n_corrupted_utterances"],
         all_over_clean=timings["all_conditions"]["median_s"] / timings["clean_only"]["median_s"], timings=timings,
@@ -247,26 +263,42 @@ def bench_noisy_evaluation(work, sizes):
 def bench_data_loading(work, sizes, num_workers=2):
     """Figure 5: share of a stage-2 training step (``fit_batch``) spent waiting for ``next(batch)``.
 
-    The loader is the Brain's own (``make_dataloader``) over the prepared train.csv.
+    The loader is the Brain's own (``make_dataloader``) over the prepared train.csv,
+    run for as many epochs as ``loader_steps`` measured steps take; the first
+    batch of each epoch (the workers starting) is reported apart. The interval
+    resamples the measured steps (bootstrap of the ratio of sums).
     """
     loader = work.stage2.make_dataloader(
         work.dataset, sb.Stage.TRAIN, batch_size=work.options.batch_size, shuffle=True,
         num_workers=num_workers, drop_last=True,
     )
-    steps = min(sizes["loader_steps"], len(loader))
-    waits, computes = [], []
-    iterator = iter(loader)
-    for _ in range(steps):
-        start = time.perf_counter()
-        batch = next(iterator)
-        waits.append(time.perf_counter() - start)
-        computes.append(timed(lambda: work.stage2.fit_batch(batch), work.device))
-    del iterator
-    wait, compute = sum(waits[1:]), sum(computes[1:])
+    if len(loader) < 2:
+        raise ValueError(f"figure 5: the prepared train.csv has fewer than 2 batches of {work.options.batch_size} rows")
+    waits, computes, first_waits = [], [], []
+    while len(waits) < sizes["loader_steps"]:
+        iterator = iter(loader)
+        for k in range(min(len(loader), sizes["loader_steps"] - len(waits) + 1)):
+            start = time.perf_counter()
+            batch = next(iterator)
+            wait = time.perf_counter() - start
+            compute = timed(lambda: work.stage2.fit_batch(batch), work.device)
+            if k == 0:
+                first_waits.append(round(wait, 4))
+            else:
+                waits.append(wait)
+                computes.append(compute)
+        del iterator
+
+    def wait_fraction(steps):
+        wait = sum(w for w, _ in steps)
+        return wait / (wait + sum(c for _, c in steps))
+
+    measured = list(zip(waits, computes))
     return figure(
-        "data_wait_fraction", wait / (wait + compute),
-        f"share of a training step waiting for data (num_workers={num_workers}, after the first batch)",
-        batch_size=work.options.batch_size, steps_measured=steps - 1, first_batch_wait_s=round(waits[0], 4),
+        "data_wait_fraction", wait_fraction(measured),
+        f"share of a training step waiting for data (num_workers={num_workers}, after each epoch's first batch)",
+        bootstrap_interval(measured, wait_fraction),
+        batch_size=work.options.batch_size, steps_measured=len(waits), first_batch_waits_s=first_waits,
         wait_s=[round(w, 4) for w in waits], compute_s=[round(c, 4) for c in computes],
         note="compute = AnchorRegBrain.fit_batch (Augmenter + forward + backward + optimizer step)",
     )
@@ -275,9 +307,12 @@ def bench_data_loading(work, sizes, num_workers=2):
 def bench_anchor_store(work, sizes, batch=512):
     """Figure 6: the anchor store at VoxCeleb2 scale: memory, save, load, lookup, and its cost per rank.
 
-    The store is saved once; this process then loads it (memory-mapped) and times
-    lookups, and two gloo ranks in fresh processes load and use it as stage 2
-    does (:func:`rank_store_probe`) to measure the private memory each rank adds.
+    The store is saved ``store_writes`` times, interleaved with plain writes of the
+    same bytes; this process then loads it (memory-mapped) ``store_loads`` times
+    and times lookups, and two gloo ranks in fresh processes load and use it as
+    stage 2 does (:func:`rank_store_probe`) to measure the private memory each
+    rank adds. The memory figures are byte counts (no interval); the times are
+    medians with their intervals.
     """
     num_rows, lookups = sizes["store_rows"], sizes["lookups"]
     ids = voxceleb2_ids(num_rows)
@@ -293,13 +328,14 @@ def bench_anchor_store(work, sizes, batch=512):
             for array in (store.embeddings.numpy(), store.ids, store.hashes, store.row_speaker.numpy()):
                 stream.write(memoryview(np.ascontiguousarray(array)).cast("B"))
 
-    writes = interleaved({"save": lambda: store.save(path), "raw": write_same_bytes}, repeats=2, device="cpu",
-                         warmup=0)
+    writes = interleaved({"save": lambda: store.save(path), "raw": write_same_bytes}, repeats=sizes["store_writes"],
+                         device="cpu", warmup=0)
     raw_path.unlink()
-    save_s, raw_s = writes["save"]["median_s"], writes["raw"]["median_s"]
+    save_ratio, save_interval = ratio_figure_value(writes, "save", "raw")
     del store
     loaded = {}
-    load_s = timed(lambda: loaded.__setitem__("store", AnchorStore.from_file(path)), "cpu")
+    load_times = [timed(lambda: loaded.__setitem__("store", AnchorStore.from_file(path)), "cpu")
+                  for _ in range(sizes["store_loads"])]
     store = loaded["store"]
     rng = np.random.default_rng(0)
     queries = [[ids[k] for k in rng.integers(0, num_rows, size=batch)] for _ in range(lookups)]
@@ -308,6 +344,7 @@ def bench_anchor_store(work, sizes, batch=512):
     first_pass = [timed(lambda q=q: store.lookup(q), "cpu") for q in queries]
     times = [timed(lambda q=q: store.lookup(q), "cpu") for q in queries]
     lookup_ms = 1000 * statistics.median(times)
+    lookup_interval = median_interval([1000 * t for t in times])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # index_select is parallelised: on a busy machine waking a thread dominates
     try:
@@ -326,18 +363,22 @@ def bench_anchor_store(work, sizes, batch=512):
     return [
         figure("anchor_store_memory", store.nbytes() / raw,
                f"AnchorStore.nbytes / raw (N x {EMB_DIM} x 4 B), N = {num_rows:,}", **details),
-        figure("anchor_store_save_ratio", save_s / raw_s,
-               "AnchorStore.save (atomic temp file + rename) / one plain write of the same arrays, median of 2",
-               rows=num_rows, file_bytes=file_bytes, save_s=save_s, raw_write_s=raw_s, times=writes),
-        figure("anchor_store_load_s", load_s, "AnchorStore.from_file seconds (memory-mapped, file in the page cache)",
-               rows=num_rows, file_bytes=file_bytes),
+        figure("anchor_store_save_ratio", save_ratio,
+               "AnchorStore.save (atomic temp file + rename) / one plain write of the same arrays, "
+               f"median of {sizes['store_writes']} paired rounds", save_interval,
+               rows=num_rows, file_bytes=file_bytes, save_s=writes["save"]["median_s"],
+               raw_write_s=writes["raw"]["median_s"], times=writes),
+        figure("anchor_store_load_s", statistics.median(load_times),
+               f"AnchorStore.from_file seconds (memory-mapped, file in the page cache), median of {len(load_times)}",
+               median_interval(load_times), rows=num_rows, file_bytes=file_bytes,
+               times_s=[round(t, 5) for t in load_times]),
         figure("anchor_store_rank_memory", max(r["private_growth_bytes"] for r in ranks) / file_bytes,
                "private memory a rank adds (load + digest + lookups + negatives) / store file size, "
                "max of 2 gloo ranks", file_bytes=file_bytes, digests=[r["digest"] for r in ranks],
                method="Private_Clean + Private_Dirty of /proc/self/smaps_rollup, after minus before the load; "
                "measured once both ranks have used the store", **per_rank),
         figure("anchor_store_lookup_ms", lookup_ms,
-               f"lookup of {batch} IDs, median ms over {lookups} (after a first pass)",
+               f"lookup of {batch} IDs, median ms over {lookups} (after a first pass)", lookup_interval,
                rows=num_rows, torch_threads=threads, p90_ms=1000 * float(np.percentile(times, 90)),
                first_pass_median_ms=1000 * statistics.median(first_pass),
                one_thread_median_ms=one_thread_ms),
@@ -485,12 +526,53 @@ def bench_throughput(work, sizes):
     timings = interleaved({name: (lambda b=b: b.fit_batch(work.batch)) for name, b in brains.items()},
                           max(2, sizes["steps"] // 2), work.device, seed=SEED)
     size = len(work.batch.id)
-    return [
-        figure(f"{name}_utterances_per_s", size / timings[name]["median_s"],
-               f"{name} training throughput (utterances/s, fit_batch with augmentation)",
-               batch_size=size, median_step_s=timings[name]["median_s"])
-        for name in brains
-    ]
+    figures = []
+    for name in brains:
+        step = median_interval(timings[name]["times_s"])
+        interval = dict(step, low=size / step["high"], high=size / step["low"])  # of the batch over the median step
+        figures.append(figure(f"{name}_utterances_per_s", size / timings[name]["median_s"],
+                              f"{name} training throughput (utterances/s, fit_batch with augmentation)", interval,
+                              batch_size=size, median_step_s=timings[name]["median_s"]))
+    return figures
+
+
+def replay_row_costs(timings, batch_rows, replay_rows):
+    """Per interleaved round: ``((t_with - t_without) / replay_rows) / (t_without / batch_rows)``."""
+    return [(ratio - 1) * batch_rows / replay_rows for ratio in paired_ratios(timings, "with_replay", "without_replay")]
+
+
+def bench_replay(work, sizes):
+    """Figure 10: what a replay row costs a label-free stage-2 step, relative to a training row.
+
+    The label-free step (``supervision: none``, pull to the fixed anchors) of
+    the batch's B rows, timed with ``replay_rows`` R = B (each step also draws R
+    replay rows, augments them alike and pulls them to their own anchors) and
+    without replay, interleaved. Per round, the figure is
+    ``((t_with - t_without) / R) / (t_without / B)``: the time of one more
+    replay row over the time of one training row; 1 when a replay row costs
+    what a training row does (the replay rows go through their own forward pass).
+    """
+    rows = len(work.batch.id)
+    replay_rows = rows
+    with_replay, without_replay = work.label_free_brains(replay_rows)
+    batch = work.batch
+    timings = interleaved(
+        {"with_replay": lambda: with_replay.fit_batch(batch), "without_replay": lambda: without_replay.fit_batch(batch)},
+        sizes["steps"],
+        work.device,
+        seed=SEED,
+    )
+    costs = replay_row_costs(timings, rows, replay_rows)
+    replay_drawn = with_replay.replay.draw(with_replay.hparams.epoch_counter.current, with_replay.step)
+    return figure(
+        "replay_row_cost", statistics.median(costs),
+        "label-free stage-2 step: time per replay row added / time per training row (R = B replay rows), "
+        "median of the paired rounds", median_interval(costs),
+        batch_rows=rows, replay_rows=replay_rows, replay_rows_drawn=len(replay_drawn.id),
+        rows_through_net=rows_through_network(without_replay, batch),
+        step_ratio=statistics.median(paired_ratios(timings, "with_replay", "without_replay")),
+        replay_terms=sorted(with_replay.loss_terms), plain_terms=sorted(without_replay.loss_terms), timings=timings,
+    )
 
 
 # What the command line runs, in order: (progress label, bench function).
@@ -504,4 +586,5 @@ FIGURES = [
     ("7 peak memory", bench_peak_memory),
     ("8 throughput", bench_throughput),
     ("9 contrastive term", bench_contrastive_term),
+    ("10 replay", bench_replay),
 ]

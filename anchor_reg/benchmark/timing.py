@@ -63,12 +63,6 @@ def interleaved(variants, repeats, device, warmup=1, seed=None):
     return {name: {"median_s": statistics.median(t), "times_s": [round(x, 5) for x in t]} for name, t in times.items()}
 
 
-def paired_ratio(timings, numerator, denominator):
-    """Median of the per-round ratios of two interleaved variants (robust to load drift)."""
-    pairs = zip(timings[numerator]["times_s"], timings[denominator]["times_s"])
-    return statistics.median(a / b for a, b in pairs)
-
-
 def cpu_peak(function):
     """(bytes, method): how far the resident memory rises above its level before ``function()``.
 

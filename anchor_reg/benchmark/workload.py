@@ -13,6 +13,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from anchor_reg import recipe_hparams
 from anchor_reg.anchors import AnchorStore
@@ -21,6 +22,7 @@ from anchor_reg.config import load_hparams, overrides_for
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.prepare import prepare_data
 from anchor_reg.data.synthetic import NOISE_DIR, RIR_DIR, generate_corpus
+from anchor_reg.replay import ReplaySet
 
 EMB_DIM = 192
 VOXCELEB2_SPEAKERS = 5994
@@ -133,24 +135,30 @@ def training_dataset(train_csv, sample_rate, num_speakers):
     return dataset
 
 
+def full_crop_rows(dataset, crop_seconds):
+    """Indices of the rows of ``dataset`` that last the full crop (the rows a training epoch is made of)."""
+    return [i for i, row in enumerate(dataset.data.values()) if abs(float(row["duration"]) - crop_seconds) < 1e-3]
+
+
 def training_batch(dataset, batch_size, crop_seconds):
-    """A ``PaddedBatch`` of ``batch_size`` rows of the full crop length (the rows a training epoch is made of)."""
-    full = [i for i, row in enumerate(dataset.data.values()) if abs(float(row["duration"]) - crop_seconds) < 1e-3]
+    """A ``PaddedBatch`` of ``batch_size`` rows of the full crop length."""
+    full = full_crop_rows(dataset, crop_seconds)
     if len(full) < batch_size:
         raise ValueError(f"--batch_size {batch_size}: the prepared data has {len(full)} rows of {crop_seconds} s")
     return sb.dataio.batch.PaddedBatch([dataset[i] for i in full[:batch_size]])
 
 
-def make_brain(cls, hparams, device, precision, anchors=None, **replace):
+def make_brain(cls, hparams, device, precision, anchors=None, brain_options=None, **replace):
     """A Brain ready for ``fit_batch``: optimiser built, train mode, epoch 1 (as in training).
 
-    ``anchors`` (a store, or a stand-in with its ``lookup``) goes to ``AnchorRegBrain``.
+    ``anchors`` (a store, or a stand-in with its ``lookup``) and ``brain_options``
+    (e.g. ``dev_anchors``, ``replay``) go to ``AnchorRegBrain``; ``replace`` replaces hparams entries.
     """
     hparams = dict(hparams, **replace)
     brain = cls(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts={"device": device, "precision": precision, "noprogressbar": True},
-        **({"anchors": anchors} if anchors is not None else {}),
+        **({"anchors": anchors} if anchors is not None else {}), **(brain_options or {}),
     )
     brain.init_optimizers()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
@@ -252,6 +260,23 @@ class Workload:
     def yaml(self, name, **extra):
         """Another recipe YAML on the same data and model size (its own modules)."""
         return load_yaml(self.folder, name, self.overrides, **extra)
+
+    def label_free_brains(self, replay_rows):
+        """Two label-free stage-2 Brains (``supervision: none``, pull objective), with and without replay.
+
+        Both run stage2.yaml's label-free hparams with ``replay_rows`` replay rows
+        per step on the same modules; only the first is given the replay set, so
+        the second's step is the same step without replay. The replay rows are the
+        prepared rows of the full crop (as long as the batch's), their anchors a
+        random store of their own (as ``replay_anchors.pt`` is).
+        """
+        hparams = self.yaml("stage2.yaml", supervision="none", dev_criterion="anchor_retrieval", anchor_objective="pull",
+                            replay_rows=replay_rows, replay_folders=[self.overrides["data_folder"]])
+        rows = Subset(self.dataset, full_crop_rows(self.dataset, self.options.crop))
+        ids = list(self.dataset.data_ids)
+        replay = ReplaySet(rows, random_store([ids[i] for i in rows.indices], seed=2), replay_rows, hparams["seed"])
+        return tuple(self.brain(AnchorRegBrain, hparams, anchors=self.store,
+                                brain_options={"dev_anchors": self.store, "replay": r}) for r in (replay, None))
 
     def joint_brain(self):
         """The joint baseline's Brain on joint.yaml."""
