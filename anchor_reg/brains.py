@@ -174,11 +174,13 @@ class SpeakerBrain(sb.core.Brain):
                     module, find_unused_parameters=self.find_unused_parameters
                 )
 
+    def frozen_prefixes(self):
+        """Name prefixes of the parameters kept fixed: ``frozen_parameters``."""
+        return tuple(getattr(self.hparams, "frozen_parameters", None) or ())
+
     def init_optimizers(self):
-        """Optimises every parameter except those matching ``frozen_parameters``."""
-        frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
-        if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids":
-            frozen = frozen + ("classifier",)  # the head holds the base's centroids (anchor_reg.heads)
+        """Optimises every parameter except those matching :meth:`frozen_prefixes`."""
+        frozen = self.frozen_prefixes()
         if frozen:
             names = [n for n, _ in self.modules.named_parameters()]
             for prefix in frozen:
@@ -192,20 +194,6 @@ class SpeakerBrain(sb.core.Brain):
                     param.requires_grad_(False)
             logger.info("frozen parameters: %s", ", ".join(frozen))
         super().init_optimizers()
-
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Brain's loader; records the number of training batches per epoch."""
-        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
-        if stage == sb.Stage.TRAIN:
-            try:
-                self.batches_per_epoch = len(loader)
-            except TypeError as err:  # a schedule's within-epoch progress needs it
-                raise ValueError(
-                    "the training loader has no length (an IterableDataset?): the anchor-weight "
-                    "schedule needs the number of batches per epoch"
-                ) from err
-        return loader
-
 
 class AnchorRegBrain(SpeakerBrain):
     """Stage 2: fine-tunes a copy of the base model towards fixed anchors.
@@ -225,6 +213,24 @@ class AnchorRegBrain(SpeakerBrain):
     def __init__(self, *args, anchors, **kwargs):
         super().__init__(*args, **kwargs)
         self.anchors = anchors
+
+    def frozen_prefixes(self):
+        """``frozen_parameters``, and the classifier with ``classifier_head: anchor_centroids``."""
+        head = ("classifier",) if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids" else ()
+        return super().frozen_prefixes() + head  # the head holds the base's centroids (anchor_reg.heads)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """Brain's loader; records the number of training batches per epoch (the λ schedule's progress)."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            try:
+                self.batches_per_epoch = len(loader)
+            except TypeError as err:  # a schedule's within-epoch progress needs it
+                raise ValueError(
+                    "the training loader has no length (an IterableDataset?): the anchor-weight "
+                    "schedule needs the number of batches per epoch"
+                ) from err
+        return loader
 
     def extra_objective(self, predictions, batch):
         """``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike."""

@@ -13,7 +13,8 @@ import collections
 import math
 
 from anchor_reg.anchors import ANCHOR_TYPES
-from anchor_reg.losses import DISTANCES, WeightSchedule
+from anchor_reg.heads import HEADS
+from anchor_reg.losses import DISTANCES, OBJECTIVES, WeightSchedule
 
 Rule = collections.namedtuple("Rule", "test wants")
 
@@ -60,6 +61,7 @@ def _verification_speakers(v):
 
 
 POSITIVE = number(0, open_low=True)
+MAX_NEGATIVES = 65536
 NON_NEGATIVE = number(0)
 DATASETS = ("synthetic", "folder", "voxceleb")
 EVAL_NOISE_TYPES = ("noise", "music", "babble")
@@ -94,6 +96,7 @@ RANGES = {
     "num_workers": integer(0),
     "keep_checkpoints": integer(1),
     "ckpt_interval_steps": integer(0),
+    "early_stop_patience": integer(1),
     # augmentation
     "snr_low": number(),
     "snr_high": number(),
@@ -105,6 +108,12 @@ RANGES = {
     "anchor_distance": one_of(DISTANCES),
     "anchor_type": one_of(ANCHOR_TYPES),
     "anchor_weight_schedule_kind": one_of(WeightSchedule.KINDS),
+    "anchor_objective": one_of(OBJECTIVES),
+    "contrastive_scale": POSITIVE,
+    "contrastive_margin": number(0, 1),
+    "contrastive_negatives": Rule(lambda v: integer(0).test(v) and v <= MAX_NEGATIVES,
+                                  f"an integer in [0, {MAX_NEGATIVES}] (the anchors of the store bound it too)"),
+    "classifier_head": one_of(HEADS),
     "consistency_weight": NON_NEGATIVE,
     "consistency_distance": one_of(DISTANCES),
     # model
@@ -123,6 +132,9 @@ RANGES = {
 
 # (low key, high key): low must not exceed high.
 ORDERED = [("snr_low", "snr_high")]
+# (key, longer key, why): a warning when key's value exceeds the longer key's.
+WARN_LONGER = [("crop_dur", "seg_dur", "training crops are cut from rows of seg_dur seconds: a longer crop is "
+                "the whole row")]
 
 
 def tagged(value):

@@ -49,7 +49,6 @@ import uuid
 import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from ruamel.yaml.nodes import MappingNode, SequenceNode
 
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
@@ -59,6 +58,7 @@ from speechbrain.utils.checkpoints import (
 )
 
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
+from anchor_reg.config import ConfigError, model_nodes
 from anchor_reg.hub import HubError, push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, model_card
 from anchor_reg.results import ResultsError, load_results
@@ -83,22 +83,7 @@ EXPORT_FILES = frozenset(
 PATH_ROOTS = ("output_base", "data_folder")
 ABSOLUTE_PATH = re.compile(r"(?<=[\s\[,:'\"])/(?=[\w.~-])[^\s,\]}'\"#]*")
 
-INFERENCE_YAML_TAIL = """
-audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
-  sample_rate: !ref <sample_rate>
-
-label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-
-modules:
-  compute_features: !ref <compute_features>
-  mean_var_norm: !ref <mean_var_norm>
-  embedding_model: !ref <embedding_model>
-  classifier: !ref <classifier>
-
-# Files are looked up as <source>/<loadable>.ckpt (source of from_hparams).
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-  loadables:
-"""
+INFERENCE_YAML = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "inference.yaml"
 
 
 class ExportError(Exception):
@@ -159,7 +144,7 @@ def export_model(
     _check_destination(stage_folder, out_folder, overwrite)
 
     training_yaml = stage_folder / "hyperparams.yaml"
-    tree, model_text = _load_training_yaml(training_yaml)
+    tree, nodes = _load_training_yaml(training_yaml)
     checkpoint = _find_checkpoint(stage_folder, checkpoint)
     params = _checkpoint_params(checkpoint)
     label_file = stage_folder / "save" / "label_encoder.txt"
@@ -180,9 +165,7 @@ def export_model(
             redact_paths(training_yaml.read_text(encoding="utf-8"), tree), encoding="utf-8"
         )
         (build / "hyperparams.yaml").write_text(
-            _inference_yaml(
-                tree, model_text, list(params) + ["label_encoder"], checkpoint
-            ),
+            inference_yaml(tree, nodes, list(params) + ["label_encoder"], checkpoint),
             encoding="utf-8",
         )
         _verify_export(build, training_yaml)
@@ -249,40 +232,18 @@ def _load_training_yaml(training_yaml):
     -------
     tree : dict
         The resolved training YAML (values as ruamel round-trip objects).
-    model_text : str
-        The YAML text of the model nodes, tags intact, comments dropped.
+    nodes : dict
+        ``{key: node}`` of :data:`MODEL_KEYS`, tags intact.
     """
-    yaml = ruamel.yaml.YAML()
     try:
         with open(training_yaml, encoding="utf-8") as fin:
-            resolved = resolve_references(fin).getvalue()
-        tree = yaml.load(resolved)
-        root = yaml.compose(resolved)
+            tree = ruamel.yaml.YAML().load(resolve_references(fin).getvalue())
+        nodes = model_nodes(training_yaml, MODEL_KEYS)
+    except ConfigError as err:
+        raise ExportError(str(err)) from err
     except Exception as err:
         raise ExportError(f"cannot parse {training_yaml}: {_one_line(err)}") from err
-    missing = [key for key in MODEL_KEYS if key not in (tree or {})]
-    if missing:
-        raise ExportError(f"{training_yaml} has no key(s): {', '.join(missing)}")
-    pairs = [(k, v) for k, v in root.value if k.value in MODEL_KEYS]
-    for key, value in pairs:
-        _strip_node(key)
-        _strip_node(value)
-    stream = io.StringIO()
-    yaml.serialize(MappingNode("tag:yaml.org,2002:map", pairs), stream)
-    return tree, stream.getvalue()
-
-
-def _strip_node(node):
-    """Drops comments and anchor names from a composed YAML node, in place."""
-    node.comment = None
-    node.anchor = None
-    if isinstance(node, MappingNode):
-        for key, value in node.value:
-            _strip_node(key)
-            _strip_node(value)
-    elif isinstance(node, SequenceNode):
-        for item in node.value:
-            _strip_node(item)
+    return tree, nodes
 
 
 def _find_checkpoint(stage_folder, checkpoint):
@@ -359,18 +320,35 @@ def redact_paths(yaml_text, tree):
     return ABSOLUTE_PATH.sub(replace, yaml_text)
 
 
-def _inference_yaml(tree, model_text, loadables, checkpoint):
-    """Builds the inference hyperparams.yaml text around the model nodes."""
-    header = (
-        "# ############################################################################\n"
-        "# Inference hyper-parameters exported by anchor_reg.export\n"
-        f"# Backbone: {backbone_name(tree)}; checkpoint: {checkpoint.name}\n"
-        "# ############################################################################\n\n"
-        f"sample_rate: {int(tree.get('sample_rate', 16000))}\n\n"
-        "# Model, copied from the training YAML (training_hparams.yaml)\n"
+def inference_yaml(tree, nodes, loadables, checkpoint):
+    """The inference hyperparams.yaml: :data:`INFERENCE_YAML` with the model nodes, sample rate and loadables filled.
+
+    Arguments
+    ---------
+    tree : dict
+        The resolved training YAML (``sample_rate``, and the backbone for the header).
+    nodes : dict
+        ``{key: node}`` of :data:`MODEL_KEYS` (ruamel nodes, tags intact).
+    loadables : list of str
+        The Pretrainer loadables the export has files for.
+    checkpoint : pathlib.Path
+        The exported checkpoint (named in the header).
+    """
+    yaml = ruamel.yaml.YAML()
+    inference = yaml.load(INFERENCE_YAML.read_text(encoding="utf-8"))
+    inference["sample_rate"] = int(tree.get("sample_rate", 16000))
+    for key, node in nodes.items():
+        inference[key] = node
+    pretrained = inference["pretrainer"]["loadables"]
+    for name in [name for name in pretrained if name not in loadables]:
+        del pretrained[name]
+    inference.yaml_set_start_comment(
+        f"Inference hyper-parameters exported by anchor_reg.export\n"
+        f"Backbone: {backbone_name(tree)}; checkpoint: {checkpoint.name}"
     )
-    pretrainer = "".join(f"    {name}: !ref <{name}>\n" for name in loadables)
-    return header + model_text + INFERENCE_YAML_TAIL + pretrainer
+    stream = io.StringIO()
+    yaml.dump(inference, stream)
+    return stream.getvalue()
 
 
 def _verify_export(folder, training_yaml):

@@ -12,7 +12,7 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore, AnchorStoreError
-from anchor_reg.config import ConfigError
+from anchor_reg.config import ConfigError, plain_values, resolve
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.provenance import read_provenance
 from tiny import REPO, run_train, tiny_command, tiny_options
@@ -91,7 +91,7 @@ def test_cli_prints_one_clear_line_not_a_traceback(tmp_path):
 def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     tmp, root = trained
     stage1 = REPO / "hparams" / "stage1.yaml"
-    train.prepare(stage1, tiny_options(tmp, stage1))  # the copy's CSVs now name the copy's own files
+    train.prepare(plain_values(resolve(stage1, tiny_options(tmp, stage1))))  # the copy's CSVs name its own files
     prep = root.parent / "prepared"
     row = (prep / "train.csv").read_text().splitlines()[1].split(",")
     wav = pathlib.Path(row[2])
@@ -100,7 +100,8 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     try:
         wav.write_bytes(b"XXXX" + original[4:])  # same size: the preparation is reused, loading fails
         stage1 = REPO / "hparams" / "stage1.yaml"
-        hparams, _ = train.prepare(stage1, tiny_options(tmp, stage1))  # data prepared by `trained`
+        hparams = plain_values(resolve(stage1, tiny_options(tmp, stage1)))
+        train.prepare(hparams)  # data prepared by `trained`
         train_data, _, _ = train.dataio_prep(hparams)
         with pytest.raises(Exception, match=f"{wav}.*unreadable"):
             for i in range(len(train_data)):
