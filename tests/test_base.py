@@ -76,7 +76,7 @@ def test_folder_base_anchors_match_its_encode_batch_then_stage2_trains_resumes_a
     monkeypatch.setattr(AnchorRegBrain, "fit_batch", real_fit_batch)
     assert any("intra" in str(c.meta) for c in Checkpointer(root / "stage2" / "save").list_checkpoints())
     run_train("stage2.yaml", tmp, number_of_epochs=2, ckpt_interval_steps=1, **options)
-    assert "stage 2: resuming from" in (root / "stage2" / "log.txt").read_text()
+    assert "stage2: resuming from" in (root / "stage2" / "log.txt").read_text()
     log = (root / "stage2" / "train_log.txt").read_text()
     assert log.count("epoch: 1,") == 1 and log.count("epoch: 2,") == 1
     ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint(

@@ -1,6 +1,5 @@
 """Overrides that turn the recipe YAMLs into seconds-long CPU runs (C=32, 6 speakers)."""
 import pathlib
-import re
 import sys
 
 import pytest
