@@ -97,6 +97,7 @@ def dataio_prep(hparams, label_encoder_source=None):
             label_encoder.save(encoder_file)
     else:
         label_encoder.load_or_create(path=str(encoder_file), from_didatasets=[datasets["train"]], output_key="spk_id")
+    label_encoder.ignore_len()  # the classifier is sized from it (size_classifier), not the other way round
     keys = ["id", "sig", "spk_id", "spk_id_encoded"]
     sb.dataio.dataset.set_output_keys([datasets["train"]], keys)
     sb.dataio.dataset.set_output_keys([datasets["dev"]], keys + dev_keys)
