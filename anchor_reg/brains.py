@@ -225,11 +225,13 @@ class SpeakerBrain(sb.core.Brain):
                     module, find_unused_parameters=self.find_unused_parameters
                 )
 
+    def frozen_prefixes(self):
+        """Name prefixes of the parameters kept fixed: ``frozen_parameters``."""
+        return tuple(getattr(self.hparams, "frozen_parameters", None) or ())
+
     def init_optimizers(self):
-        """Optimises every parameter except those matching ``frozen_parameters``."""
-        frozen = tuple(getattr(self.hparams, "frozen_parameters", None) or ())
-        if getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids" or not self.labelled:
-            frozen = frozen + ("classifier",)  # the base's centroids (anchor_reg.heads), or unused (label-free)
+        """Optimises every parameter except those matching :meth:`frozen_prefixes`."""
+        frozen = self.frozen_prefixes()
         if frozen:
             names = [n for n, _ in self.modules.named_parameters()]
             for prefix in frozen:
@@ -258,22 +260,10 @@ class SpeakerBrain(sb.core.Brain):
             self.loss_terms = {name: tuple(value) for name, value in yaml.safe_load(f).get("loss_terms", {}).items()}
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Brain's loader; records the number of training batches per epoch.
-
-        The training loader draws its worker seeds from the ``random_state``'s own generator.
-        """
+        """Brain's loader; the training loader draws its worker seeds from the ``random_state``'s own generator."""
         if stage == sb.Stage.TRAIN and self.random_state is not None:
             loader_kwargs.setdefault("generator", self.random_state.loader_generator)
-        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
-        if stage == sb.Stage.TRAIN:
-            try:
-                self.batches_per_epoch = len(loader)
-            except TypeError as err:  # a schedule's within-epoch progress needs it
-                raise ValueError(
-                    "the training loader has no length (an IterableDataset?): the anchor-weight "
-                    "schedule needs the number of batches per epoch"
-                ) from err
-        return loader
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
 
 class AnchorRegBrain(SpeakerBrain):
@@ -320,6 +310,25 @@ class AnchorRegBrain(SpeakerBrain):
     def retrieval_criterion(self):
         """Whether the dev criterion is noisy -> anchor retrieval."""
         return getattr(self.hparams, "dev_criterion", "classification") == "anchor_retrieval"
+
+    def frozen_prefixes(self):
+        """``frozen_parameters``, and the classifier with ``classifier_head: anchor_centroids`` (it holds the
+        base's centroids, :mod:`anchor_reg.heads`) or without labels (it is not used)."""
+        centroids = getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids"
+        return super().frozen_prefixes() + (("classifier",) if centroids or not self.labelled else ())
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """Brain's loader; records the number of training batches per epoch (the λ schedule's progress)."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            try:
+                self.batches_per_epoch = len(loader)
+            except TypeError as err:  # a schedule's within-epoch progress needs it
+                raise ValueError(
+                    "the training loader has no length (an IterableDataset?): the anchor-weight "
+                    "schedule needs the number of batches per epoch"
+                ) from err
+        return loader
 
     def extra_terms(self, predictions, batch):
         """``anchor``: ``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike; then, when

@@ -13,6 +13,7 @@ import collections
 import math
 
 from anchor_reg.anchors import ANCHOR_TYPES
+from anchor_reg.heads import HEADS
 from anchor_reg.losses import DISTANCES, OBJECTIVES, WeightSchedule
 
 Rule = collections.namedtuple("Rule", "test wants")
@@ -60,6 +61,7 @@ def _verification_speakers(v):
 
 
 POSITIVE = number(0, open_low=True)
+MAX_NEGATIVES = 65536
 NON_NEGATIVE = number(0)
 DATASETS = ("synthetic", "folder", "voxceleb", "unlabelled")
 EVAL_NOISE_TYPES = ("noise", "music", "babble")
@@ -96,6 +98,7 @@ RANGES = {
     "num_workers": integer(0),
     "keep_checkpoints": integer(1),
     "ckpt_interval_steps": integer(0),
+    "early_stop_patience": integer(1),
     # augmentation
     "snr_low": number(),
     "snr_high": number(),
@@ -107,6 +110,12 @@ RANGES = {
     "anchor_distance": one_of(DISTANCES),
     "anchor_type": one_of(ANCHOR_TYPES),
     "anchor_weight_schedule_kind": one_of(WeightSchedule.KINDS),
+    "anchor_objective": one_of(OBJECTIVES),
+    "contrastive_scale": POSITIVE,
+    "contrastive_margin": number(0, 1),
+    "contrastive_negatives": Rule(lambda v: integer(0).test(v) and v <= MAX_NEGATIVES,
+                                  f"an integer in [0, {MAX_NEGATIVES}] (the anchors of the store bound it too)"),
+    "classifier_head": one_of(HEADS),
     "consistency_weight": NON_NEGATIVE,
     "consistency_distance": one_of(DISTANCES),
     # adaptation: labels, dev criterion, replay, forgetting controls
@@ -134,20 +143,21 @@ RANGES = {
 
 # (low key, high key): low must not exceed high.
 ORDERED = [("snr_low", "snr_high")]
+# (key, longer key, why): a warning when key's value exceeds the longer key's.
+WARN_LONGER = [("crop_dur", "seg_dur", "training crops are cut from rows of seg_dur seconds: a longer crop is "
+                "the whole row")]
 
 # (key, condition, other key, rule): when ``key``'s value passes ``condition``, ``other key`` must pass
 # ``rule`` (a YAML without the other key fails: e.g. unlabelled data in a stage without ``supervision``).
 IMPLIED = [
     ("dataset", one_of(("unlabelled",)), "supervision", one_of(("none",))),
-    ("dataset", one_of(("unlabelled",)), "base_model",
-     Rule(lambda v: v is not None, "a pretrained model (hub ID or folder)")),
+    ("stage", one_of(("stage2",)), "base_model",
+     Rule(lambda v: v is not None, "a base model (a stage folder, an export, a SpeechBrain model folder or a hub ID)")),
     ("dataset", one_of(("unlabelled",)), "verification_folders",
      Rule(lambda v: isinstance(v, list) and bool(v), "at least one folder of speakers (for the trials)")),
     ("supervision", one_of(("none",)), "anchor_weight", POSITIVE),
     ("supervision", one_of(("none",)), "dev_criterion", one_of(("anchor_retrieval",))),
     ("dev_criterion", one_of(("anchor_retrieval",)), "dev_noisy_copies", Rule(lambda v: v is True, "True")),
-    ("stage1_hparams", Rule(lambda v: v is None, "null"), "base_model",
-     Rule(lambda v: v is not None, "a pretrained model (hub ID or folder): this YAML trains no base")),
     ("replay_rows", integer(1), "replay_folders",
      Rule(lambda v: isinstance(v, list) and bool(v), "at least one folder of audio")),
 ]

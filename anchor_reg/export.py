@@ -37,6 +37,7 @@ Authors
 """
 
 import argparse
+import io
 import logging
 import os
 import pathlib
@@ -45,9 +46,10 @@ import shutil
 import sys
 import uuid
 
+import ruamel.yaml
 import torch
 import yaml
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
@@ -60,11 +62,12 @@ from speechbrain.utils.checkpoints import (
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch, invalid_file_message, is_tensor_file
+from anchor_reg.config import model_nodes
 from anchor_reg.errors import AnchorStoreError, ConfigError, ExportError, HubError, ResultsError, WiseError, one_line
 from anchor_reg.forgetting import interpolate_weights
 from anchor_reg.hub import push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, find_hparam, model_card
-from anchor_reg.model_yaml import load_model_yaml
+from anchor_reg.model_yaml import MODEL_KEYS
 from anchor_reg.results import load_results
 from anchor_reg.wise import base_embedding_state, card_section, choose_alpha, dev_retrieval_errors, parse_alpha
 
@@ -90,22 +93,7 @@ PATH_START = r"(?<=[\s\[,:'\"])"
 PATH_END = r"(?=[ \t]*(?:$|[,\]}'\"]|[ \t]#))"
 ABSOLUTE_PATH = re.compile(PATH_START + r"/(?=[^\s/,\]}'\"#])[^\n'\"]*?" + PATH_END, re.M)
 
-INFERENCE_YAML_TAIL = """
-audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
-  sample_rate: !ref <sample_rate>
-
-label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-
-modules:
-  compute_features: !ref <compute_features>
-  mean_var_norm: !ref <mean_var_norm>
-  embedding_model: !ref <embedding_model>
-  classifier: !ref <classifier>
-
-# Files are looked up as <source>/<loadable>.ckpt (source of from_hparams).
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-  loadables:
-"""
+INFERENCE_YAML = pathlib.Path(__file__).resolve().parents[1] / "hparams" / "inference.yaml"
 
 
 def export_model(
@@ -173,10 +161,7 @@ def export_model(
     _check_destination(stage_folder, out_folder, overwrite)
 
     training_yaml = stage_folder / "hyperparams.yaml"
-    try:
-        tree, model_text = load_model_yaml(training_yaml)
-    except ConfigError as err:
-        raise ExportError(str(err)) from err
+    tree, nodes = _load_training_yaml(training_yaml)
     checkpoint = _find_checkpoint(stage_folder, checkpoint)
     # whether the stage finished is the training's state: its latest end-of-epoch checkpoint (the exported one
     # may be an earlier, better epoch), else its latest one
@@ -213,9 +198,7 @@ def export_model(
             redact_paths(training_yaml.read_text(encoding="utf-8"), tree), encoding="utf-8"
         )
         (build / "hyperparams.yaml").write_text(
-            _inference_yaml(
-                tree, model_text, list(params) + ["label_encoder"], checkpoint
-            ),
+            inference_yaml(tree, nodes, list(params) + ["label_encoder"], checkpoint),
             encoding="utf-8",
         )
         wise_card = "" if wise_alpha is None else _interpolate(build, tree, base_state, params, wise_alpha)
@@ -293,6 +276,27 @@ def is_export(folder):
     ).is_file()
 
 
+def _load_training_yaml(training_yaml):
+    """Parses the training YAML without instantiating it.
+
+    Returns
+    -------
+    tree : dict
+        The resolved training YAML (values as ruamel round-trip objects).
+    nodes : dict
+        ``{key: node}`` of :data:`MODEL_KEYS`, tags intact.
+    """
+    try:
+        with open(training_yaml, encoding="utf-8") as fin:
+            tree = ruamel.yaml.YAML().load(resolve_references(fin).getvalue())
+        nodes = model_nodes(training_yaml, MODEL_KEYS)
+    except ConfigError as err:
+        raise ExportError(str(err)) from err
+    except Exception as err:
+        raise ExportError(f"cannot parse {training_yaml}: {one_line(err)}") from err
+    return tree, nodes
+
+
 def _find_checkpoint(stage_folder, checkpoint):
     """Returns the checkpoint folder: the given one or the best end-of-epoch one
     in save/ (lowest dev ``ErrorRate``, the latest among equals and for
@@ -351,11 +355,11 @@ def _counter_epoch(path):
 
 def _base_provenance(tree):
     """What a stage 2's anchors record of its base model ({} when not a stage 2 or unreadable)."""
-    anchors_folder = tree.get("anchors_folder")
-    if tree.get("stage") != "stage2" or not anchors_folder:
+    anchors = tree.get("anchors")
+    if tree.get("stage") != "stage2" or not anchors:
         return {}
     try:
-        return dict(AnchorStore.from_file(pathlib.Path(str(anchors_folder)) / "anchors.pt").provenance)
+        return dict(AnchorStore.from_file(pathlib.Path(str(anchors))).provenance)
     except AnchorStoreError:
         return {}
 
@@ -436,18 +440,35 @@ def _strings(node):
             yield from _strings(value)
 
 
-def _inference_yaml(tree, model_text, loadables, checkpoint):
-    """Builds the inference hyperparams.yaml text around the model nodes."""
-    header = (
-        "# ############################################################################\n"
-        "# Inference hyper-parameters exported by anchor_reg.export\n"
-        f"# Backbone: {backbone_name(tree)}; checkpoint: {checkpoint.name}\n"
-        "# ############################################################################\n\n"
-        f"sample_rate: {int(tree.get('sample_rate', 16000))}\n\n"
-        "# Model, copied from the training YAML (training_hparams.yaml)\n"
+def inference_yaml(tree, nodes, loadables, checkpoint):
+    """The inference hyperparams.yaml: :data:`INFERENCE_YAML` with the model nodes, sample rate and loadables filled.
+
+    Arguments
+    ---------
+    tree : dict
+        The resolved training YAML (``sample_rate``, and the backbone for the header).
+    nodes : dict
+        ``{key: node}`` of :data:`MODEL_KEYS` (ruamel nodes, tags intact).
+    loadables : list of str
+        The Pretrainer loadables the export has files for.
+    checkpoint : pathlib.Path
+        The exported checkpoint (named in the header).
+    """
+    yaml = ruamel.yaml.YAML()
+    inference = yaml.load(INFERENCE_YAML.read_text(encoding="utf-8"))
+    inference["sample_rate"] = int(tree.get("sample_rate", 16000))
+    for key, node in nodes.items():
+        inference[key] = node
+    pretrained = inference["pretrainer"]["loadables"]
+    for name in [name for name in pretrained if name not in loadables]:
+        del pretrained[name]
+    inference.yaml_set_start_comment(
+        f"Inference hyper-parameters exported by anchor_reg.export\n"
+        f"Backbone: {backbone_name(tree)}; checkpoint: {checkpoint.name}"
     )
-    pretrainer = "".join(f"    {name}: !ref <{name}>\n" for name in loadables)
-    return header + model_text + INFERENCE_YAML_TAIL + pretrainer
+    stream = io.StringIO()
+    yaml.dump(inference, stream)
+    return stream.getvalue()
 
 
 def _verify_export(folder, training_yaml):

@@ -1,4 +1,4 @@
-"""The short verification table printed at the end of ``train.py``.
+"""The short verification table (and one EER-vs-SNR figure of its systems) printed after training.
 
 Each system (a stage folder) is exported once to SpeechBrain's inference format,
 reloaded through ``EncoderClassifier`` (so the table measures exactly what
@@ -13,6 +13,7 @@ from anchor_reg.atomic import write_text_atomic
 from anchor_reg.corruption import default_conditions
 from anchor_reg.evaluate import evaluate_model, load_encoder
 from anchor_reg.export import export_model
+from anchor_reg.plots import plot_eer_vs_snr
 from anchor_reg.results import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,11 @@ def verification_table(results_by_system, noise_types, snrs):
 
 
 def verification_report(hparams, systems, device="cpu"):
-    """Evaluates each ``{name: stage_folder}`` and returns the Markdown table.
+    """Evaluates each ``{name: stage_folder}``; returns the Markdown table and the EER-vs-SNR figure's path.
 
     Results go to ``<output_folder>/verification/<name>/``; the table is also
-    written to ``<output_folder>/verification/table.md``.
+    written to ``<output_folder>/verification/table.md``, and one figure draws
+    every system's EER against SNR (``<output_folder>/verification/eer_vs_snr.png``).
     """
     out_root = pathlib.Path(hparams["output_folder"]) / "verification"
     results = {}
@@ -89,4 +91,6 @@ def verification_report(hparams, systems, device="cpu"):
         )
     table = verification_table(results, hparams["eval_noise_types"], hparams["eval_snrs"])
     write_text_atomic(out_root / "table.md", table)
-    return table
+    figure = out_root / "eer_vs_snr.png"
+    plot_eer_vs_snr({name: [result] for name, result in results.items()}, figure)
+    return table, figure

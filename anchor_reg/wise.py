@@ -16,13 +16,12 @@ import pathlib
 
 import torch
 
-from anchor_reg.anchors import AnchorStore, checkpoint_fingerprint
-from anchor_reg.base import load_pretrained
-from anchor_reg.checkpointer import best_checkpoint
+from anchor_reg.anchors import AnchorStore
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.errors import WiseError
 from anchor_reg.forgetting import interpolate_weights
+from anchor_reg.model_folder import folder_fingerprint, savedir_of
 from anchor_reg.provenance import read_provenance
 from anchor_reg.retrieval import retrieval_error
 
@@ -45,6 +44,10 @@ def parse_alpha(text):
 def base_embedding_state(tree, checkpoint):
     """The ``state_dict`` of the embedding model of the base the stage recorded.
 
+    Read from the folder stage 2 loaded its base from (SpeechBrain's savedir of
+    ``base_model``, :func:`anchor_reg.model_folder.savedir_of`); a folder whose
+    fingerprint is not the one the stage recorded is refused.
+
     Arguments
     ---------
     tree : mapping
@@ -52,23 +55,17 @@ def base_embedding_state(tree, checkpoint):
     checkpoint : pathlib.Path
         The exported checkpoint (its ``provenance.ckpt`` names the base's fingerprint).
     """
-    if tree.get("stage") != "stage2":
+    if tree.get("stage") != "stage2" or tree.get("base_model") is None:
         raise WiseError(f"--wise_alpha interpolates a stage 2 with its base; this stage is {tree.get('stage')}")
-    if tree.get("base_model") is None:
-        stage1 = best_checkpoint(pathlib.Path(str(tree["stage1_folder"])) / "save")
-        if stage1 is None:
-            raise WiseError(f"--wise_alpha: the stage's base (stage 1 in {tree['stage1_folder']}) has no checkpoint")
-        fingerprint = checkpoint_fingerprint(stage1.path)
-        state = torch.load(pathlib.Path(stage1.path) / "embedding_model.ckpt", map_location="cpu")
-    else:
-        base = load_pretrained(str(tree["base_model"]), pathlib.Path(str(tree["pretrained_folder"])))
-        fingerprint = base.fingerprint
-        state = base.modules["embedding_model"].state_dict()
+    folder = savedir_of(str(tree["base_model"]), pathlib.Path(str(tree["pretrained_folder"])))
+    if not (folder / "embedding_model.ckpt").is_file():
+        raise WiseError(f"--wise_alpha: the stage's base model is not in {folder} (train.py stage 2 puts it there)")
+    fingerprint = folder_fingerprint(folder)
     recorded = read_provenance(pathlib.Path(checkpoint) / "provenance.ckpt").get("base_fingerprint")
     if recorded not in (None, fingerprint):
         raise WiseError(f"--wise_alpha: the base the stage was trained from (fingerprint {recorded[:12]}) is not "
-                        f"the one found now ({fingerprint[:12]})")
-    return state
+                        f"the one in {folder} now ({fingerprint[:12]})")
+    return torch.load(folder / "embedding_model.ckpt", map_location="cpu", weights_only=True)
 
 
 def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRID):
@@ -77,13 +74,13 @@ def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRI
     Arguments
     ---------
     tree : mapping
-        The stage's resolved training YAML (``prep_folder``, ``anchors_folder``, noise keys).
+        The stage's resolved training YAML (``prep_folder``, ``anchors``, noise keys).
     encoder : speechbrain.inference.speaker.EncoderClassifier
         The exported model; its embedding model's weights are replaced in turn.
     base_state, adapted_state : dict
         The embedding model's weights.
     """
-    store_file = pathlib.Path(str(tree["anchors_folder"])) / "dev_anchors.pt"
+    store_file = pathlib.Path(str(tree["anchors"])).parent / "dev_anchors.pt"
     if not store_file.is_file():
         raise WiseError(f"--wise_alpha=auto needs the dev rows' anchors {store_file} "
                         "(train the stage with dev_criterion: anchor_retrieval), or give a number")

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from anchor_reg.config import plain_values, resolve
 from anchor_reg.data.prepare import check_prepared
+from anchor_reg.losses import OBJECTIVES
 from tiny import REPO, files, refused, tiny_command, tiny_options, tree
 
 sys.path.insert(0, str(REPO))
@@ -26,11 +28,16 @@ import train  # noqa: E402
 STAGE1 = REPO / "hparams" / "stage1.yaml"
 
 
+def prepare(options):
+    """train.py's data preparation for stage1.yaml with these overrides."""
+    train.prepare(plain_values(resolve(STAGE1, options)))
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny synthetic corpus (``corpus/``) and its preparation (``results/default/prepared``)."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
-    train.prepare(STAGE1, tiny_options(tmp, STAGE1))
+    prepare(tiny_options(tmp, STAGE1))
     return tmp
 
 
@@ -79,6 +86,17 @@ KEY_CASES = [
      "key 'anchor_weight_schedule_kind' must be one of constant, linear_warmup, linear_decay, got 'cosine'"),
     ("stage2.yaml", {"anchor_batch_size": 0}, "key 'anchor_batch_size' must be an integer >= 1, got 0"),
     ("stage2.yaml", {"snr_low": 5, "snr_high": 0}, "key 'snr_low' must be <= snr_high (0), got 5"),
+    ("stage2.yaml", {"classifier_head": "anchor_centroid"},
+     "key 'classifier_head' must be one of trainable, anchor_centroids, got 'anchor_centroid'"),
+    ("stage2.yaml", {"anchor_objective": "contrastiv"},
+     f"key 'anchor_objective' must be one of {', '.join(OBJECTIVES)}, got 'contrastiv'"),
+    ("stage2.yaml", {"contrastive_negatives": -1}, "key 'contrastive_negatives' must be an integer in [0, 65536] "
+                                                   "(the anchors of the store bound it too), got -1"),
+    ("stage2.yaml", {"contrastive_negatives": 100000}, "key 'contrastive_negatives' must be an integer in "
+                                                       "[0, 65536] (the anchors of the store bound it too), got 100000"),
+    ("stage2.yaml", {"contrastive_scale": 0}, "key 'contrastive_scale' must be a number > 0, got 0"),
+    ("stage2.yaml", {"contrastive_margin": 1.5}, "key 'contrastive_margin' must be a number in [0, 1], got 1.5"),
+    ("stage2.yaml", {"early_stop_patience": 0}, "key 'early_stop_patience' must be an integer >= 1, got 0"),
     ("joint.yaml", {"consistency_weight": -0.5}, "key 'consistency_weight' must be a number >= 0, got -0.5"),
     ("joint.yaml", {"stage1_epochs": 0}, "key 'stage1_epochs' must be an integer >= 1, got 0"),
 ]
@@ -91,10 +109,18 @@ def test_bad_key_value_one_line_before_any_work(tmp_path, yaml_name, overrides, 
     assert tree(tmp_path) == {}  # not even a folder: no corpus, no preparation, no output
 
 
-def test_bad_stage1_overrides_refused_before_stage2_prepares(tmp_path):
-    line = refused("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 0, lr: 0.001}")
-    assert line == (f"error: {REPO / 'hparams' / 'stage2.yaml'} (stage1_overrides): "
-                    "key 'number_of_epochs' must be an integer >= 1, got 0")
+@pytest.mark.parametrize("overrides", [{"classifier_head": "anchor_centroid"}, {"anchor_objective": "contrastiv"},
+                                       {"contrastive_negatives": -1}, {"stage1_noise": "yes"}])
+def test_the_pipeline_checks_every_step_key_before_any_work(tmp_path, overrides):
+    line = refused("stage2.yaml", tmp_path, pipeline=True, **overrides)
+    assert line.startswith("error: ") and f"'{next(iter(overrides))}'" in line
+    assert tree(tmp_path) == {}
+
+
+def test_a_crop_longer_than_its_rows_is_warned_before_any_work(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        resolve(STAGE1, tiny_options(tmp_path, STAGE1, crop_dur=2.0))  # seg_dur 1.5
+    assert "crop_dur (2.0) is longer than seg_dur (1.5)" in caplog.text
     assert tree(tmp_path) == {}
 
 
@@ -182,7 +208,7 @@ def test_silent_trial_utterance_refused_then_skipped(prepared, tmp_path):
     assert files(tmp_path / "results") == {}
     # the remedy: --skip_bad_files=True prepares without it, and lists it
     options = tiny_options(tmp_path, STAGE1, skip_bad_files=True, **folder_dataset(prepared, speech))
-    hparams, _ = train.prepare(STAGE1, options)
+    prepare(options)
     prep = tmp_path / "results" / "default" / "prepared"
     assert str(bad) in (prep / "bad_files.txt").read_text()
     assert str(bad) not in (prep / "test.csv").read_text() + (prep / "trials.txt").read_text()
@@ -194,7 +220,7 @@ def test_short_verification_utterances_warned_naming_the_file(prepared, tmp_path
     sf.write(short, 0.1 * np.sin(np.arange(4000) / 5), 16000)  # 0.25 s; training crops are 1.5 s
     options = tiny_options(tmp_path, STAGE1, **folder_dataset(prepared, speech))
     with caplog.at_level("WARNING"):
-        train.prepare(STAGE1, options)
+        prepare(options)
     assert "1 verification utterance(s) are shorter than 0.5 x the shortest training crop" in caplog.text
     assert f"e.g. {short} (0.25 s)" in caplog.text
 
@@ -244,7 +270,7 @@ def test_single_rir_names_rir_folder_then_a_second_one_is_enough(prepared, tmp_p
                     "needed, one for training and one for evaluation (so that no evaluation condition was heard "
                     "in training): add audio files to it")
     shutil.copy(second, rirs / second.name)  # the remedy
-    train.prepare(STAGE1, tiny_options(tmp_path, STAGE1, **options))
+    prepare(tiny_options(tmp_path, STAGE1, **options))
     prep = tmp_path / "results" / "default" / "prepared"
     assert {len(read_csv_rows(prep / name)) for name in ("rir_train.csv", "eval_rir.csv")} == {1}
 
@@ -270,7 +296,7 @@ def test_synthetic_never_written_into_a_folder_of_speech(prepared, tmp_path):
     assert tree(speech) == before and files(tmp_path / "results") == {}
     # the remedy: --dataset=folder prepares the user's speech, still without writing into it
     options = tiny_options(tmp_path, STAGE1, **folder_dataset(prepared, speech))
-    train.prepare(STAGE1, options)
+    prepare(options)
     assert str(speech) in (tmp_path / "results" / "default" / "prepared" / "train.csv").read_text()
     assert tree(speech) == before
 
@@ -279,7 +305,7 @@ def test_synthetic_never_written_into_a_folder_of_speech(prepared, tmp_path):
 def test_cli_exit_status_and_one_line_with_two_loader_workers(prepared, tmp_path):
     speech = speech_copy(prepared, tmp_path)
     options = tiny_options(tmp_path, STAGE1, **folder_dataset(prepared, speech))
-    train.prepare(STAGE1, options)
+    prepare(options)
     bad = speech / "spk0001" / "sess1" / "utt00.wav"
     bad.write_bytes(b"XXXX" + bad.read_bytes()[4:])  # same size: the preparation is reused, loading fails
     args = tiny_command("stage1.yaml", tmp_path, num_workers=2, **folder_dataset(prepared, speech))

@@ -76,7 +76,7 @@ def test_folder_base_anchors_match_its_encode_batch_then_stage2_trains_resumes_a
     monkeypatch.setattr(AnchorRegBrain, "fit_batch", real_fit_batch)
     assert any("intra" in str(c.meta) for c in Checkpointer(root / "stage2" / "save").list_checkpoints())
     run_train("stage2.yaml", tmp, number_of_epochs=2, ckpt_interval_steps=1, **options)
-    assert "stage 2: resuming from" in (root / "stage2" / "log.txt").read_text()
+    assert "stage2: resuming from" in (root / "stage2" / "log.txt").read_text()
     log = (root / "stage2" / "train_log.txt").read_text()
     assert log.count("epoch: 1,") == 1 and log.count("epoch: 2,") == 1
     ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint(
@@ -181,3 +181,32 @@ def test_hyperparams_without_an_embedding_model_are_named(exported):
     (folder / "hyperparams.yaml").write_text(text)
     with pytest.raises(ConfigError, match=f"base_model: {folder}: .*has no key.*embedding_model"):
         run_train("stage2.yaml", tmp, base_model=str(folder), experiment_name="no_embedding_model")
+
+
+def test_a_base_of_another_backbone_reaches_stage2_as_yaml_nodes_and_an_ecapa_base_as_sizes(tmp_path):
+    """The base's own model nodes are overrides (structure, not text) exactly where stage2.yaml would build
+    something else; an ECAPA-TDNN base that model.yaml builds with its sizes needs only the sizes."""
+    import ruamel.yaml
+
+    from anchor_reg.base import Base, architecture_overrides
+    from anchor_reg.config import load_hparams, resolve
+
+    stage2 = REPO / "hparams" / "stage2.yaml"
+    ecapa = resolve(stage2, {"channels": 16, "emb_dim": 8})
+    resnet = ruamel.yaml.YAML().load(
+        "embedding_model: !new:speechbrain.lobes.models.ResNet.ResNet\n  input_size: 80\n  channels: [8, 8, 16, 16]\n"
+        "  block_sizes: [1, 1, 1, 1]\n  strides: [1, 2, 2, 2]\n  lin_neurons: 8\n")["embedding_model"]
+
+    def base(embedding_node, channels):
+        return Base(modules=None, label_encoder=None, label_file=None, source="a base", fingerprint="f",
+                    provenance={}, architecture={"n_mels": 80, "channels": channels, "emb_dim": 8},
+                    nodes={key: ecapa[key] for key in ("compute_features", "mean_var_norm")}
+                    | {"embedding_model": embedding_node})
+
+    assert architecture_overrides(base(ecapa["embedding_model"], 16), stage2, {}) == \
+        {"n_mels": 80, "channels": 16, "emb_dim": 8}
+    overrides = architecture_overrides(base(resnet, None), stage2, {})
+    assert set(overrides) == {"n_mels", "emb_dim", "embedding_model"}
+    hparams = load_hparams(stage2, dict(overrides, output_base=str(tmp_path)))
+    assert type(hparams["embedding_model"]).__name__ == "ResNet"
+    assert hparams["checkpointer"].recoverables["embedding_model"] is hparams["embedding_model"]

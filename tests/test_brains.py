@@ -2,11 +2,11 @@
 import pytest
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
+from anchor_reg.config import load_hparams
 from tiny import REPO
 
 IDS = [f"spk{k % 2}--s1--u{k}_0_8000" for k in range(4)]
@@ -18,8 +18,7 @@ def make_hparams(yaml_name, tmp_path, **overrides):
         "train_noise_csv": "unused.csv", "train_babble_csv": "unused.csv", "train_rir_csv": "unused.csv",
     }
     options.update(overrides)
-    with open(REPO / "hparams" / yaml_name) as f:
-        hparams = load_hyperpyyaml(f, options)
+    hparams = load_hparams(REPO / "hparams" / yaml_name, options)
     hparams["wav_augment"] = sb.augment.augmenter.Augmenter(
         concat_original=True, min_augmentations=1, max_augmentations=1,
         augmentations=[sb.augment.time_domain.DropChunk(drop_length_low=100, drop_length_high=200)],

@@ -1,4 +1,4 @@
-"""Multi-process DDP on CPU (gloo): the whole stage-2 chain under torchrun, and the sharded anchor extraction."""
+"""Multi-process DDP on CPU (gloo): stage 2 (anchor extraction included) under torchrun, and the sharded extraction."""
 import json
 import os
 import re
@@ -12,7 +12,7 @@ import torch
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.benchmark.figures import free_port
-from tiny import REPO, tiny_command
+from tiny import REPO, run_train, tiny_command
 
 pytestmark = pytest.mark.slow  # each test launches training processes
 
@@ -50,7 +50,9 @@ def train_ids(prep_folder):
 
 
 def test_torchrun_stage2_on_two_cpu_processes(tmp_path):
-    """`torchrun --nproc_per_node=2 train.py hparams/stage2.yaml --distributed_backend=gloo --device=cpu`."""
+    """`torchrun --nproc_per_node=2 train.py hparams/stage2.yaml --distributed_backend=gloo --device=cpu` on a base
+    trained by `train.py hparams/stage1.yaml`: the two processes extract the anchors, then train."""
+    run_train("stage1.yaml", tmp_path)
     returncode, output = torchrun(
         ["train.py", *tiny_command("stage2.yaml", tmp_path, "--distributed_backend=gloo")], cwd=REPO
     )

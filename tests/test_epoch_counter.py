@@ -1,16 +1,10 @@
 """The early-stopping counter survives a checkpoint: a resumed run remembers its best score and its stop,
 and a resumed run given a larger patience trains on as an uninterrupted run with that patience would."""
-import sys
-
 import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.epoch_counter import EpochCounterWithStopper
-from tiny import REPO
-
-sys.path.insert(0, str(REPO))
-import train  # noqa: E402
 
 
 def run(counter, metrics):
@@ -54,21 +48,33 @@ def test_a_checkpoint_of_the_plain_counter_still_loads(tmp_path):
     assert counter.current == 8 and not counter.should_stop
 
 
-@pytest.mark.parametrize("name", ["counter", "epochs"])
-def test_finished_checkpoint_reads_the_counter_under_the_name_the_yaml_gives_it(tmp_path, name):
-    # a run stopped early after epoch 4 with patience 2 (its best epoch 2), its counter saved as `name`
+def test_the_pipeline_counts_a_stage_stopped_early_as_finished_under_its_patience_only(tmp_path):
+    from anchor_reg.pipeline import is_finished
+
+    # a run stopped early after epoch 4 with patience 2 (its best epoch 2), its counter saved as common.yaml names it
     stopped = EpochCounterWithStopper(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
     assert run(stopped, [0.5, 0.4, 0.45, 0.46]) == [1, 2, 3, 4]
-    checkpointer = Checkpointer(tmp_path, recoverables={name: stopped, "other": torch.nn.Linear(2, 2)})
+    checkpointer = Checkpointer(tmp_path, recoverables={"counter": stopped, "other": torch.nn.Linear(2, 2)})
     checkpointer.save_checkpoint(meta={"epoch": 4, "stopped_early": True}, end_of_epoch=True)
 
-    def finished(patience):
-        return train.finished_checkpoint({
-            "save_folder": tmp_path, "number_of_epochs": 10, "early_stop_patience": patience,
-            "checkpointer": checkpointer, "epoch_counter": stopped,
-        })
+    def finished(patience, epochs=10):
+        return is_finished({"save_folder": tmp_path, "number_of_epochs": epochs, "early_stop_patience": patience})
 
-    assert finished(2) is not None and finished(2).meta["epoch"] == 4  # stops there again: finished
-    assert finished(3) is None  # epochs 3, 4 are 2 without improvement < 3: a larger patience trains on
-    assert train.recoverable_name(checkpointer, stopped) == name
-    assert train.recoverable_name(checkpointer, object()) is None
+    assert finished(2)  # stops there again: finished
+    assert finished(1)  # a smaller patience would have stopped it too
+    assert not finished(3)  # epochs 3, 4 are 2 without improvement < 3: a larger patience trains on
+    assert finished(3, epochs=4)  # at its epoch limit whatever the patience
+
+
+def test_a_finished_stage_refuses_a_smaller_patience_and_takes_a_larger_one(tmp_path):
+    from anchor_reg.config import ConfigError
+    from anchor_reg.pipeline import Step, refuse_changed
+
+    def step(patience):
+        return Step(2, "stage 1", tmp_path, {"stage": "stage1", "settings": {"early_stop_patience": patience, "lr": 1}},
+                    [], None)
+
+    refuse_changed(step(5), step(2).inputs)  # the larger patience: the finished stage is the same
+    with pytest.raises(ConfigError, match=r"stage1 in .* finished training with other settings "
+                                          r"\(early_stop_patience: 2 then, 1 now\)"):
+        refuse_changed(step(1), step(2).inputs)

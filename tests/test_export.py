@@ -336,7 +336,7 @@ def stage_copy_with_checkpoint(ecapa_stage, folder, meta, counted):
 
 def test_unfinished_stage_needs_allow_unfinished_and_the_card_says_so(ecapa_stage, tmp_path, capsys):
     stage = tmp_path / "stage2"
-    ckpt = stage_copy_with_checkpoint(ecapa_stage, stage, {"epoch": 1, "ErrorRate": 0.5}, 1)  # killed after 1 of 3
+    stage_copy_with_checkpoint(ecapa_stage, stage, {"epoch": 1, "ErrorRate": 0.5}, 1)  # killed after 1 of 3
     out = tmp_path / "out"
     assert main([str(stage), str(out)]) == 1
     assert capsys.readouterr().err == (
@@ -397,7 +397,7 @@ def test_card_names_the_real_data_the_base_and_redacts_whole_paths(ecapa_stage, 
     spaced = "/home/John Smith/\u00f1and\u00fa caf\u00e9/dsp"  # /home/John Smith/ñandú café/dsp
     edit_training_yaml(
         stage, dataset="folder", data_folders=["/srv/corpora/asc", spaced], base_model="speechbrain/spkrec-ecapa-voxceleb",
-        anchors_folder=str(anchors), rir_folder=f"{spaced}/rirs, room 2/simulated", noise_csv=f"{spaced}/all noise.csv",
+        anchors=str(anchors / "anchors.pt"), rir_folder=f"{spaced}/rirs, room 2/simulated", noise_csv=f"{spaced}/all noise.csv",
     )
     anchors.mkdir()
     AnchorStore.from_embeddings(["a", "b"], ["s1", "s2"], torch.randn(2, 4), provenance={

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anchor_reg.benchmark import cli
-from tiny import check_mixed_precision_outputs, run_train
+from tiny import check_mixed_precision_outputs, run_pipeline, run_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("yaml_name", ["stage2.yaml", "joint.yaml"])
 def test_mixed_precision_training_on_gpu(yaml_name, precision, tmp_path, caplog):
-    run_train(yaml_name, tmp_path, "--device=cuda:0", f"--precision={precision}")
+    run = run_pipeline if yaml_name == "stage2.yaml" else run_train  # stage 2 needs its base: the whole chain
+    run(yaml_name, tmp_path, "--device=cuda:0", f"--precision={precision}")
     assert "has no effect on CPU" not in caplog.text
     stage = "stage2" if yaml_name == "stage2.yaml" else "joint"
     folder = tmp_path / "results" / "default" / "1986" / stage

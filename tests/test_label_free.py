@@ -112,7 +112,7 @@ def test_adapt_yaml_loads_with_its_data_and_refuses_what_it_cannot_run(tmp_path)
         "anchor_retrieval", 16, "contrastive")
     with pytest.raises(ConfigError, match="key 'replay_folders' must be at least one folder of audio when replay_rows is 16"):
         load_hparams(adapt, dict(options, replay_folders=[]))
-    with pytest.raises(ConfigError, match="key 'base_model' must be a pretrained model"):
+    with pytest.raises(ConfigError, match="key 'base_model' must be a base model"):
         load_hparams(adapt, dict(options, base_model=None))
     with pytest.raises(ConfigError, match="key 'aam_margin' shapes the classifier"):
         load_hparams(adapt, dict(options, dataset="unlabelled", supervision="none", verification_folders=["v"],

@@ -12,17 +12,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "anchor_reg"
 # Lowest first. A name covers the module and, for a package, every module in it.
 LAYERS = [
     ("foundation", ["anchor_reg", "anchor_reg.errors", "anchor_reg.atomic", "anchor_reg.digest", "anchor_reg.random_state",
-                    "anchor_reg.lock"]),
+                    "anchor_reg.lock", "anchor_reg.model_folder"]),
     ("data", ["anchor_reg.data", "anchor_reg.corruption"]),
     ("model pieces", ["anchor_reg.embedding", "anchor_reg.losses", "anchor_reg.anchors", "anchor_reg.heads",
                       "anchor_reg.metrics", "anchor_reg.checkpointer", "anchor_reg.epoch_counter",
                       "anchor_reg.forgetting", "anchor_reg.retrieval", "anchor_reg.replay"]),
     ("brains", ["anchor_reg.brains"]),
-    ("configuration and base model", ["anchor_reg.model_yaml", "anchor_reg.checks", "anchor_reg.config",
-                                      "anchor_reg.provenance", "anchor_reg.base"]),
+    ("configuration", ["anchor_reg.model_yaml", "anchor_reg.checks", "anchor_reg.config",
+                                      "anchor_reg.provenance"]),
     ("verification and publishing", ["anchor_reg.results", "anchor_reg.plots", "anchor_reg.compare",
                                      "anchor_reg.model_card", "anchor_reg.hub", "anchor_reg.export",
                                      "anchor_reg.evaluate", "anchor_reg.report", "anchor_reg.wise"]),
+    ("base models, stages and pipeline", ["anchor_reg.base", "anchor_reg.stage_data", "anchor_reg.pipeline"]),
     ("command lines", ["anchor_reg.benchmark"]),
 ]
 

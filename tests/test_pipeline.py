@@ -1,4 +1,5 @@
-"""The whole chain on tiny configs: stage 1 -> anchors -> stage 2, the joint baseline, resume, fork."""
+"""The whole chain on tiny configs (python -m anchor_reg.pipeline): stage 1 -> anchors -> stage 2, the joint
+baseline, resume, fork, and one load of each YAML."""
 import hashlib
 import pathlib
 import shutil
@@ -9,7 +10,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.provenance import read_provenance
-from tiny import run_train
+from tiny import run_pipeline, run_train
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -30,15 +31,35 @@ def last_epoch(stage_folder):
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """Runs `train.py hparams/stage2.yaml` once from nothing (tiny sizes); tests only read it."""
+    """Runs `python -m anchor_reg.pipeline hparams/stage2.yaml` once from nothing (tiny sizes); tests only read it.
+
+    Also notes the stage of every YAML built (``load_hyperpyyaml``) meanwhile.
+    """
+    from anchor_reg import config
+
     tmp = tmp_path_factory.mktemp("chain")
-    run_train("stage2.yaml", tmp)
+    real, built = config.load_hyperpyyaml, []
+
+    def counting(*args, **kwargs):
+        hparams = real(*args, **kwargs)
+        built.append(hparams["stage"])
+        return hparams
+
+    config.load_hyperpyyaml = counting
+    try:
+        run_pipeline("stage2.yaml", tmp)
+    finally:
+        config.load_hyperpyyaml = real
     root = tmp / "results" / "default" / "1986"
-    return tmp, root
+    return tmp, root, built
+
+
+def test_the_pipeline_builds_each_yaml_once(chain):
+    assert sorted(chain[2]) == ["stage1", "stage2"]
 
 
 def test_stage2_runs_every_prerequisite(chain):
-    _, root = chain
+    _, root, _ = chain
     for stage in ("stage1", "stage2"):
         assert (root / stage / "train_log.txt").read_text().count("epoch: 1") == 1
         assert (root / stage / "hyperparams.yaml").is_file()
@@ -52,7 +73,7 @@ def test_stage2_runs_every_prerequisite(chain):
 
 
 def test_stage2_starts_from_a_copy_of_the_base(chain):
-    _, root = chain
+    _, root, _ = chain
     base = Checkpointer(root / "stage1" / "save").find_checkpoint()
     tuned = Checkpointer(root / "stage2" / "save").find_checkpoint()
     base_w = torch.load(base.paramfiles["embedding_model"])
@@ -65,13 +86,20 @@ def test_stage2_starts_from_a_copy_of_the_base(chain):
     assert read_provenance(tuned.paramfiles["provenance"])["base_fingerprint"]
 
 
-def test_rerun_reuses_stage1_and_anchors_and_keeps_them_identical(chain, tmp_path):
+def test_train_py_stage2_resumes_from_stage1_and_anchors_by_path_and_builds_its_yaml_once(chain, tmp_path,
+                                                                                        monkeypatch):
+    from anchor_reg import config
+
     tmp = tmp_path / "chain"
     shutil.copytree(chain[0], tmp)  # its own copy: the shared chain stays at one epoch for the other tests
     root = tmp / "results" / "default" / "1986"
     stage1_before = digest_tree(root / "stage1" / "save")
     anchors_before = digest_tree(root / "anchors")
+    built = []
+    real = config.load_hyperpyyaml
+    monkeypatch.setattr(config, "load_hyperpyyaml", lambda *a, **k: built.append(1) or real(*a, **k))
     run_train("stage2.yaml", tmp, number_of_epochs=2)  # stage 2 resumes for one more epoch
+    assert len(built) == 1
     assert digest_tree(root / "stage1" / "save") == stage1_before
     assert digest_tree(root / "anchors") == anchors_before
     assert last_epoch(root / "stage2") == 2
@@ -99,7 +127,7 @@ def test_joint_baseline_runs_with_its_consistency_term(tmp_path, caplog):
 def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, monkeypatch):
     """SpeechBrain's mixed-precision path (as on GPU), driven through torch's CPU bf16 autocast.
 
-    ``main`` turns ``--precision`` off on CPU; calling ``train.run`` directly keeps it, so the
+    ``main`` turns ``--precision`` off on CPU; calling ``train.train`` directly keeps it, so the
     Brain trains under ``torch.autocast(bfloat16)`` exactly as ``--precision=bf16`` does on a GPU.
     """
     import speechbrain as sb
@@ -121,8 +149,10 @@ def test_bf16_autocast_path_trains_with_float32_distances(yaml_name, tmp_path, m
     # joint's consistency term and a pull use anchor_distance; stage 2's default objective is contrastive
     monkeypatch.setattr(losses, "anchor_distance", recording(losses.anchor_distance))
     monkeypatch.setattr(losses.ContrastiveAnchorLoss, "forward", recording(losses.ContrastiveAnchorLoss.forward))
+    if yaml_name == "stage2.yaml":
+        run_train("stage1.yaml", tmp_path)  # its base
     hparams_file, run_opts, overrides = sb.parse_arguments(tiny_command(yaml_name, tmp_path, "--precision=bf16"))
-    hparams = train.run(hparams_file, train.parse_overrides(overrides), run_opts)
+    hparams = train.train(hparams_file, train.parse_overrides(overrides), run_opts)
     assert seen and all(entry == (torch.bfloat16, torch.float32, True) for entry in seen)
     check_mixed_precision_outputs(hparams["output_folder"], with_anchors=yaml_name == "stage2.yaml")
 
@@ -137,21 +167,17 @@ RESNET = """embedding_model: !new:speechbrain.lobes.models.ResNet.ResNet
 
 
 def test_backbone_swap_needs_no_code_change(tmp_path):
-    """A forked hparams folder whose one model definition (model.yaml) is a tiny ResNet."""
-    import shutil
-
+    """A forked recipe (train.py + hparams/) whose one model definition (model.yaml) is a tiny ResNet."""
     from tiny import REPO
 
     forked = tmp_path / "hparams"
     shutil.copytree(REPO / "hparams", forked)
+    shutil.copy(REPO / "train.py", tmp_path)
     text = (forked / "model.yaml").read_text()
     start = text.index("embedding_model: !new:")
     end = text.index("classifier: !new:", start)
     (forked / "model.yaml").write_text(text[:start] + RESNET + text[end:])
-    stage2 = forked / "stage2.yaml"
-    stage2.write_text(stage2.read_text().replace("stage1_hparams: hparams/stage1.yaml",
-                                                 f"stage1_hparams: {forked / 'stage1.yaml'}"))
-    run_train(str(stage2), tmp_path)
+    run_pipeline(str(forked / "stage2.yaml"), tmp_path)
     root = tmp_path / "results" / "default" / "1986"
     ckpt = Checkpointer(root / "stage2" / "save").find_checkpoint()
     weights = torch.load(ckpt.paramfiles["embedding_model"])
@@ -168,7 +194,7 @@ def test_exported_stage2_embeds_like_training(chain, tmp_path):
     from anchor_reg.data.audio import read_audio_checked
     from anchor_reg.export import export_model
 
-    _, root = chain
+    _, root, _ = chain
     out = export_model(root / "stage2", tmp_path / "export")
     test_rows = (root.parent / "prepared" / "test.csv").read_text().splitlines()[1:3]
     wav_files = [row.split(",")[2] for row in test_rows]
@@ -203,12 +229,13 @@ def test_exported_stage2_embeds_like_training(chain, tmp_path):
 def test_verification_report_prints_base_and_stage2(chain, tmp_path):
     from anchor_reg.report import verification_report
 
-    _, root = chain
+    _, root, _ = chain
     hparams = {
         "output_folder": str(tmp_path / "report"), "prep_folder": str(root.parent / "prepared"),
         "eval_noise_types": ["noise", "babble"], "eval_snrs": [0], "eval_batch_size": 4, "data_seed": 1234,
     }
-    table = verification_report(hparams, {"base (stage 1)": root / "stage1", "stage2": root / "stage2"})
+    table, figure = verification_report(hparams, {"base (stage 1)": root / "stage1", "stage2": root / "stage2"})
+    assert figure == tmp_path / "report" / "verification" / "eer_vs_snr.png" and figure.stat().st_size > 0
     lines = table.splitlines()
     assert lines[0] == "| system | clean | noise_0dB | babble_0dB | mean noisy |"
     assert lines[2].startswith("| base (stage 1) |") and lines[3].startswith("| stage2 |")

@@ -12,10 +12,11 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.config import plain_values, resolve
 from anchor_reg.data.batching import collate_rows
-from anchor_reg.provenance import read_provenance
 from anchor_reg.errors import AnchorStoreError, ConfigError, ProvenanceError
-from tiny import REPO, run_train, tiny_command, tiny_options
+from anchor_reg.provenance import read_provenance
+from tiny import REPO, run_pipeline, run_train, tiny_command, tiny_options
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
@@ -37,7 +38,7 @@ def tree_digest(folder):
 def finished_chain(tmp_path_factory):
     """A finished tiny stage1 -> anchors -> stage2 chain (batch 2, so epochs have many steps), never modified."""
     tmp = tmp_path_factory.mktemp("reliable")
-    run_train("stage2.yaml", tmp, batch_size=2)
+    run_pipeline("stage2.yaml", tmp, batch_size=2)
     return tmp
 
 
@@ -91,7 +92,7 @@ def test_cli_prints_one_clear_line_not_a_traceback(tmp_path):
 def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     tmp, root = trained
     stage1 = REPO / "hparams" / "stage1.yaml"
-    train.prepare(stage1, tiny_options(tmp, stage1))  # the copy's CSVs now name the copy's own files
+    train.prepare(plain_values(resolve(stage1, tiny_options(tmp, stage1))))  # the copy's CSVs name its own files
     prep = root.parent / "prepared"
     row = (prep / "train.csv").read_text().splitlines()[1].split(",")
     wav = pathlib.Path(row[2])
@@ -100,7 +101,8 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
     try:
         wav.write_bytes(b"XXXX" + original[4:])  # same size: the preparation is reused, loading fails
         stage1 = REPO / "hparams" / "stage1.yaml"
-        hparams, _ = train.prepare(stage1, tiny_options(tmp, stage1))  # data prepared by `trained`
+        hparams = plain_values(resolve(stage1, tiny_options(tmp, stage1)))
+        train.prepare(hparams)  # data prepared by `trained`
         train_data, _, _ = train.dataio_prep(hparams)
         with pytest.raises(Exception, match=f"{wav}.*unreadable"):
             for i in range(len(train_data)):
@@ -121,7 +123,7 @@ def test_bad_audio_at_load_time_names_the_file_or_is_skipped(trained):
 # ----------------------------------------------------------------- anchors
 @pytest.mark.slow
 def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
-    run_train("stage2.yaml", tmp_path)
+    run_pipeline("stage2.yaml", tmp_path)
     root = tmp_path / "results" / "default" / "1986"
     anchors = root / "anchors" / "anchors.pt"
     # same base, other anchors (the store was replaced): stage 2 does not resume its checkpoints with them
@@ -135,19 +137,19 @@ def test_stale_or_corrupt_anchors_are_refused_then_reextracted(tmp_path):
     assert tree_digest(root / "stage2" / "save") == stage2_saved
     anchors.write_bytes(original)
     # stage 1 trained further -> a new base: the anchors are stale
+    run_train("stage1.yaml", tmp_path, number_of_epochs=2)
     with pytest.raises(AnchorStoreError, match="stale.*reextract_anchors=True"):
-        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}")
+        run_train("stage2.yaml", tmp_path)
     stage2_before = tree_digest(root / "stage2" / "save")
     # re-extracting works, but stage 2's own checkpoints came from the old base: refused, nothing deleted
     with pytest.raises(ProvenanceError, match="trained from another base model"):
-        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}", reextract_anchors=True)
+        run_train("stage2.yaml", tmp_path, reextract_anchors=True)
     assert tree_digest(root / "stage2" / "save") == stage2_before
     # a truncated store gives a clear error naming the file
     data = anchors.read_bytes()
     anchors.write_bytes(data[: len(data) // 3])
     with pytest.raises(AnchorStoreError, match=f"{anchors}.*corrupt"):
-        run_train("stage2.yaml", tmp_path, stage1_overrides="{number_of_epochs: 2}",
-                  output_folder=str(root / "stage2_new"))
+        run_train("stage2.yaml", tmp_path, output_folder=str(root / "stage2_new"))
 
 
 @pytest.mark.slow
@@ -161,6 +163,7 @@ def test_kill_during_extraction_leaves_no_store_and_next_run_extracts(tmp_path, 
             raise KeyboardInterrupt("killed during the write")
         return real_save(obj, f, *args, **kwargs)
 
+    run_train("stage1.yaml", tmp_path)  # the base
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         run_train("stage2.yaml", tmp_path)
@@ -199,7 +202,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes(trained):
     assert killed_mid_epoch, "no intra-epoch checkpoint appeared:\n" + (tmp / "killed_run.log").read_text()[-3000:]
     code, out = run_cli(args)
     assert code == 0, out
-    assert "stage 2: resuming from" in out and "stage 1: reusing" in out and "anchors: reusing" in out
+    assert "stage2: resuming from" in out and "anchors: reusing" in out
     ckpt = Checkpointer(save).find_checkpoint()
     assert ckpt.meta["epoch"] == 3
     assert {"optimizer", "counter", "embedding_model"} <= set(ckpt.paramfiles)

@@ -1,7 +1,6 @@
-"""Reruns never corrupt a finished stage; changed data and bad keys are named before any work starts."""
+"""Pipeline reruns never corrupt a finished stage; changed data and bad keys are named before any work starts."""
 import hashlib
 import pathlib
-import re
 import shutil
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.export import export_model
 from anchor_reg.errors import ConfigError, ProvenanceError
-from tiny import run_train
+from tiny import run_pipeline, run_train
 
 
 def tree_digest(folder):
@@ -27,8 +26,8 @@ def tree_digest(folder):
 
 @pytest.fixture
 def finished(tmp_path):
-    """A finished tiny stage 1 -> anchors -> stage 2 under tmp_path."""
-    run_train("stage2.yaml", tmp_path)
+    """A finished tiny stage 1 -> anchors -> stage 2 under tmp_path (the pipeline)."""
+    run_pipeline("stage2.yaml", tmp_path)
     return tmp_path, tmp_path / "results" / "default" / "1986"
 
 
@@ -38,67 +37,35 @@ def test_rerun_with_other_training_keys_stops_and_keeps_the_finished_record(fini
     before = tree_digest(root)
     with pytest.raises(ConfigError, match=r"stage2 in .*stage2 finished training with other settings "
                                           r"\(anchor_weight: 1.0 then, 2.0 now\).*--experiment_name=NEW"):
-        run_train("stage2.yaml", tmp, anchor_weight=2.0)
+        run_pipeline("stage2.yaml", tmp, anchor_weight=2.0)
     # a rerun that would also fail (another width than the finished stage 1) stops before anything too
     with pytest.raises(ConfigError, match=r"stage1 in .*stage1 finished training with other settings "
                                           r"\(channels: 32 then, 64 now\)"):
-        run_train("stage2.yaml", tmp, channels=64)
+        run_pipeline("stage2.yaml", tmp, channels=64)
     with pytest.raises(ConfigError, match=r"key 'anchor_type' must be one of utterance, speaker, got 'foo'"):
-        run_train("stage2.yaml", tmp, anchor_type="foo")
+        run_pipeline("stage2.yaml", tmp, anchor_type="foo")
     assert tree_digest(root) == before  # nothing of the finished stages was written
     export = export_model(root / "stage2", tmp / "export")  # the record still matches the weights
     assert "| anchor type | `anchor_type` | utterance |" in (export / "README.md").read_text()
     # the suggested remedy works: the new settings train in another experiment folder
-    run_train("stage2.yaml", tmp, anchor_weight=2.0, experiment_name="NEW")
+    run_pipeline("stage2.yaml", tmp, anchor_weight=2.0, experiment_name="NEW")
     assert "anchor_weight: 2.0" in (tmp / "results" / "NEW" / "1986" / "stage2" / "hyperparams.yaml").read_text()
-    # the same settings again: reused, still nothing written
-    run_train("stage2.yaml", tmp)
+    # the same settings again: every step done, still nothing written
+    run_pipeline("stage2.yaml", tmp)
     assert tree_digest(root) == before
 
 
 @pytest.mark.slow  # trains a chain
-def test_record_older_than_a_bookkeeping_or_location_key_is_still_reused(finished):
-    """A stage recorded before ``rerun_may_change``, ``not_passed_to_stage1`` or ``skip_report`` existed
-    (or before a key joined those lists) trained the same way."""
+def test_a_moved_experiment_is_the_same_experiment(finished):
+    """Locations (output_base, data folders) are not settings: a copied results folder is reused as it is."""
     tmp, root = finished
-    for record in (root / "stage1" / "hyperparams.yaml", root / "stage2" / "hyperparams.yaml"):
-        kept, dropping = [], False
-        for line in record.read_text().splitlines(keepends=True):
-            dropping = (line.startswith(("rerun_may_change:", "skip_report:", "not_passed_to_stage1:"))
-                        or (dropping and line[:1] == " "))
-            kept.append("" if dropping else line)
-        record.write_text("".join(kept))
-    before = tree_digest(root)
-    run_train("stage2.yaml", tmp)  # stage 1 and stage 2 reused: nothing trained or written
-    assert tree_digest(root) == before
+    shutil.copytree(tmp / "results", tmp / "moved")
+    moved = tmp / "moved" / "default" / "1986"
+    before = tree_digest(moved)
+    run_pipeline("stage2.yaml", tmp, output_base=str(tmp / "moved"))
+    assert tree_digest(moved) == before
     with pytest.raises(ConfigError, match=r"\(lr: 0.002 then, 0.003 now\)"):  # a training key still counts
-        run_train("stage1.yaml", tmp, lr=0.003)
-
-
-@pytest.mark.slow  # trains stage 1 twice
-def test_a_stage_stopped_early_is_reused_under_its_patience_and_continued_under_a_larger_one(tmp_path):
-    folder = tmp_path / "results" / "default" / "1986" / "stage1"
-    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)  # patience 0: stops after epoch 1
-    assert (folder / "train_log.txt").read_text().count("epoch: ") == 1
-    before = tree_digest(folder)
-    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)  # finished: reused, nothing written
-    assert tree_digest(folder) == before
-    # patience 1 would not have stopped after epoch 1 (its first score is the best): training continues from
-    # that checkpoint, and the record names the patience it now trains with
-    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=1)
-    epochs = [line.split(",")[0] for line in (folder / "train_log.txt").read_text().splitlines()]
-    assert epochs[:2] == ["epoch: 1", "epoch: 2"] and len(epochs) in (2, 3)
-    assert re.search(r"^early_stop_patience: 1 ", (folder / "hyperparams.yaml").read_text(), re.M)
-    # a yet larger patience: the stage (now at its epoch limit, or continued to it) is reused as it is
-    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=5)
-    assert (folder / "train_log.txt").read_text().count("epoch: ") == 3
-    before = tree_digest(folder)
-    run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=9)
-    assert tree_digest(folder) == before
-    # a smaller patience might have stopped it earlier: refused, the stage kept as it is
-    with pytest.raises(ConfigError, match=r"\(early_stop_patience: 1 then, 0 now\)"):
-        run_train("stage1.yaml", tmp_path, number_of_epochs=3, early_stop_patience=0)
-    assert tree_digest(folder) == before
+        run_pipeline("stage2.yaml", tmp, output_base=str(tmp / "moved"), lr=0.003)
 
 
 def folder_corpus(tmp, speakers):
@@ -118,24 +85,24 @@ def folder_corpus(tmp, speakers):
 @pytest.mark.slow  # trains a chain
 def test_stage1_trained_on_other_data_is_named_and_each_remedy_works(tmp_path):
     data = folder_corpus(tmp_path, speakers=6)
-    run_train("stage2.yaml", tmp_path, **data)
+    run_pipeline("stage2.yaml", tmp_path, **data)
     root = tmp_path / "results" / "default" / "1986"
     folder_corpus(tmp_path, speakers=7)  # a speaker is added to the data folder; the keys stay the same
     stage1_before = tree_digest(root / "stage1")
     with pytest.raises(ProvenanceError, match=rf"stage 1 in {root / 'stage1'} was trained on other data .*"
                                               rf"retrain it by moving {root} away .*--experiment_name=NEW"):
-        run_train("stage2.yaml", tmp_path, **data)
-    # so is stage 1 run on its own: not silently reused
-    with pytest.raises(ProvenanceError, match=rf"stage 1 in {root / 'stage1'} was trained on other data "
-                                              rf"than this run's training CSV \(3 speakers then, 4 now"):
+        run_pipeline("stage2.yaml", tmp_path, **data)
+    # so is stage 1 run on its own (train.py resumes only from checkpoints made from this data)
+    with pytest.raises(ProvenanceError, match=rf"checkpoints in {root / 'stage1' / 'save'} were trained on other "
+                                              r"training data .*--experiment_name=NEW"):
         run_train("stage1.yaml", tmp_path, **data)
     assert tree_digest(root / "stage1") == stage1_before
     # remedy 1: another experiment folder
-    run_train("stage2.yaml", tmp_path, experiment_name="NEW", **data)
+    run_pipeline("stage2.yaml", tmp_path, experiment_name="NEW", **data)
     assert (tmp_path / "results" / "NEW" / "1986" / "stage2" / "train_log.txt").is_file()
     # remedy 2: move the seed folder away; the same command makes stage 1, anchors and stage 2 again
     root.rename(tmp_path / "moved_away")
-    run_train("stage2.yaml", tmp_path, **data)
+    run_pipeline("stage2.yaml", tmp_path, **data)
     train_csv = (root.parent / "prepared" / "train.csv").read_text().splitlines()[1:]
     speakers = {line.split(",")[-1] for line in train_csv}
     assert AnchorStore.from_file(root / "anchors" / "anchors.pt").speakers == sorted(speakers)
@@ -145,7 +112,7 @@ def test_stage1_trained_on_other_data_is_named_and_each_remedy_works(tmp_path):
 def test_stage2_keys_and_evaluation_noise_types_are_checked_before_stage1(tmp_path):
     seed = tmp_path / "results" / "default" / "1986"
     with pytest.raises(ConfigError, match=r"key 'anchor_type' must be one of utterance, speaker, got 'foo'"):
-        run_train("stage2.yaml", tmp_path, anchor_type="foo")
+        run_pipeline("stage2.yaml", tmp_path, anchor_type="foo")
     with pytest.raises(ConfigError, match=r"key 'eval_noise_types' must be a list drawn from noise, music, babble"):
-        run_train("stage2.yaml", tmp_path, evaluate_after_training=True, eval_noise_types="[noise, bogus]")
+        run_pipeline("stage2.yaml", tmp_path, evaluate_after_training=True, eval_noise_types="[noise, bogus]")
     assert not (seed / "stage1").exists() and not (seed / "anchors").exists()

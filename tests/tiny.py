@@ -1,6 +1,5 @@
 """Overrides that turn the recipe YAMLs into seconds-long CPU runs (C=32, 6 speakers)."""
 import pathlib
-import re
 import sys
 
 import pytest
@@ -13,8 +12,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def stage_of(yaml_path):
-    """The ``stage:`` a YAML file names (stage1 | stage2 | joint)."""
-    return re.search(r"^stage: *(\w+)", pathlib.Path(yaml_path).read_text(), re.M).group(1)
+    """The ``stage`` a YAML file names (stage1 | stage2 | joint)."""
+    from anchor_reg.config import merged_tree
+
+    return str(merged_tree(yaml_path)["stage"])
 
 
 def tiny_options(tmp_path, yaml_path, **extra):
@@ -37,7 +38,7 @@ def tiny_options(tmp_path, yaml_path, **extra):
     }
     stage = stage_of(yaml_path)
     if stage == "stage2":
-        options.update(anchor_batch_size=4, number_of_epochs=1, stage1_overrides="{number_of_epochs: 1}")
+        options.update(anchor_batch_size=4, number_of_epochs=1)
     elif stage == "joint":
         options.update(stage1_epochs=1, stage2_epochs=1)
     else:
@@ -65,6 +66,13 @@ def run_train(yaml_name, tmp_path, *flags, **extra):
     return train.main(tiny_command(yaml_name, tmp_path, *flags, **extra))
 
 
+def run_pipeline(yaml_name, tmp_path, *flags, **extra):
+    """Runs ``python -m anchor_reg.pipeline`` in this process with tiny overrides."""
+    from anchor_reg import pipeline
+
+    return pipeline.main(tiny_command(yaml_name, tmp_path, *flags, **extra))
+
+
 def tree(folder):
     """``{relative path: bytes or 'dir'}`` of everything under ``folder`` (empty if absent)."""
     if not folder.exists():
@@ -79,13 +87,14 @@ def files(folder):
     return {path: data for path, data in tree(folder).items() if data != "dir"}
 
 
-def refused(yaml_name, tmp, **overrides):
-    """Runs train.py's command line; returns its one `error:` line (asserting exit status 1)."""
+def refused(yaml_name, tmp, pipeline=False, **overrides):
+    """Runs train.py's (or the pipeline's) command line; returns its one `error:` line (asserting exit status 1)."""
     sys.path.insert(0, str(REPO))
     import train
+    from anchor_reg import pipeline as steps
 
     with pytest.raises(SystemExit) as stop:
-        train.cli(tiny_command(yaml_name, tmp, **overrides))
+        (steps.cli if pipeline else train.cli)(tiny_command(yaml_name, tmp, **overrides))
     message = stop.value.code
     assert isinstance(message, str), "sys.exit(<str>) is what gives exit status 1"
     lines = message.splitlines()

@@ -592,8 +592,8 @@ class Runner:
             "number_of_epochs": self.args.stage2_epochs, "early_stop_patience": self.args.patience,
             "output_folder": str(self.stage_folder(system, size, seed)),
             # anchors of the same rows from the same base are shared (replay systems' also hold the replay rows)
-            "anchors_folder": str(self.runs / experiment / ("anchors_replay" if "replay_folders" in overrides
-                                                            else "anchors")),
+            "anchors": str(self.runs / experiment / ("anchors_replay" if "replay_folders" in overrides
+                                                     else "anchors") / "anchors.pt"),
             **{key: fill.get(value, value) if isinstance(value, str) else value for key, value in overrides.items()},
         }
         if system in {replay for replay, _ in EQUAL_ROWS.values()}:
@@ -688,7 +688,7 @@ class Runner:
                         steps.append((name, lambda v=system, s=size, d=seed: self.equal_rows_step(v, s, d), after))
                     else:
                         _, options = self.stage2_options(system, size, seed)
-                        anchors = pathlib.Path(options["anchors_folder"]) / "anchors.pt"
+                        anchors = pathlib.Path(options["anchors"])
                         after = ("base",) if anchors.is_file() else ("base", extracts.setdefault(anchors, name))
                         steps.append((name, lambda y=system, s=size, d=seed: self.stage2_step(y, s, d),
                                       tuple(a for a in after if a != name)))

@@ -32,7 +32,8 @@ grid (clean; noise, music and babble at 0-20 dB; reverb). Outputs in ``<output_f
     logs/, runs/               train.py logs and training folders
     timing.json                wall and CPU seconds per step
 
-Usage (see recipes/RealSpeech/README.md for the measured results)::
+Usage, from the repository root after ``pip install -e .`` (see recipes/RealSpeech/README.md for the
+measured results)::
 
     python recipes/RealSpeech/run_experiment.py --threads 1 --jobs 2
 
@@ -66,10 +67,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from anchor_reg.config import keys_of, load_hparams, overrides_for, parse_overrides  # noqa: E402
+from anchor_reg.atomic import write_text_atomic as write_text  # noqa: E402
+from anchor_reg.config import keys_of, overrides_for, plain_values, resolve  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
 from anchor_reg.checkpointer import end_of_epoch  # noqa: E402
 from anchor_reg.compare import compare_systems  # noqa: E402
@@ -77,6 +76,8 @@ from anchor_reg.data.prepare import prepare_data  # noqa: E402
 from anchor_reg.evaluate import evaluate_model, load_encoder  # noqa: E402
 from anchor_reg.export import export_model  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 logger = logging.getLogger("realspeech")
 
@@ -246,7 +247,7 @@ class Runner:
         """Prepares the CSVs, trials and noise lists once, before any training (they are shared)."""
         stage1 = REPO / "hparams" / "stage1.yaml"
         as_cli = "\n".join(f"{key}: {value}" for key, value in overrides_for(stage1, self.overrides).items())
-        prepare_data(load_hparams(stage1, parse_overrides(as_cli)))
+        prepare_data(plain_values(resolve(stage1, as_cli)))
 
     def train(self, yaml_name, seed, label, **overrides):
         """``python train.py hparams/<yaml_name> --seed=S ...``, logged to logs/<seed>-<label>.log."""
@@ -319,14 +320,12 @@ class Runner:
         return stage1
 
     def stage2_options(self, root, name, overrides):
-        """train.py overrides of a stage-2 variant (it reads the seed's stage1 and anchors, or its own)."""
+        """train.py overrides of a stage-2 variant: its base and anchors by path (the seed's, or its own)."""
         stage1 = self.stage1_options(root, overrides)
         options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
         if "output_folder" in stage1:
             slug = own_base_slug(own_base_overrides(overrides))
-            options.update(stage1_folder=stage1["output_folder"], anchors_folder=str(root / f"anchors_{slug}"))
-        # stage 1 as base() / own_base() trained it (stage 2 does not pass these keys on)
-        options["stage1_overrides"] = json.dumps(stage1)
+            options.update(base_model=stage1["output_folder"], anchors=str(root / f"anchors_{slug}" / "anchors.pt"))
         options.update({key: value for key, value in overrides.items() if not key.startswith(BASE_PREFIX)})
         return options  # a variant may change number_of_epochs
 
@@ -461,10 +460,7 @@ class Runner:
 
 
 def own_base_overrides(overrides):
-    """A variant's ``base.KEY=VALUE`` pairs as typed stage1.yaml overrides, sorted by key ({} without).
-
-    Typed because they travel inside the JSON of ``stage1_overrides``.
-    """
+    """A variant's ``base.KEY=VALUE`` pairs as typed stage1.yaml overrides, sorted by key ({} without)."""
     return {key[len(BASE_PREFIX):]: yaml.safe_load(value)
             for key, value in sorted(overrides.items()) if key.startswith(BASE_PREFIX)}
 
@@ -489,8 +485,7 @@ def children_cpu():
 def stage2_folder(root, name):
     """Where a stage-2 variant trains: ``<seed>/stage2`` for the main one, else ``<seed>/variants/<name>``.
 
-    Every variant reads the seed's ``stage1`` and ``anchors`` folders
-    (train.py does not hand stage 2's ``output_folder`` to stage 1).
+    Every variant reads the seed's ``stage1`` and ``anchors`` (or its own base's) by path.
     """
     return root / "stage2" if name == "stage2" else root / "variants" / name
 
@@ -582,15 +577,6 @@ def summary_table(results_by_system):
         " (test side). Compactness: mean cosine of an utterance to its speaker centroid; separation: mean"
         " 1 - cos between speaker centroids; drift: mean 1 - cos(clean, corrupted) embedding.\n"
     )
-
-
-def write_text(path, text):
-    """Writes ``path`` atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def main(argv=None):
