@@ -117,7 +117,7 @@ def test_adapt_yaml_trains_a_labelled_folder_with_replay_and_early_stopping_on_r
     import train
 
     flags = {key: options[key] for key in ("noise_folders", "rir_folder", "base_model")}
-    train.main([str(REPO / "hparams" / "adapt.yaml"), f"--data_folder={tmp / 'corpus' / 'speech'}",
+    train.main([str(REPO / "hparams" / "adapt.yaml"), f"--data_folders=[{tmp / 'corpus' / 'speech'}]",
                 f"--replay_folders=[{tmp / 'replay'}]", f"--output_base={tmp / 'results'}", "--replay_rows=2",
                 "--number_of_epochs=2", "--batch_size=4", "--anchor_batch_size=4", "--seg_dur=1.5",
                 "--verification_speakers=3", "--babble_mixtures=4", "--num_workers=0",

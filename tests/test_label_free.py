@@ -105,7 +105,7 @@ def test_adapt_yaml_loads_with_its_data_and_refuses_what_it_cannot_run(tmp_path)
     from tiny import REPO
 
     adapt = REPO / "hparams" / "adapt.yaml"
-    options = {"output_base": str(tmp_path), "data_folder": str(tmp_path / "speech"), "channels": 16,
+    options = {"output_base": str(tmp_path), "data_folders": [str(tmp_path / "speech")], "channels": 16,
                "replay_folders": [str(tmp_path / "broad")]}
     hparams = load_hparams(adapt, options)
     assert (hparams["dev_criterion"], hparams["replay_rows"], hparams["anchor_objective"]) == (

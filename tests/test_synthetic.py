@@ -227,7 +227,7 @@ def test_speaker_identity_is_learnable_but_not_from_loudness(tmp_path):
     paths = sorted((tmp_path / "speech").rglob("*.wav"))
     audio = [soundfile.read(p)[0] for p in paths]
     speakers = np.array([p.parts[-3] for p in paths])
-    # enrol on session 1, test on session 2 (other channel and mood)
+    # enrol on the first recording session, test on the second (other channel and mood)
     train = np.array([p.parts[-2] == "sess1" for p in paths])
     cepstra = np.stack([_cepstra(a) for a in audio])
     loudness = np.array([[10 * np.log10(np.mean(a**2))] for a in audio])
