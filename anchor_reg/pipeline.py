@@ -33,6 +33,7 @@ from anchor_reg.anchors import AnchorStore, checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.base import check_trained_on, load_base
 from anchor_reg.model_folder import savedir_of
+from anchor_reg.stage_data import anchor_stores
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
 from anchor_reg.config import ConfigError, keys_of, parse_overrides, plain_values, resolve
 from anchor_reg.epoch_counter import stops_under
@@ -177,9 +178,12 @@ def run(hparams_file, overrides, run_opts, script=None):
 
     def extract():
         train_data, _, _ = script.dataio_prep(values, base.label_file if base.covers_exactly(speakers) else None)
-        script.extract(base, train_data, values, ids, run_opts)
+        anchor_stores(values, base, train_data, run_opts)
 
-    Step(3, "anchors", anchors.parent, {"base": base.fingerprint, "train.csv": digest}, [anchors], extract)()
+    stores = [anchors, anchors.parent / "dev_anchors.pt"]  # training rows, dev rows (stage_data.anchor_stores)
+    if values.get("replay_rows", 0) > 0:
+        stores.append(anchors.parent / "replay_anchors.pt")
+    Step(3, "anchors", anchors.parent, {"base": base.fingerprint, "train.csv": digest}, stores, extract)()
     store_digest = AnchorStore.from_file(anchors).digest()
     folder = pathlib.Path(values["output_folder"])
     Step(4, "stage 2", folder, {"stage": "stage2", "settings": settings(values), "train.csv": digest,
