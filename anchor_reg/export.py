@@ -67,12 +67,13 @@ from anchor_reg.errors import AnchorStoreError, ConfigError, ExportError, HubErr
 from anchor_reg.forgetting import interpolate_weights
 from anchor_reg.hub import push_to_hub
 from anchor_reg.model_card import backbone_name, dataset_names, find_hparam, model_card
-from anchor_reg.model_yaml import MODEL_KEYS
 from anchor_reg.results import load_results
 from anchor_reg.wise import base_embedding_state, card_section, choose_alpha, dev_retrieval_errors, parse_alpha
 
 logger = logging.getLogger(__name__)
 
+# The nodes that define a SpeechBrain speaker model, in a training YAML and an inference one alike.
+MODEL_KEYS = ("compute_features", "mean_var_norm", "embedding_model", "classifier")
 # Inference loadable -> accepted file names in a training checkpoint folder.
 CHECKPOINT_FILES = {
     "embedding_model": ("embedding_model.ckpt",),

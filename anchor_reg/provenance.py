@@ -7,19 +7,14 @@ base model's fingerprint and the anchors' digest). Each checkpoint stores
 these values in ``provenance.ckpt``, and recovering a checkpoint whose values
 differ raises :class:`ProvenanceError`, before anything is trained or written:
 a stage never resumes from another base, other anchors or other data.
-
-It also compares a finished stage's record (its ``hyperparams.yaml``, what it
-was trained with) with what a rerun asks for (:func:`record_differences`).
 """
 import pathlib
 
-import ruamel.yaml
 import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from anchor_reg.digest import content_digest
 from anchor_reg.errors import ProvenanceError
-from anchor_reg.model_yaml import plain
 
 # key -> how a mismatch reads in the message
 WHAT = {
@@ -89,34 +84,3 @@ class Provenance:
                     f"({key} {str(made_with)[:12]}, now {str(now)[:12]}): move them away, "
                     "or train into another experiment folder (--experiment_name=NEW)"
                 )
-
-
-# ------------------------------------------------- the stage's record ----
-def load_record(stream):
-    """Top level of a resolved YAML (a stage's ``hyperparams.yaml``), round-trip parsed."""
-    return ruamel.yaml.YAML(typ="rt").load(stream) or {}
-
-
-def record_differences(recorded, resolved, ignored=()):
-    """Top-level keys whose values differ between two resolved YAMLs.
-
-    Arguments
-    ---------
-    recorded, resolved : mapping
-        :func:`load_record` of the stage's ``hyperparams.yaml`` and of this run's.
-    ignored : iterable of str
-        Keys a rerun may change (evaluation, loader workers ...).
-
-    Returns
-    -------
-    dict
-        ``{key: (recorded value, this run's value)}``, plain keys (numbers,
-        strings, lists) first.
-    """
-    differ = {
-        key: (plain(recorded.get(key)), plain(resolved.get(key)))
-        for key in sorted(set(recorded) | set(resolved), key=str)
-        if key not in ignored and plain(recorded.get(key)) != plain(resolved.get(key))
-    }
-    simple = {k: v for k, v in differ.items() if not any(isinstance(x, (dict, tuple)) for x in v)}
-    return simple or differ

@@ -1,12 +1,11 @@
 """The provenance recoverable and the comparison of a stage's record, on their own."""
-import io
 
 import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.errors import ProvenanceError
-from anchor_reg.provenance import Provenance, load_record, record_differences, rows_digest
+from anchor_reg.provenance import Provenance, rows_digest
 
 
 def test_checkpoint_made_from_something_else_is_refused_at_recovery(tmp_path):
@@ -29,12 +28,3 @@ def test_rows_digest_changes_with_any_row_or_speaker():
     assert rows_digest(ids, speakers) == rows_digest(list(ids), list(speakers))
     assert rows_digest(ids, ["s1", "s1"]) != rows_digest(ids, speakers)
     assert rows_digest(["a"], ["s1"]) != rows_digest(ids, speakers)
-
-
-def test_record_differences_names_plain_keys_and_skips_ignored_ones():
-    recorded = load_record(io.StringIO("lr: 0.001\nnum_workers: 2\nopt: !name:torch.optim.Adam\n  lr: 0.001\n"))
-    resolved = load_record(io.StringIO("lr: 0.002\nnum_workers: 4\nopt: !name:torch.optim.Adam\n  lr: 0.002\n"))
-    assert record_differences(recorded, resolved, ignored=["num_workers"]) == {"lr": (0.001, 0.002)}
-    assert record_differences(recorded, recorded) == {}
-    tagged = load_record(io.StringIO("opt: !name:torch.optim.SGD\n  lr: 0.001\n"))
-    assert set(record_differences(load_record(io.StringIO("opt: !name:torch.optim.Adam\n  lr: 0.001\n")), tagged)) == {"opt"}

@@ -5,8 +5,8 @@ import pathlib
 import re
 
 import pytest
+import ruamel.yaml
 
-from anchor_reg.provenance import load_record
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
@@ -167,7 +167,7 @@ def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
     own_base = seed_root / "stage1_stage1_noise-False"
     assert "stage1_noise: false" in (own_base / "hyperparams.yaml").read_text().lower()
     assert "stage1_noise: true" in (seed_root / "stage1" / "hyperparams.yaml").read_text().lower()  # the default
-    record = load_record((seed_root / "variants" / "tiny_cleanbase" / "hyperparams.yaml").read_text())
+    record = ruamel.yaml.YAML(typ="rt").load((seed_root / "variants" / "tiny_cleanbase" / "hyperparams.yaml").read_text())
     assert record["base_model"] == str(own_base)
     assert record["anchors"] == str(seed_root / "anchors_stage1_noise-False" / "anchors.pt")
     assert (seed_root / "anchors_stage1_noise-False" / "anchors.pt").is_file()

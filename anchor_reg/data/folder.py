@@ -198,13 +198,8 @@ def prepare_speaker_corpora(
     already scanned (one list of :class:`Utterance` per data folder); see
     there for the arguments."""
     save_folder = Path(save_folder)
-    outputs = {
-        key: str(save_folder / name) for key, name in OUTPUT_FILES.items()
-    }
-    if skip_bad_files:
-        outputs["bad_files"] = str(save_folder / BAD_FILES_REPORT)
-    opts_path = save_folder / OPTS_FILE
-    outputs["opts"] = str(opts_path)
+    outputs = prepared_outputs(save_folder, skip_bad_files)
+    opts_path = Path(outputs["opts"])
     if isinstance(verification_speakers, (list, tuple, set)):
         verification_speakers = sorted(verification_speakers)
     options = {
@@ -265,7 +260,7 @@ def prepare_speaker_corpora(
             trials, by_id, n_samples, sample_rate, trial_list
         )
     else:
-        trials, enrol_rows, test_rows = _generated_trials(
+        trials, enrol_rows, test_rows = generated_trials(
             corpora,
             held_out,
             n_samples,
@@ -276,12 +271,7 @@ def prepare_speaker_corpora(
             sample_rate,
         )
 
-    write_csv(train_rows, outputs["train"])
-    write_csv(dev_rows, outputs["dev"])
-    write_csv(enrol_rows, outputs["enrol"])
-    write_csv(test_rows, outputs["test"])
-    write_trials(trials, outputs["trials"])
-    save_options(opts_path, options)
+    write_prepared(outputs, options, train_rows, dev_rows, enrol_rows, test_rows, trials)
     logger.info(
         "Prepared %s: %d train rows (%d speakers), %d dev rows, "
         "%d enrol and %d test rows, %d trials (%d verification speakers)",
@@ -295,6 +285,26 @@ def prepare_speaker_corpora(
         len(held_out),
     )
     return outputs
+
+
+def prepared_outputs(save_folder, skip_bad_files):
+    """The paths a preparation writes in ``save_folder``: :data:`OUTPUT_FILES`, the bad-files report
+    (``skip_bad_files``) and the options file (``opts``), by name."""
+    save_folder = Path(save_folder)
+    outputs = {key: str(save_folder / name) for key, name in OUTPUT_FILES.items()}
+    if skip_bad_files:
+        outputs["bad_files"] = str(save_folder / BAD_FILES_REPORT)
+    outputs["opts"] = str(save_folder / OPTS_FILE)
+    return outputs
+
+
+def write_prepared(outputs, options, train_rows, dev_rows, enrol_rows, test_rows, trials):
+    """Writes the four CSVs and the trial list to :func:`prepared_outputs`' paths, then the options (last:
+    their file marks the preparation complete)."""
+    for name, rows in (("train", train_rows), ("dev", dev_rows), ("enrol", enrol_rows), ("test", test_rows)):
+        write_csv(rows, outputs[name])
+    write_trials(trials, outputs["trials"])
+    save_options(outputs["opts"], options)
 
 
 def scan_speaker_folder(folder, extensions=AUDIO_EXTENSIONS):
@@ -492,7 +502,7 @@ def select_verification_speakers(corpora, verification_speakers, seed, data_fold
     return {spk for chosen in per_corpus for spk in chosen}
 
 
-def _generated_trials(
+def generated_trials(
     corpora,
     held_out,
     n_samples,

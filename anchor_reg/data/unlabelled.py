@@ -26,10 +26,9 @@ from pathlib import Path
 from anchor_reg.data.audio import validate_audio_files
 from anchor_reg.data.cache import csv_row, file_size, input_fingerprint, options_unchanged, save_options, write_csv
 from anchor_reg.data.folder import (
-    OPTS_FILE, Utterance, _generated_trials, scan_speaker_folder, segment_bounds,
+    Utterance, generated_trials, prepared_outputs, scan_speaker_folder, segment_bounds, write_prepared,
 )
 from anchor_reg.data.noise import BABBLE_TALKERS, find_audio_files
-from anchor_reg.data.trials import write_trials
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +116,11 @@ def prepare_unlabelled(data_folders, verification_folders, save_folder, *, seg_d
     Returns
     -------
     dict
-        Output paths: train, dev, enrol, test, trials, opts.
+        Output paths: train, dev, enrol, test, trials, opts (and bad_files with ``skip_bad_files``).
     """
     save_folder = Path(save_folder)
-    names = ("train", "dev", "enrol", "test", "trials")
-    outputs = {name: str(save_folder / (f"{name}.txt" if name == "trials" else f"{name}.csv")) for name in names}
-    opts_path = save_folder / OPTS_FILE
-    outputs["opts"] = str(opts_path)
+    outputs = prepared_outputs(save_folder, skip_bad_files)
+    opts_path = Path(outputs["opts"])
     utterances = scan_unlabelled_folders(data_folders)
     corpora = [scan_speaker_folder(folder) for folder in verification_folders]
     options = {
@@ -145,22 +142,17 @@ def prepare_unlabelled(data_folders, verification_folders, save_folder, *, seg_d
     if sum(map(len, speakers)) < BABBLE_TALKERS[0]:
         raise ValueError(f"verification_folders: the evaluation babble mixes at least {BABBLE_TALKERS[0]} "
                          f"of their speakers, they have {sum(map(len, speakers))}")
-    report = save_folder / "bad_files.txt" if skip_bad_files else None
+    report = outputs.get("bad_files")
     verification = [u for corpus in corpora for u in corpus]
     durations = validate_audio_files([u.path for u in utterances + verification], sample_rate, skip_bad_files, report)
     rows = file_rows(utterances, durations, seg_dur, min_utt_dur, sample_rate)
     train_rows, dev_rows = split_dev_by_file(rows, dev_ratio, seed)
     n_samples = {path: round(d * sample_rate) for path, d in durations.items()}
     held_out = {spk for corpus_speakers in speakers for spk in corpus_speakers}
-    trials, enrol_rows, test_rows = _generated_trials(
+    trials, enrol_rows, test_rows = generated_trials(
         corpora, held_out, n_samples, test_seg_dur, min_utt_dur, TRIALS_PER_SPEAKER, seed, sample_rate
     )
-    write_csv(train_rows, outputs["train"])
-    write_csv(dev_rows, outputs["dev"])
-    write_csv(enrol_rows, outputs["enrol"])
-    write_csv(test_rows, outputs["test"])
-    write_trials(trials, outputs["trials"])
-    save_options(opts_path, options)
+    write_prepared(outputs, options, train_rows, dev_rows, enrol_rows, test_rows, trials)
     logger.info("Prepared %s: %d train rows (%d files), %d dev rows, %d trials (%d verification speakers)",
                 save_folder, len(train_rows), len({r["spk_id"] for r in train_rows}), len(dev_rows), len(trials),
                 len(held_out))
