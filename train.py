@@ -147,7 +147,7 @@ def train_locked(hparams_file, hparams, overrides, run_opts, base):
     size_classifier(hparams, len(labels))
     provenance, brain_options = {"train_rows_digest": rows_digest(ids, speakers)}, {}
     if base is not None:
-        store, brain_options, stores_provenance = anchor_stores(hparams, base, train_data, run_opts)
+        store, brain_options, stores_provenance = anchor_stores(hparams, base, train_data, ids, run_opts)
         provenance.update(stores_provenance)
     # a stage made from another base, other anchors or other data is refused: now, and when fit recovers
     hparams["provenance"].expect(folder=hparams["save_folder"], **provenance)

@@ -178,7 +178,7 @@ def run(hparams_file, overrides, run_opts, script=None):
 
     def extract():
         train_data, _, _ = script.dataio_prep(values, base.label_file if base.covers_exactly(speakers) else None)
-        anchor_stores(values, base, train_data, run_opts)
+        anchor_stores(values, base, train_data, ids, run_opts)
 
     stores = [anchors, anchors.parent / "dev_anchors.pt"]  # training rows, dev rows (stage_data.anchor_stores)
     if values.get("replay_rows", 0) > 0:

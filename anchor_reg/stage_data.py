@@ -64,7 +64,7 @@ def read_column(csv_file, column):
         return [row[column] for row in csv.DictReader(f)]
 
 
-def anchor_stores(hparams, base, train_data, run_opts):
+def anchor_stores(hparams, base, train_data, train_ids, run_opts):
     """Stage 2's fixed references: (training store, AnchorRegBrain options, provenance to expect).
 
     Arguments
@@ -75,30 +75,33 @@ def anchor_stores(hparams, base, train_data, run_opts):
         The frozen base model.
     train_data : DynamicItemDataset
         The training rows (``id``, ``sig``, ``spk_id``).
+    train_ids : list of str
+        Their IDs, as the caller read them from ``train.csv``.
     run_opts : dict
         ``device``, ``noprogressbar``.
     """
     prep, folder = pathlib.Path(hparams["prep_folder"]), pathlib.Path(hparams["anchors"]).parent
     skip_bad = hparams["skip_bad_files"]
 
-    def extract(dataset, csv_file, anchors_file):
+    def extract(dataset, row_ids, csv_file, anchors_file):
         return load_or_extract(
-            base, dataset, anchors_file, row_ids=None if skip_bad else read_column(csv_file, "ID"),
+            base, dataset, anchors_file, row_ids=None if skip_bad else row_ids,
             batch_size=hparams["anchor_batch_size"], num_workers=hparams["num_workers"],
             collate_fn=functools.partial(collate_rows, skip_bad=skip_bad), reextract=hparams["reextract_anchors"],
             device=run_opts.get("device", "cpu"), progressbar=not run_opts.get("noprogressbar", False),
             extra_provenance={"rows_csv": str(csv_file)},
         )
 
-    store = extract(train_data, prep / "train.csv", hparams["anchors"])
+    store = extract(train_data, train_ids, prep / "train.csv", hparams["anchors"])
     options, provenance = {"anchors": store}, {"base_fingerprint": base.fingerprint, "anchors_digest": store.digest()}
-    dev_anchors = extract(rows_dataset(hparams, prep / "dev.csv"), prep / "dev.csv", folder / "dev_anchors.pt")
+    dev_csv, replay_csv = prep / "dev.csv", prep / "replay.csv"
+    dev_anchors = extract(rows_dataset(hparams, dev_csv), read_column(dev_csv, "ID"), dev_csv, folder / "dev_anchors.pt")
     if hparams.get("dev_criterion") == "anchor_retrieval":
         options["dev_anchors"] = dev_anchors
         provenance["dev_anchors_digest"] = dev_anchors.digest()
     if hparams.get("replay_rows", 0) > 0:
-        replay_data = rows_dataset(hparams, prep / "replay.csv")
-        replay_store = extract(replay_data, prep / "replay.csv", folder / "replay_anchors.pt")
+        replay_data = rows_dataset(hparams, replay_csv)
+        replay_store = extract(replay_data, read_column(replay_csv, "ID"), replay_csv, folder / "replay_anchors.pt")
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         options["replay"] = ReplaySet(replay_data, replay_store, hparams["replay_rows"], hparams["seed"], rank)
         provenance["replay_anchors_digest"] = replay_store.digest()

@@ -1,7 +1,6 @@
 """recipes/Adaptation/run_experiment.py: the speaker split, the prepared data, the tables, the frontier plot and
 (slow) a tiny end-to-end run."""
 import csv
-import importlib.util
 import json
 import pathlib
 
@@ -9,20 +8,15 @@ import numpy as np
 import pytest
 import soundfile
 
+from tiny import load_script
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "Adaptation" / "run_experiment.py"
 EXISTING_SYSTEMS = ("base", "ft_lambda0", "anchors")  # systems whose keys every stage2.yaml has
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("adaptation_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    return load_script(SCRIPT, "adaptation_recipe")
 
 
 def column(csv_file, name):

@@ -1,5 +1,4 @@
 """recipes/RealSpeech/run_experiment.py end to end on a tiny subset of the shared data."""
-import importlib.util
 import json
 import pathlib
 import re
@@ -7,6 +6,7 @@ import re
 import pytest
 import ruamel.yaml
 
+from tiny import load_script
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
@@ -14,16 +14,9 @@ SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
 pytestmark = pytest.mark.slow  # trains every system
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("realspeech_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    return load_script(SCRIPT, "realspeech_recipe")
 
 
 def tiny_argv(shared_data, out):

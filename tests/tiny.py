@@ -1,4 +1,5 @@
 """Overrides that turn the recipe YAMLs into seconds-long CPU runs (C=32, 6 speakers)."""
+import importlib.util
 import pathlib
 import sys
 
@@ -120,3 +121,11 @@ def check_mixed_precision_outputs(stage_folder, with_anchors):
         store = AnchorStore.from_file(stage_folder.parent / "anchors" / "anchors.pt")
         assert store.embeddings.dtype == torch.float32
     return ckpt
+
+
+def load_script(path, name):
+    """A recipe script (not a package module) loaded as the module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
