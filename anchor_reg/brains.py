@@ -1,19 +1,8 @@
-"""The three trainers: stage 1, stage 2 (fixed anchors) and the joint baseline.
+"""The trainers: stage 1, stage 2 (fixed anchors) and the joint baseline.
 
-All three share one forward path (:meth:`SpeakerBrain.compute_embeddings`)::
-
-    wavs (B, T) -> [Augmenter: clean + K noisy copies] -> Fbank -> InputNormalization
-         -> embedding_model -> emb (B', 1, D) -> classifier -> AAM-softmax
-
-and differ only in the extra terms added to the AAM loss (:meth:`SpeakerBrain.extra_terms`):
-
-- :class:`SpeakerBrain` (stage 1): none.
-- :class:`AnchorRegBrain` (stage 2): ``λ(t) · d(emb, fixed anchor of the row)``, and
-  optionally replay rows tied to their own anchors, L2-SP towards the base's
-  weights and the online clean/noisy consistency term. With ``supervision: none``
-  it has no classifier loss: the anchor objective alone.
-- :class:`JointBrain` (baseline): ``λ · d(noisy emb, clean emb of the same crop)``,
-  the clean embedding computed online by the same network.
+All share one forward path, ``wavs (B, T) -> [Augmenter: clean + noisy copies] -> Fbank ->
+InputNormalization -> embedding_model -> emb (B', 1, D) -> classifier -> AAM``, and differ only in
+the terms they add to AAM (:meth:`SpeakerBrain.extra_terms`).
 """
 import logging
 
@@ -35,16 +24,9 @@ logger = logging.getLogger(__name__)
 class SpeakerBrain(sb.core.Brain):
     """Stage 1: a speaker-embedding model trained with AAM-softmax.
 
-    Expected ``modules``: ``compute_features``, ``mean_var_norm``,
-    ``embedding_model``, ``classifier``. Expected ``hparams``: ``compute_cost``,
-    ``error_stats``, ``lr_annealing``, ``epoch_counter``, ``train_logger``;
-    optional ``wav_augment`` (an ``Augmenter``), ``crop_dur`` (random training crops
-    of that many seconds, with ``sample_rate``), ``frozen_parameters``
-    (name prefixes such as ``classifier`` or ``embedding_model.blocks.0``) and
-    ``freeze_norm_stats`` (BatchNorm layers keep their running statistics).
-    With a checkpointer, ``seed`` and ``stage`` seed the stage's generators
-    and its checkpoints carry their state (:mod:`anchor_reg.random_state`),
-    so a resumed run ends as the uninterrupted one.
+    Optional ``hparams``: ``wav_augment``, ``crop_dur`` (seconds), ``frozen_parameters`` (name prefixes),
+    ``freeze_norm_stats``, ``supervision: none``. With a checkpointer the stage is seeded from (``seed``,
+    ``stage``) and resumes bit-identically (:class:`RandomState`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -56,7 +38,7 @@ class SpeakerBrain(sb.core.Brain):
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def compute_embeddings(self, wavs, lens):
-        """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings (:func:`anchor_reg.embedding.embed`)."""
+        """(B, T) waveforms, (B,) relative lengths -> (B, 1, D) embeddings."""
         return embed(self.modules, wavs, lens)
 
     @property
@@ -65,12 +47,7 @@ class SpeakerBrain(sb.core.Brain):
         return getattr(self.hparams, "wav_augment", None)
 
     def replicate(self, rows, stage, batch):
-        """Aligns per-row tensors (labels, anchors) with the augmented batch.
-
-        Training batches follow the ``Augmenter``; development batches with
-        noisy copies (``sig_noisy``, see :mod:`anchor_reg.data.dev_copies`) are
-        clean rows followed by their noisy copies.
-        """
+        """Aligns per-row tensors with the augmented batch (dev: clean rows, then ``sig_noisy`` copies)."""
         if stage == sb.Stage.TRAIN and self.augmenter is not None:
             return self.augmenter.replicate_labels(rows)
         if stage != sb.Stage.TRAIN and hasattr(batch, "sig_noisy"):
@@ -92,7 +69,7 @@ class SpeakerBrain(sb.core.Brain):
         return wavs, lens
 
     def compute_forward(self, batch, stage):
-        """Returns ``{"emb": (B', 1, D), "logits": (B', 1, S) or None (label-free), "lens": (B',)}``."""
+        """``{"emb": (B', 1, D), "logits": (B', 1, S) or None (label-free), "lens": (B',)}``."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
         if stage == sb.Stage.TRAIN:
@@ -104,23 +81,19 @@ class SpeakerBrain(sb.core.Brain):
         return {"emb": emb, "logits": logits, "lens": lens}
 
     def compute_objectives(self, predictions, batch, stage):
-        """AAM-softmax (when labelled) plus the subclass's extra terms."""
+        """AAM-softmax (when labelled) plus the extra training terms or the dev statistics' loss."""
         loss = torch.zeros((), device=self.device)
         if self.labelled:
-            spkid, _ = batch.spk_id_encoded
-            spkid = self.replicate(spkid, stage, batch)
+            spkid = self.replicate(batch.spk_id_encoded.data, stage, batch)
             loss = self.hparams.compute_cost(predictions["logits"], spkid, predictions["lens"])
             self._accumulate("aam", loss)
-        if stage == sb.Stage.TRAIN:
-            extra = self.extra_objective(predictions, batch)
-            if extra is not None:
-                loss = loss + extra
-        else:
-            loss = loss + self.dev_statistics(predictions, batch)
-        return loss
+        if stage != sb.Stage.TRAIN:
+            return loss + self.dev_statistics(predictions, batch)
+        extra = self.extra_objective(predictions, batch)
+        return loss if extra is None else loss + extra
 
     def dev_statistics(self, predictions, batch):
-        """Adds a dev batch to the dev criterion (``error_metrics``); returns an extra dev loss (0 here)."""
+        """Adds a dev batch to ``error_metrics``; returns an extra dev loss (0 here)."""
         spkid = self.replicate(batch.spk_id_encoded.data, sb.Stage.VALID, batch)
         ids = list(batch.id)
         if hasattr(batch, "sig_noisy"):
@@ -140,21 +113,15 @@ class SpeakerBrain(sb.core.Brain):
         return {}
 
     def clean_noisy_consistency(self, predictions, batch, loss):
-        """``loss(noisy emb, clean emb of the same crop)``, both from this forward pass; None when the
-        batch was not augmented.
-
-        The ``Augmenter`` must keep the clean batch first (``concat_original``).
-        """
+        """``loss(noisy emb, clean emb of the same crop)`` (clean first); None if not augmented."""
         augmenter = self.augmenter
         if augmenter is None or not augmenter.do_augment or augmenter.skip_concat:
             return None
-        emb = predictions["emb"]
         batch_size = len(batch.id)
-        clean, noisy = emb[:batch_size], emb[batch_size:]
+        clean, noisy = predictions["emb"][:batch_size], predictions["emb"][batch_size:]
         if noisy.shape[0] == 0:
             return None
-        target = clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1)))
-        return loss(noisy, target)
+        return loss(noisy, clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1))))
 
     def _accumulate(self, name, value):
         total, count = self.loss_terms.get(name, (0.0, 0))
@@ -180,33 +147,30 @@ class SpeakerBrain(sb.core.Brain):
         return self.hparams.error_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs train/valid statistics, anneals the learning rate, checkpoints."""
+        """Logs train/valid statistics, anneals the learning rate, checkpoints (the best and the latest)."""
         terms = {name: round(total / max(count, 1), 4) for name, (total, count) in self.loss_terms.items()}
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss, **{f"loss_{k}": v for k, v in terms.items()}}
             return
         stage_stats = {"loss": stage_loss, "ErrorRate": self.error_metrics.summarize("average")}
-        if stage == sb.Stage.VALID:
-            old_lr, new_lr = self.hparams.lr_annealing(epoch)
-            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            counter = self.hparams.epoch_counter
-            if hasattr(counter, "update_metric"):  # EpochCounterWithStopper: early stopping
-                counter.update_metric(stage_stats["ErrorRate"])
-            stopped = bool(getattr(counter, "should_stop", False))
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr, **({"stopped_early": True} if stopped else {})},
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, "stopped_early": stopped},
-                num_to_keep=getattr(self.hparams, "keep_checkpoints", 1),
-                min_keys=["ErrorRate"],  # the best epoch is kept beside the latest
-            )
-        else:
-            self.hparams.train_logger.log_stats(
-                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stage_stats
-            )
+        if stage != sb.Stage.VALID:
+            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current},
+                                                test_stats=stage_stats)
+            return
+        old_lr, new_lr = self.hparams.lr_annealing(epoch)
+        sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+        counter = self.hparams.epoch_counter
+        if hasattr(counter, "update_metric"):  # EpochCounterWithStopper: early stopping
+            counter.update_metric(stage_stats["ErrorRate"])
+        stopped = bool(getattr(counter, "should_stop", False))
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "lr": old_lr, **({"stopped_early": True} if stopped else {})},
+            train_stats=self.train_stats, valid_stats=stage_stats,
+        )
+        self.checkpointer.save_and_keep_only(
+            meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, "stopped_early": stopped},
+            num_to_keep=getattr(self.hparams, "keep_checkpoints", 1), min_keys=["ErrorRate"],
+        )
 
     def on_fit_batch_start(self, batch, should_step):
         """Keeps BatchNorm statistics at their loaded values when ``freeze_norm_stats`` is set."""
@@ -236,10 +200,8 @@ class SpeakerBrain(sb.core.Brain):
             names = [n for n, _ in self.modules.named_parameters()]
             for prefix in frozen:
                 if not any(n.startswith(prefix) for n in names):
-                    raise ValueError(
-                        f"frozen_parameters: '{prefix}' matches no parameter "
-                        f"(names look like {names[:2]})"
-                    )
+                    raise ValueError(f"frozen_parameters: '{prefix}' matches no parameter "
+                                     f"(names look like {names[:2]})")
             for name, param in self.modules.named_parameters():
                 if name.startswith(frozen):
                     param.requires_grad_(False)
@@ -248,7 +210,7 @@ class SpeakerBrain(sb.core.Brain):
 
     @sb.utils.checkpoints.mark_as_saver
     def _save(self, path):
-        """Brain's step and running loss, and the running loss terms (a mid-epoch resume logs the whole epoch's)."""
+        """Brain's step and running loss, and the loss terms (a mid-epoch resume logs the whole epoch's)."""
         super()._save(path)
         with open(path, "a", encoding="utf-8") as f:
             f.write(yaml.dump({"loss_terms": {name: list(value) for name, value in self.loss_terms.items()}}))
@@ -260,36 +222,18 @@ class SpeakerBrain(sb.core.Brain):
             self.loss_terms = {name: tuple(value) for name, value in yaml.safe_load(f).get("loss_terms", {}).items()}
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """Brain's loader; the training loader draws its worker seeds from the ``random_state``'s own generator."""
+        """Brain's loader; the training loader draws its worker seeds from the ``random_state``'s generator."""
         if stage == sb.Stage.TRAIN and self.random_state is not None:
             loader_kwargs.setdefault("generator", self.random_state.loader_generator)
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
 
 class AnchorRegBrain(SpeakerBrain):
-    """Stage 2: fine-tunes a copy of the base model towards fixed anchors.
+    """Stage 2: fine-tunes a copy of the base model towards the fixed ``anchors`` (an ``AnchorStore``).
 
-    ``anchors`` is the :class:`anchor_reg.anchors.AnchorStore` of the base
-    model's embeddings. Extra ``hparams``: ``anchor_type`` (``utterance`` | ``speaker``), ``anchor_loss`` (an
-    :class:`anchor_reg.losses.AnchorDistanceLoss` pull or a
-    :class:`anchor_reg.losses.ContrastiveAnchorLoss`), ``anchor_weight_schedule``
-    (a :class:`anchor_reg.losses.WeightSchedule`) and optionally
-    ``classifier_head: anchor_centroids`` (the head fixed at the base's
-    centroids, see :mod:`anchor_reg.heads`), ``supervision`` (``labelled`` |
-    ``none``), ``dev_criterion`` (``classification`` | ``anchor_retrieval``, see
-    :mod:`anchor_reg.retrieval`), ``replay_loss`` (the objective of the replay
-    rows), ``l2sp_weight``, ``consistency_weight`` and ``consistency_loss``.
-
-    Arguments
-    ---------
-    anchors : anchor_reg.anchors.AnchorStore
-        The training rows' anchors.
-    dev_anchors : anchor_reg.anchors.AnchorStore
-        The dev rows' anchors (``dev_criterion: anchor_retrieval``).
-    replay : anchor_reg.replay.ReplaySet
-        Replay rows and their anchors, or None.
-    base_embedding : torch.nn.Module
-        The base's embedding model, the reference of L2-SP (``l2sp_weight > 0``).
+    ``hparams``: ``anchor_type``, ``anchor_loss``, ``anchor_weight_schedule``; optional ``classifier_head``,
+    ``dev_criterion: anchor_retrieval`` (needs ``dev_anchors``), ``replay_loss`` (with ``replay``),
+    ``l2sp_weight`` (needs ``base_embedding``), ``consistency_weight`` and ``consistency_loss``.
     """
 
     batches_per_epoch = None  # set by make_dataloader
@@ -312,8 +256,7 @@ class AnchorRegBrain(SpeakerBrain):
         return getattr(self.hparams, "dev_criterion", "classification") == "anchor_retrieval"
 
     def frozen_prefixes(self):
-        """``frozen_parameters``, and the classifier with ``classifier_head: anchor_centroids`` (it holds the
-        base's centroids, :mod:`anchor_reg.heads`) or without labels (it is not used)."""
+        """``frozen_parameters``, and the classifier when it holds the base's centroids or is unused."""
         centroids = getattr(self.hparams, "classifier_head", "trainable") == "anchor_centroids"
         return super().frozen_prefixes() + (("classifier",) if centroids or not self.labelled else ())
 
@@ -323,16 +266,13 @@ class AnchorRegBrain(SpeakerBrain):
         if stage == sb.Stage.TRAIN:
             try:
                 self.batches_per_epoch = len(loader)
-            except TypeError as err:  # a schedule's within-epoch progress needs it
-                raise ValueError(
-                    "the training loader has no length (an IterableDataset?): the anchor-weight "
-                    "schedule needs the number of batches per epoch"
-                ) from err
+            except TypeError as err:
+                raise ValueError("the training loader has no length (an IterableDataset?): the anchor-weight "
+                                 "schedule needs the number of batches per epoch") from err
         return loader
 
     def extra_terms(self, predictions, batch):
-        """``anchor``: ``λ(t) · objective(emb, anchors)`` over clean and noisy copies alike; then, when
-        asked, ``consistency`` (noisy to clean, online), ``l2sp`` and ``replay``."""
+        """``anchor`` (``λ(t) · objective(emb, anchor)``), and if asked ``consistency``, ``l2sp``, ``replay``."""
         # within-epoch progress of the schedule; 0 for a batch fed outside fit() (no training loader)
         progress = min(1.0, self.step / self.batches_per_epoch) if self.batches_per_epoch else 0.0
         scale = self.hparams.anchor_weight_schedule(self.hparams.epoch_counter.current, progress)
@@ -344,18 +284,16 @@ class AnchorRegBrain(SpeakerBrain):
                 terms["consistency"] = consistency
         if self.l2sp is not None:
             terms["l2sp"] = self.l2sp(self.modules.embedding_model)
-        if self.replay is not None:
-            replay = self.replay_term()
-            if replay is not None:
-                terms["replay"] = replay
+        replay = self.replay_term() if self.replay is not None else None
+        if replay is not None:
+            terms["replay"] = replay
         return terms
 
     def anchor_term(self, loss, emb, ids, scale, store, extra_negatives=None):
         """``loss`` of (B', 1, D) embeddings of the augmented rows ``ids`` against their anchors in ``store``.
 
-        A contrastive ``loss`` draws its negatives from ``store`` (other speakers, or other source
-        files for label-free rows) and as many again from ``extra_negatives`` (the replay store),
-        whose speaker indices are shifted past ``store``'s so that the two never collide.
+        A contrastive ``loss`` draws negatives from ``store`` and as many from ``extra_negatives`` (the
+        replay store), whose speaker indices are shifted past ``store``'s so that the two never collide.
         """
         kind = self.hparams.anchor_type
         anchors = self.replicate(store.lookup(ids, kind, self.device), sb.Stage.TRAIN, None)
@@ -372,25 +310,20 @@ class AnchorRegBrain(SpeakerBrain):
         return loss(emb, anchors, speakers, bank, bank_speakers, scale)
 
     def replay_term(self):
-        """``replay_weight · objective`` of this step's replay rows (clean + noisy copies) against their own
-        anchors (contrastive: negatives from the replay store); None if no replay row could be read."""
+        """``replay_loss`` of this step's replay rows against their own anchors; None if none could be read."""
         batch = self.replay.draw(self.hparams.epoch_counter.current, self.step)
         if batch is None:
             return None
         batch = batch.to(self.device)
-        wavs, lens = self.training_inputs(*batch.sig)
-        emb = self.compute_embeddings(wavs, lens)
+        emb = self.compute_embeddings(*self.training_inputs(*batch.sig))
         return self.anchor_term(self.hparams.replay_loss, emb, batch.id, 1.0, self.replay.store)
 
     def dev_criterion(self):
-        """Classification error (labelled), or the noisy -> anchor retrieval error (:mod:`anchor_reg.retrieval`)."""
-        if self.retrieval_criterion:
-            return AnchorRetrievalStats(self.dev_anchors)
-        return super().dev_criterion()
+        """Classification error, or the noisy -> anchor retrieval error (:mod:`anchor_reg.retrieval`)."""
+        return AnchorRetrievalStats(self.dev_anchors) if self.retrieval_criterion else super().dev_criterion()
 
     def dev_statistics(self, predictions, batch):
-        """Retrieval: queries are the noisy copies (the second half of the dev batch); a label-free dev
-        loss is the mean cosine distance of every dev embedding to its row's anchor."""
+        """Retrieval queries are the dev batch's noisy copies; label-free, the loss is the mean anchor distance."""
         if not self.retrieval_criterion:
             return super().dev_statistics(predictions, batch)
         batch_size = len(batch.id)
@@ -402,16 +335,8 @@ class AnchorRegBrain(SpeakerBrain):
 
 
 class JointBrain(SpeakerBrain):
-    """Conventional joint optimisation: clean + noisy copies from scratch.
-
-    The ``Augmenter`` must keep the clean batch first (``concat_original``);
-    the extra term pulls each noisy embedding towards the clean embedding of
-    the same crop computed in the same forward pass
-    (:meth:`SpeakerBrain.clean_noisy_consistency`). Extra ``hparams``:
-    ``consistency_loss`` (an ``AnchorDistanceLoss``; with
-    ``detach_target: False`` the gradient flows through both branches, as in
-    conventional joint training).
-    """
+    """Joint optimisation from scratch: each noisy embedding pulled towards the clean embedding of the
+    same crop in the same pass (``consistency_loss``; ``detach_target: False`` trains both branches)."""
 
     def extra_terms(self, predictions, batch):
         """``consistency``: ``λ · mean d(noisy emb, clean emb)``; nothing when the batch was not augmented."""

@@ -1,18 +1,9 @@
 """A SpeechBrain ``Checkpointer`` whose checkpoints appear only when complete.
 
-SpeechBrain 1.1.2 writes ``CKPT.yaml`` (the file that marks a folder as a
-checkpoint) *before* the parameter files, so a kill during a save leaves a
-"checkpoint" with missing or truncated files, and the next run crashes while
-recovering it. Here ``CKPT.yaml`` is written last and atomically: an
-interrupted save leaves a folder that is not a checkpoint, and recovery picks
-the previous complete one (which ``save_and_keep_only`` only deletes after the
-new save finished).
-
-Such partial folders (a kill, a full disk) are removed: a save that fails
-removes its own and raises :class:`CheckpointError` (one line naming the
-folder), and recovery removes those earlier runs left. A save holds an
-exclusive ``flock`` on the save folder, so a folder another process is still
-writing is never taken for a partial one.
+SpeechBrain 1.1.2 writes ``CKPT.yaml`` (which marks a folder as a checkpoint) before the parameter
+files, so a kill during a save leaves a broken "checkpoint". Here it is written last, atomically, under
+an exclusive ``flock`` on the save folder; a failed save removes its folder and raises one
+:class:`CheckpointError`, and recovery removes the partial folders earlier runs left.
 """
 import contextlib
 import fcntl
@@ -33,6 +24,8 @@ from anchor_reg.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
+TENSOR_RECOVERABLES = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+
 
 def end_of_epoch(ckpt):
     """Whether a checkpoint was saved at the end of an epoch (mid-epoch ones only serve to resume)."""
@@ -45,29 +38,21 @@ def best_checkpoint(save_folder):
     return min(ckpts, key=lambda c: (c.meta["ErrorRate"], -c.meta["unixtime"]), default=None)
 
 
-TENSOR_RECOVERABLES = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
-
-
-def unreadable_parameter_file(checkpoint, recoverables):
-    """The first file of ``checkpoint`` saved from a torch object that ``torch.load`` refuses (None if none).
-
-    Loaded with ``weights_only=True``, as SpeechBrain loads them: a file holding
-    anything but tensors and plain containers is refused, and nothing in it runs.
-    """
-    for name, obj in recoverables.items():
-        path = checkpoint.paramfiles.get(name)
-        if path is not None and isinstance(obj, TENSOR_RECOVERABLES) and not is_tensor_file(path):
-            return pathlib.Path(path)
-    return None
-
-
 def is_tensor_file(path):
-    """Whether ``torch.load(path, weights_only=True)`` reads the file (nothing in it runs either way)."""
+    """Whether ``torch.load(path, weights_only=True)``, as SpeechBrain loads, reads the file (nothing in it runs)."""
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # unpickling refused, not a torch file, truncated
         return False
     return True
+
+
+def unreadable_parameter_file(checkpoint, recoverables):
+    """The first file of ``checkpoint`` saved from a torch object that is not saved tensors (None if none)."""
+    for name, obj in recoverables.items():
+        path = checkpoint.paramfiles.get(name)
+        if path is not None and isinstance(obj, TENSOR_RECOVERABLES) and not is_tensor_file(path):
+            return pathlib.Path(path)
 
 
 def invalid_file_message(path):
@@ -123,15 +108,8 @@ class AtomicCheckpointer(Checkpointer):
         return super().recover_if_possible(*args, **kwargs)
 
     def remove_partial_checkpoints(self):
-        """Deletes ``CKPT+*`` folders without ``CKPT.yaml`` in this save folder (main process).
-
-        Skipped while another process holds the save lock (a save in progress).
-
-        Returns
-        -------
-        list of pathlib.Path
-            The folders removed.
-        """
+        """Deletes and returns the ``CKPT+*`` folders without ``CKPT.yaml`` (main process; none while
+        another process holds the save lock)."""
         if not if_main_process() or not self.checkpoints_dir.is_dir():
             return []
         removed = []

@@ -1,14 +1,8 @@
-"""SpeechBrain's early-stopping epoch counter, with its state kept in checkpoints.
+"""SpeechBrain's early-stopping epoch counter with its stopper state in checkpoints.
 
-SpeechBrain 1.1.2 does not register ``EpochCounterWithStopper``'s own checkpoint
-hooks, so its checkpoints fall back to ``EpochCounter``'s and keep only the
-epoch: a resumed run forgets its best score and that it had stopped, and trains
-on past the stop. This subclass registers them.
-
-On recovery the stop is decided again under the patience the resumed run is
-given (``limit_to_stop``): the same patience stops it where it stopped, a larger
-one continues training from the last epoch's checkpoint, at the epoch where an
-uninterrupted run with that patience would have gone on.
+SpeechBrain 1.1.2 does not register ``EpochCounterWithStopper``'s own hooks, so its checkpoints keep
+only the epoch and a resumed run trains past its stop. On recovery the stop is decided again under
+the resumed run's patience (``limit_to_stop``), as an uninterrupted run with it would have.
 """
 import yaml
 from speechbrain.utils import epoch_loop
@@ -41,12 +35,8 @@ def patience_exhausted(current_epoch, best_epoch, limit_to_stop):
 
 
 def stops_under(path, limit_to_stop):
-    """Whether the stopper of a stopped run, saved at ``path``, would stop there under patience ``limit_to_stop``.
-
-    A plain counter's file (the epoch only) cannot say: its stop stands.
-    """
+    """Whether the stopper saved at ``path`` would stop there under ``limit_to_stop`` (a plain counter's
+    file cannot say: its stop stands)."""
     with open(path, encoding="utf-8") as f:
         state = yaml.safe_load(f)
-    if not isinstance(state, dict):
-        return True
-    return patience_exhausted(state["current_epoch"], state["best_epoch"], limit_to_stop)
+    return not isinstance(state, dict) or patience_exhausted(state["current_epoch"], state["best_epoch"], limit_to_stop)

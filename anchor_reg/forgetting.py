@@ -1,47 +1,18 @@
-"""Forgetting controls that tie the adapted model to its base's weights (beside the anchors).
-
-- :class:`L2SP` (training, key ``l2sp_weight``): ``w * sum_p ||theta_p - theta_base_p||^2``
-  over the embedding model's parameters (Li et al., 2018, "L2-SP").
-- :func:`interpolate_weights` (export, ``--wise_alpha``): WiSE-FT's weight-space
-  ensemble ``alpha * base + (1 - alpha) * adapted`` (Wortsman et al., 2022).
-"""
+"""Forgetting controls that tie the adapted model to its base's weights: L2-SP (Li et al., 2018) in
+training (``l2sp_weight``) and WiSE-FT's weight interpolation (Wortsman et al., 2022) in export."""
 import torch
 
 
-def unwrapped(module):
-    """The module inside a ``DistributedDataParallel`` wrapper (the module itself otherwise)."""
-    return getattr(module, "module", module)
-
-
 class L2SP:
-    """L2 penalty towards the base's weights.
-
-    The base's parameters are copied once (fixed, never trained); they come from
-    the base model loaded at every (re)start of the stage, whose fingerprint the
-    stage's provenance checks, so a resumed run penalises towards the same weights.
-
-    Arguments
-    ---------
-    weight : float
-        ``w`` (key ``l2sp_weight``).
-    base_module : torch.nn.Module
-        The base's embedding model (same architecture as the trained one).
-
-    Example
-    -------
-    >>> base = torch.nn.Linear(2, 1)
-    >>> float(L2SP(1.0, base)(base))
-    0.0
-    """
+    """``weight * sum_p ||theta_p - theta_base_p||^2`` over the trainable parameters, towards a copy of
+    ``base_module``'s (the base loaded, and fingerprint-checked, at every (re)start)."""
 
     def __init__(self, weight, base_module):
         self.weight = float(weight)
-        self.reference = {
-            name: param.detach().clone() for name, param in unwrapped(base_module).named_parameters()
-        }
+        self.reference = {name: param.detach().clone() for name, param in unwrapped(base_module).named_parameters()}
 
     def __call__(self, module):
-        """Returns the penalty (a scalar with grad) of ``module``'s current parameters."""
+        """The penalty (a scalar with grad) of ``module``'s current parameters."""
         params = dict(unwrapped(module).named_parameters())
         if set(params) != set(self.reference):
             raise ValueError("L2SP: the trained model's parameters are not the base's (another architecture?)")
@@ -49,34 +20,22 @@ class L2SP:
         for name, param in params.items():
             if not param.requires_grad:  # frozen parameters stay at the base's values
                 continue
-            reference = self.reference[name]
-            if reference.device != param.device:
-                reference = self.reference[name] = reference.to(param.device)
-            term = (param - reference).pow(2).sum()
+            if self.reference[name].device != param.device:
+                self.reference[name] = self.reference[name].to(param.device)
+            term = (param - self.reference[name]).pow(2).sum()
             total = term if total is None else total + term
-        if total is None:
-            return torch.zeros(())
-        return self.weight * total
+        return torch.zeros(()) if total is None else self.weight * total
+
+
+def unwrapped(module):
+    """The module inside a ``DistributedDataParallel`` wrapper (the module itself otherwise)."""
+    return getattr(module, "module", module)
 
 
 def interpolate_weights(base_state, adapted_state, alpha):
-    """``alpha * base + (1 - alpha) * adapted``, entry by entry of two state dicts.
+    """``alpha * base + (1 - alpha) * adapted`` of two state dicts (alpha in [0, 1], 1 is the base).
 
-    Floating-point parameters and buffers (BatchNorm statistics too) are
-    interpolated; integer buffers (``num_batches_tracked``) are the adapted
-    model's.
-
-    Arguments
-    ---------
-    base_state, adapted_state : dict
-        ``state_dict()`` of the base's and of the adapted embedding model (same keys and shapes).
-    alpha : float
-        In [0, 1]: 0 is the adapted model, 1 the base.
-
-    Returns
-    -------
-    dict
-        A new state dict.
+    Floating-point entries (BatchNorm statistics too) are interpolated; integer buffers are the adapted's.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"wise_alpha must be in [0, 1], got {alpha}")
