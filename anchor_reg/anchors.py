@@ -1,8 +1,5 @@
-"""Fixed anchors: the frozen base model's embeddings of every training row, with their provenance.
-
-A store is written once, atomically, and memory-mapped on load, so the ranks of a node share one
-page-cache copy; no method copies a whole array (VoxCeleb2 cut into 3 s rows has ~3 M).
-"""
+"""Fixed anchors: the frozen base model's embeddings of every training row, with their provenance, written
+once and memory-mapped on load (a node's ranks share one page-cache copy; no method copies a whole array)."""
 import hashlib
 import logging
 import pathlib
@@ -12,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import speechbrain as sb
+from tqdm import tqdm
 
 from anchor_reg.atomic import atomic_path
 from anchor_reg.digest import content_digest
@@ -46,11 +44,8 @@ def check_anchor_type(anchor_type):
 
 
 class AnchorStore:
-    """(N, D) L2-normalised anchors of rows sorted by ID hash, (S, D) speaker centroids, provenance.
-
-    A lookup is a binary search in the (N,) sorted hashes, confirmed against the (N,) fixed-width
-    ID bytes (no dict of 3 M strings).
-    """
+    """(N, D) unit anchors of rows sorted by ID hash, (S, D) speaker centroids and provenance; a lookup is a
+    binary search in the hashes, confirmed against the fixed-width ID bytes (no dict of 3 M strings)."""
 
     def __init__(self):
         self.ids = np.empty(0, dtype="S1")  # (N,) fixed-width bytes, in hash order
@@ -114,10 +109,8 @@ class AnchorStore:
         pos, found = self._find(ids)
         if not found.all():
             missing = [i for i, ok in zip(ids, found) if not ok]
-            raise AnchorStoreError(
-                f"{len(missing)} of {len(ids)} IDs have no anchor (e.g. {missing[:3]}); "
-                "the training CSV changed after extraction: re-extract the anchors"
-            )
+            raise AnchorStoreError(f"{len(missing)} of {len(ids)} IDs have no anchor (e.g. {missing[:3]}); "
+                                   "the training CSV changed after extraction: re-extract the anchors")
         return torch.from_numpy(pos.astype(np.int64))
 
     def lookup(self, ids, anchor_type="utterance", device=None):
@@ -137,12 +130,8 @@ class AnchorStore:
         return entries if anchor_type == "speaker" else self.row_speaker[entries].long()
 
     def sample_negatives(self, exclude, num, anchor_type="utterance", device=None):
-        """(K', D) anchors and (K',) speaker indices of K' <= ``num`` distinct random rows (or centroids)
-        of speakers not in the (B,) ``exclude``.
-
-        Draws from torch's global generator in O(num), whatever the store's size; K' is capped at the
-        eligible entries (reported once).
-        """
+        """(K', D) anchors and (K',) speakers of K' <= ``num`` distinct random rows (or centroids) of speakers
+        not in the (B,) ``exclude``; O(num) draws from torch's generator, capped at the eligible (said once)."""
         exclude = exclude.detach().cpu().long()
         check_anchor_type(anchor_type)
         pool = self.centroids if anchor_type == "speaker" else self.embeddings
@@ -187,10 +176,8 @@ class AnchorStore:
                 f"but stage 2 starts from a base with fingerprint {base_fingerprint[:12]}: they are stale; {REDO}"
             )
         if emb_dim is not None and emb_dim != self.emb_dim:
-            raise AnchorStoreError(
-                f"anchors{where} have embedding size {self.emb_dim} but the base model "
-                f"embeds in {emb_dim} dimensions; {REDO}"
-            )
+            raise AnchorStoreError(f"anchors{where} have embedding size {self.emb_dim} but the base model "
+                                   f"embeds in {emb_dim} dimensions; {REDO}")
         if row_ids is not None:
             row_ids = list(row_ids)  # checked in blocks: 3 M IDs need no 3 M-row temporaries
             blocks = [self._find(row_ids[k:k + CHECK_BLOCK])[1] for k in range(0, len(row_ids), CHECK_BLOCK)]
@@ -203,10 +190,7 @@ class AnchorStore:
                 )
 
     def digest(self):
-        """Hex blake2b of the IDs, embeddings and speakers (not the provenance), read through the mapping.
-
-        Stage 2's checkpoints record it instead of a copy of the store.
-        """
+        """Hex blake2b of the IDs, embeddings and speakers (stage 2's checkpoints record it, not the store)."""
         arrays = [np.ascontiguousarray(a) for a in (self.ids, self.embeddings.numpy(), self.row_speaker.numpy())]
         return content_digest([*arrays, "\n".join(self.speakers)], "blake2b")  # no copy: every array is contiguous
 
@@ -244,9 +228,8 @@ class AnchorStore:
         if embeddings.shape[0] != len(ids) or hashes.shape[0] != len(ids):
             raise AnchorStoreError(f"anchor store {path} has inconsistent sizes; delete it and re-run to re-extract")
         self.ids, self.hashes, self.embeddings, self.provenance = ids, hashes, embeddings, payload["provenance"]
-        self.row_speaker = payload["row_speaker"]
+        self.row_speaker, self.centroids = payload["row_speaker"], payload["centroids"]
         self.speakers = [label.decode("utf-8") for label in byte_strings(payload["speakers"].numpy())]
-        self.centroids = payload["centroids"]
         self._rows_per_speaker = None
         return self
 
@@ -294,15 +277,8 @@ def ddp_active():
 @torch.no_grad()
 @preserved_random_state()
 def extract_anchors(embed, dataloader, provenance=None, progressbar=True):
-    """The :class:`AnchorStore` of every row of ``dataloader`` (``id``, ``sig``, ``spk_id``), embedded once
-    by ``embed(wavs (B, T), lens (B,)) -> (B, 1, D)``.
-
-    Under DDP each rank embeds its shard and rank 0 gathers them and alone builds the store (None on
-    the other ranks). The global generators are left as found, so what trains next does not depend
-    on whether the anchors were extracted in the same process.
-    """
-    from tqdm import tqdm
-
+    """The :class:`AnchorStore` of ``dataloader``'s rows by ``embed(wavs (B, T), lens (B,)) -> (B, 1, D)``, built
+    by rank 0 alone under DDP (None elsewhere); the global generators are left as they were found."""
     start = time.time()
     ids, speakers, chunks = [], [], []
     for batch in tqdm(dataloader, desc="anchors", disable=not progressbar, dynamic_ncols=True):
@@ -323,8 +299,7 @@ def extract_anchors(embed, dataloader, provenance=None, progressbar=True):
         # a DistributedSampler pads the last shard by repeating rows: drop repeats
         _, first = np.unique(np.array(ids, dtype=object), return_index=True)
         keep = np.sort(first)
-        ids = [ids[k] for k in keep]
-        speakers = [speakers[k] for k in keep]
+        ids, speakers = [ids[k] for k in keep], [speakers[k] for k in keep]
         embeddings = embeddings[torch.from_numpy(keep)]
     provenance = dict(provenance or {})
     provenance["extraction_seconds"] = round(time.time() - start, 2)
@@ -333,12 +308,8 @@ def extract_anchors(embed, dataloader, provenance=None, progressbar=True):
 
 def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32, num_workers=0,
                     collate_fn=None, reextract=False, device="cpu", progressbar=True, extra_provenance=None):
-    """The anchors of every row of ``dataset``: the stored ones if they fit ``base``, else extracted.
-
-    ``base`` (an ``anchor_reg.base.Base``) embeds the rows (``embedder(device)``); ``row_ids`` must
-    all have an anchor (None: not checked). Under DDP rank 0 checks and writes the store while the
-    others wait, a failure there is raised on every rank, and every rank maps the same file.
-    """
+    """The anchors of ``dataset``'s rows (``row_ids`` must all have one): stored if they fit ``base``, else
+    extracted by it; under DDP rank 0 writes them, its failure is raised on every rank, all map the file."""
     anchors_file = pathlib.Path(anchors_file)
     if anchors_file.is_file() and not reextract:
         store = AnchorStore.from_file(anchors_file)
@@ -348,10 +319,9 @@ def load_or_extract(base, dataset, anchors_file, *, row_ids=None, batch_size=32,
         return store
     logger.info("anchors: extracting with the frozen base model %s", base.source)
     sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False) if ddp_active() else None
-    loader = sb.dataio.dataloader.make_dataloader(
-        dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
-        **({"collate_fn": collate_fn} if collate_fn is not None else {}),
-    )
+    loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                                                  num_workers=num_workers,
+                                                  **({"collate_fn": collate_fn} if collate_fn is not None else {}))
     provenance = {"base_fingerprint": base.fingerprint, "base_source": base.source, **base.provenance,
                   "batch_size": batch_size, "normalised": True, **(extra_provenance or {})}
     store = extract_anchors(base.embedder(device), loader, provenance=provenance, progressbar=progressbar)

@@ -1,9 +1,5 @@
-"""The trainers: stage 1, stage 2 (fixed anchors) and the joint baseline.
-
-All share one forward path, ``wavs (B, T) -> [Augmenter: clean + noisy copies] -> Fbank ->
-InputNormalization -> embedding_model -> emb (B', 1, D) -> classifier -> AAM``, and differ only in
-the terms they add to AAM (:meth:`SpeakerBrain.extra_terms`).
-"""
+"""The trainers (stage 1, stage 2 with fixed anchors, the joint baseline): one forward path (Augmenter -> Fbank ->
+InputNormalization -> embedding_model -> classifier -> AAM), different terms beside AAM (``extra_terms``)."""
 import logging
 
 import speechbrain as sb
@@ -22,12 +18,8 @@ logger = logging.getLogger(__name__)
 
 @sb.utils.checkpoints.register_checkpoint_hooks
 class SpeakerBrain(sb.core.Brain):
-    """Stage 1: a speaker-embedding model trained with AAM-softmax.
-
-    Optional ``hparams``: ``wav_augment``, ``crop_dur`` (seconds), ``frozen_parameters`` (name prefixes),
-    ``freeze_norm_stats``, ``supervision: none``. With a checkpointer the stage is seeded from (``seed``,
-    ``stage``) and resumes bit-identically (:class:`RandomState`).
-    """
+    """Stage 1: a speaker-embedding model trained with AAM-softmax; with a checkpointer the stage is seeded
+    from (``seed``, ``stage``) and resumes bit-identically (:class:`RandomState`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -112,16 +104,17 @@ class SpeakerBrain(sb.core.Brain):
         """``{name: scalar}`` training terms beside AAM; none for stage 1."""
         return {}
 
-    def clean_noisy_consistency(self, predictions, batch, loss):
-        """``loss(noisy emb, clean emb of the same crop)`` (clean first); None if not augmented."""
+    def consistency_term(self, predictions, batch):
+        """``{"consistency": consistency_loss(noisy emb, clean emb of its crop)}`` (clean first); {} if none."""
         augmenter = self.augmenter
         if augmenter is None or not augmenter.do_augment or augmenter.skip_concat:
-            return None
+            return {}
         batch_size = len(batch.id)
         clean, noisy = predictions["emb"][:batch_size], predictions["emb"][batch_size:]
         if noisy.shape[0] == 0:
-            return None
-        return loss(noisy, clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1))))
+            return {}
+        target = clean.repeat(noisy.shape[0] // batch_size, *([1] * (clean.dim() - 1)))
+        return {"consistency": self.hparams.consistency_loss(noisy, target)}
 
     def _accumulate(self, name, value):
         total, count = self.loss_terms.get(name, (0.0, 0))
@@ -165,12 +158,10 @@ class SpeakerBrain(sb.core.Brain):
         stopped = bool(getattr(counter, "should_stop", False))
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch, "lr": old_lr, **({"stopped_early": True} if stopped else {})},
-            train_stats=self.train_stats, valid_stats=stage_stats,
-        )
+            train_stats=self.train_stats, valid_stats=stage_stats)
         self.checkpointer.save_and_keep_only(
             meta={"ErrorRate": stage_stats["ErrorRate"], "epoch": epoch, "stopped_early": stopped},
-            num_to_keep=getattr(self.hparams, "keep_checkpoints", 1), min_keys=["ErrorRate"],
-        )
+            num_to_keep=getattr(self.hparams, "keep_checkpoints", 1), min_keys=["ErrorRate"])
 
     def on_fit_batch_start(self, batch, should_step):
         """Keeps BatchNorm statistics at their loaded values when ``freeze_norm_stats`` is set."""
@@ -186,8 +177,7 @@ class SpeakerBrain(sb.core.Brain):
         for name, module in self.modules.items():
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = torch.nn.parallel.DistributedDataParallel(
-                    module, find_unused_parameters=self.find_unused_parameters
-                )
+                    module, find_unused_parameters=self.find_unused_parameters)
 
     def frozen_prefixes(self):
         """Name prefixes of the parameters kept fixed: ``frozen_parameters``."""
@@ -229,12 +219,8 @@ class SpeakerBrain(sb.core.Brain):
 
 
 class AnchorRegBrain(SpeakerBrain):
-    """Stage 2: fine-tunes a copy of the base model towards the fixed ``anchors`` (an ``AnchorStore``).
-
-    ``hparams``: ``anchor_type``, ``anchor_loss``, ``anchor_weight_schedule``; optional ``classifier_head``,
-    ``dev_criterion: anchor_retrieval`` (needs ``dev_anchors``), ``replay_loss`` (with ``replay``),
-    ``l2sp_weight`` (needs ``base_embedding``), ``consistency_weight`` and ``consistency_loss``.
-    """
+    """Stage 2: fine-tunes a copy of the base model towards the fixed ``anchors`` (an ``AnchorStore``);
+    ``dev_criterion: anchor_retrieval`` needs ``dev_anchors``, ``l2sp_weight`` the ``base_embedding`` model."""
 
     batches_per_epoch = None  # set by make_dataloader
 
@@ -279,9 +265,7 @@ class AnchorRegBrain(SpeakerBrain):
         terms = {"anchor": self.anchor_term(self.hparams.anchor_loss, predictions["emb"], batch.id, scale,
                                             self.anchors, self.replay.store if self.replay else None)}
         if getattr(self.hparams, "consistency_weight", 0) > 0:
-            consistency = self.clean_noisy_consistency(predictions, batch, self.hparams.consistency_loss)
-            if consistency is not None:
-                terms["consistency"] = consistency
+            terms.update(self.consistency_term(predictions, batch))
         if self.l2sp is not None:
             terms["l2sp"] = self.l2sp(self.modules.embedding_model)
         replay = self.replay_term() if self.replay is not None else None
@@ -290,11 +274,8 @@ class AnchorRegBrain(SpeakerBrain):
         return terms
 
     def anchor_term(self, loss, emb, ids, scale, store, extra_negatives=None):
-        """``loss`` of (B', 1, D) embeddings of the augmented rows ``ids`` against their anchors in ``store``.
-
-        A contrastive ``loss`` draws negatives from ``store`` and as many from ``extra_negatives`` (the
-        replay store), whose speaker indices are shifted past ``store``'s so that the two never collide.
-        """
+        """``loss`` of (B', 1, D) embeddings of the augmented rows ``ids`` against their anchors in ``store``;
+        contrastive negatives come from ``store`` and ``extra_negatives`` (speakers shifted past ``store``'s)."""
         kind = self.hparams.anchor_type
         anchors = self.replicate(store.lookup(ids, kind, self.device), sb.Stage.TRAIN, None)
         if not hasattr(loss, "num_negatives"):  # a pull towards the anchor
@@ -340,5 +321,4 @@ class JointBrain(SpeakerBrain):
 
     def extra_terms(self, predictions, batch):
         """``consistency``: ``λ · mean d(noisy emb, clean emb)``; nothing when the batch was not augmented."""
-        term = self.clean_noisy_consistency(predictions, batch, self.hparams.consistency_loss)
-        return {} if term is None else {"consistency": term}
+        return self.consistency_term(predictions, batch)

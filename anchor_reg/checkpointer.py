@@ -1,10 +1,6 @@
-"""A SpeechBrain ``Checkpointer`` whose checkpoints appear only when complete.
-
-SpeechBrain 1.1.2 writes ``CKPT.yaml`` (which marks a folder as a checkpoint) before the parameter
-files, so a kill during a save leaves a broken "checkpoint". Here it is written last, atomically, under
-an exclusive ``flock`` on the save folder; a failed save removes its folder and raises one
-:class:`CheckpointError`, and recovery removes the partial folders earlier runs left.
-"""
+"""A SpeechBrain ``Checkpointer`` whose checkpoints appear only when complete: ``CKPT.yaml`` (SpeechBrain
+writes it first) is written last, atomically, under a ``flock`` on the save folder; partial folders are
+removed (a failed save raises one :class:`CheckpointError`)."""
 import contextlib
 import fcntl
 import logging
@@ -39,7 +35,7 @@ def best_checkpoint(save_folder):
 
 
 def is_tensor_file(path):
-    """Whether ``torch.load(path, weights_only=True)``, as SpeechBrain loads, reads the file (nothing in it runs)."""
+    """Whether ``torch.load(path, weights_only=True)`` (SpeechBrain's way) reads the file; nothing in it runs."""
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # unpickling refused, not a torch file, truncated
@@ -65,8 +61,7 @@ class AtomicCheckpointer(Checkpointer):
 
     def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
         """Defers the meta file until every parameter file is written."""
-        meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch}
-        meta.update(meta_to_include)
+        meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch, **meta_to_include}
         self._pending_meta = (fpath, meta)
         return meta
 
@@ -108,8 +103,7 @@ class AtomicCheckpointer(Checkpointer):
         return super().recover_if_possible(*args, **kwargs)
 
     def remove_partial_checkpoints(self):
-        """Deletes and returns the ``CKPT+*`` folders without ``CKPT.yaml`` (main process; none while
-        another process holds the save lock)."""
+        """Deletes and returns the ``CKPT+*`` folders without ``CKPT.yaml`` (main process, unless a save runs)."""
         if not if_main_process() or not self.checkpoints_dir.is_dir():
             return []
         removed = []

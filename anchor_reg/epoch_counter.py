@@ -1,9 +1,5 @@
-"""SpeechBrain's early-stopping epoch counter with its stopper state in checkpoints.
-
-SpeechBrain 1.1.2 does not register ``EpochCounterWithStopper``'s own hooks, so its checkpoints keep
-only the epoch and a resumed run trains past its stop. On recovery the stop is decided again under
-the resumed run's patience (``limit_to_stop``), as an uninterrupted run with it would have.
-"""
+"""SpeechBrain's early-stopping epoch counter with its stopper state in checkpoints (1.1.2 keeps only the
+epoch); on recovery the stop is decided again under the resumed run's ``limit_to_stop``."""
 import yaml
 from speechbrain.utils import epoch_loop
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
@@ -35,8 +31,9 @@ def patience_exhausted(current_epoch, best_epoch, limit_to_stop):
 
 
 def stops_under(path, limit_to_stop):
-    """Whether the stopper saved at ``path`` would stop there under ``limit_to_stop`` (a plain counter's
-    file cannot say: its stop stands)."""
+    """Whether the stopper saved at ``path`` stops there under ``limit_to_stop`` (a plain counter's file: yes)."""
     with open(path, encoding="utf-8") as f:
         state = yaml.safe_load(f)
-    return not isinstance(state, dict) or patience_exhausted(state["current_epoch"], state["best_epoch"], limit_to_stop)
+    if not isinstance(state, dict):
+        return True
+    return patience_exhausted(state["current_epoch"], state["best_epoch"], limit_to_stop)

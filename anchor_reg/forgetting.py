@@ -9,7 +9,7 @@ class L2SP:
 
     def __init__(self, weight, base_module):
         self.weight = float(weight)
-        self.reference = {name: param.detach().clone() for name, param in unwrapped(base_module).named_parameters()}
+        self.reference = {name: p.detach().clone() for name, p in unwrapped(base_module).named_parameters()}
 
     def __call__(self, module):
         """The penalty (a scalar with grad) of ``module``'s current parameters."""
@@ -33,10 +33,8 @@ def unwrapped(module):
 
 
 def interpolate_weights(base_state, adapted_state, alpha):
-    """``alpha * base + (1 - alpha) * adapted`` of two state dicts (alpha in [0, 1], 1 is the base).
-
-    Floating-point entries (BatchNorm statistics too) are interpolated; integer buffers are the adapted's.
-    """
+    """``alpha * base + (1 - alpha) * adapted`` of two state dicts' floating-point entries (BatchNorm statistics
+    too; integer buffers are the adapted's); alpha in [0, 1], 1 is the base."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"wise_alpha must be in [0, 1], got {alpha}")
     if set(base_state) != set(adapted_state):

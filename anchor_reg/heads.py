@@ -1,8 +1,5 @@
-"""A classifier head held at the base model's speaker centroids (``classifier_head: anchor_centroids``).
-
-With ECAPA's cosine ``Classifier`` fixed at the clean speakers' centroids, AAM can only move the
-encoder: it learns to put noisy speech inside the base model's speaker regions.
-"""
+"""A classifier head held at the base model's speaker centroids (``classifier_head: anchor_centroids``):
+AAM can then only move the encoder, putting noisy speech inside the clean speakers' regions."""
 import torch
 
 from anchor_reg.errors import AnchorStoreError
@@ -17,14 +14,10 @@ def set_head_to_centroids(classifier, store, label_encoder):
     labels = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
     missing = [label for label in labels if label not in position]
     if missing:
-        raise AnchorStoreError(
-            f"{len(missing)} training speakers have no anchors (e.g. {missing[:3]}): "
-            "re-extract the anchors (--reextract_anchors=True)"
-        )
+        raise AnchorStoreError(f"{len(missing)} training speakers have no anchors (e.g. {missing[:3]}): "
+                               "re-extract the anchors (--reextract_anchors=True)")
     weights = store.centroids[torch.tensor([position[label] for label in labels])]
     if tuple(classifier.weight.shape) != tuple(weights.shape):
-        raise AnchorStoreError(
-            f"classifier weight {tuple(classifier.weight.shape)} cannot hold the "
-            f"anchors' centroids {tuple(weights.shape)}"
-        )
+        raise AnchorStoreError(f"classifier weight {tuple(classifier.weight.shape)} cannot hold the "
+                               f"anchors' centroids {tuple(weights.shape)}")
     classifier.weight.copy_(weights.to(classifier.weight))

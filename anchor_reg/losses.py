@@ -1,8 +1,5 @@
-"""Stage 2's anchor objectives and their weight schedule.
-
-``loss = AAM(classifier(emb)) + weight(epoch) * objective(emb, anchor, ...)`` with a fixed anchor per
-row: ``pull`` (:class:`AnchorDistanceLoss`) or ``contrastive`` (:class:`ContrastiveAnchorLoss`).
-"""
+"""Stage 2's anchor objectives, ``pull`` (:class:`AnchorDistanceLoss`) or ``contrastive``
+(:class:`ContrastiveAnchorLoss`), and their weight schedule: ``AAM + weight(t) * objective(emb, anchor)``."""
 import torch
 import torch.nn.functional as F
 
@@ -16,40 +13,30 @@ def flat_rows(tensor):
 
 
 def anchor_distance(embeddings, anchors, distance="cosine"):
-    """(B,) distances between row-aligned (B, D) or (B, 1, D) embeddings and anchors.
-
-    ``cosine``: ``1 - cos(e, a)`` in [0, 2]; ``l2``: ``||e/|e| - a/|a| ||^2`` in [0, 4] (twice the
-    cosine distance, a different gradient scale). Float32, float64 for float64 embeddings.
-    """
+    """(B,) ``1 - cos(e, a)`` (``cosine``) or ``||e/|e| - a/|a| ||^2`` (``l2``: twice that, another gradient
+    scale) of row-aligned (B, D) or (B, 1, D) embeddings and anchors, in at least float32."""
     if distance not in DISTANCES:
         raise ValueError(f"anchor_distance: unknown distance '{distance}', expected one of {DISTANCES}")
     emb = flat_rows(embeddings)
     anc = anchors.reshape(anchors.shape[0], -1).to(emb.dtype)
     if emb.shape != anc.shape:
-        raise ValueError(
-            f"anchor_distance: embeddings {tuple(emb.shape)} and anchors {tuple(anc.shape)} are not row-aligned"
-        )
-    emb = F.normalize(emb, dim=-1)
-    anc = F.normalize(anc, dim=-1)
+        raise ValueError(f"anchor_distance: embeddings {tuple(emb.shape)} and anchors {tuple(anc.shape)} "
+                         "are not row-aligned")
+    emb, anc = F.normalize(emb, dim=-1), F.normalize(anc, dim=-1)
     if distance == "cosine":
         return 1.0 - (emb * anc).sum(dim=-1)
     return (emb - anc).pow(2).sum(dim=-1)
 
 
 class AnchorDistanceLoss(torch.nn.Module):
-    """``scale * weight * mean_b d(emb_b, anchor_b)`` (``distance`` of :func:`anchor_distance`).
-
-    ``detach_target=False`` lets the gradient reach the target too (the joint baseline's online
-    clean embedding); fixed anchors never need it.
-    """
+    """``scale * weight * mean_b d(emb_b, anchor_b)``; ``detach_target=False`` trains the target too (the
+    joint baseline's online clean embedding)."""
 
     def __init__(self, weight=1.0, distance="cosine", detach_target=True):
         super().__init__()
         if distance not in DISTANCES:
-            raise ValueError(
-                f"AnchorDistanceLoss: unknown distance '{distance}', "
-                f"expected one of {DISTANCES} (YAML key anchor_distance)"
-            )
+            raise ValueError(f"AnchorDistanceLoss: unknown distance '{distance}', "
+                             f"expected one of {DISTANCES} (YAML key anchor_distance)")
         self.weight = float(weight)
         self.distance = distance
         self.detach_target = detach_target
@@ -58,36 +45,25 @@ class AnchorDistanceLoss(torch.nn.Module):
         """(B, D) or (B, 1, D) embeddings and row-aligned anchors -> scalar; ``scale`` from the schedule."""
         if self.detach_target:
             anchors = anchors.detach()
-        dist = anchor_distance(embeddings, anchors, self.distance)
-        return scale * self.weight * dist.mean()
+        return scale * self.weight * anchor_distance(embeddings, anchors, self.distance).mean()
 
 
 class ContrastiveAnchorLoss(torch.nn.Module):
-    """InfoNCE of each embedding against its own fixed anchor, with other speakers' anchors as negatives.
-
-    Candidates are every row's anchor ``a_j`` and a bank ``n_k`` of ``num_negatives`` other speakers'
-    anchors: ``logit_ij = s * (cos(e_i, a_j) - m * [j == i])``, ``logit_ik = s * cos(e_i, n_k)``,
-    ``loss = weight * mean_i CE(logit_i, i)``. Candidates of row i's speaker other than its own
-    anchor are masked out (neither positive nor negative).
-    """
+    """InfoNCE against fixed anchors: ``logit_ij = s * (cos(e_i, a_j) - m * [j == i])`` over every row's anchor
+    and a bank of ``num_negatives`` other speakers' anchors; row i's speaker's other candidates are masked."""
 
     def __init__(self, weight=1.0, scale=20.0, margin=0.1, num_negatives=512):
         super().__init__()
         if scale <= 0 or num_negatives < 0:
-            raise ValueError(
-                "ContrastiveAnchorLoss: contrastive_scale must be > 0 and "
-                f"contrastive_negatives >= 0, got {scale} and {num_negatives}"
-            )
+            raise ValueError("ContrastiveAnchorLoss: contrastive_scale must be > 0 and "
+                             f"contrastive_negatives >= 0, got {scale} and {num_negatives}")
         self.weight = float(weight)
         self.scale = float(scale)
         self.margin = float(margin)
         self.num_negatives = int(num_negatives)
 
     def forward(self, embeddings, anchors, speakers, bank=None, bank_speakers=None, scale=1.0):
-        """Scalar loss of (B, D) or (B, 1, D) embeddings, row-aligned anchors and (B,) speaker indices.
-
-        ``bank``: (K, D) extra negatives with (K,) ``bank_speakers`` in the same index space, or None.
-        """
+        """Loss of (B, D) or (B, 1, D) embeddings, aligned anchors, (B,) speakers, (K, D) bank or None."""
         emb = F.normalize(flat_rows(embeddings), dim=-1)
         candidates = anchors.detach().reshape(anchors.shape[0], -1).to(emb.dtype)
         cand_speakers = speakers
@@ -95,14 +71,11 @@ class ContrastiveAnchorLoss(torch.nn.Module):
             candidates = torch.cat([candidates, bank.detach().to(emb.dtype)])
             cand_speakers = torch.cat([speakers, bank_speakers.to(speakers.device)])
         if candidates.shape[0] < emb.shape[0] or emb.shape[1] != candidates.shape[1]:
-            raise ValueError(
-                f"ContrastiveAnchorLoss: embeddings {tuple(emb.shape)} and anchors "
-                f"{tuple(anchors.shape)} are not row-aligned"
-            )
+            raise ValueError(f"ContrastiveAnchorLoss: embeddings {tuple(emb.shape)} and anchors "
+                             f"{tuple(anchors.shape)} are not row-aligned")
         cosine = emb @ F.normalize(candidates, dim=-1).T  # (B, B + K)
         rows = torch.arange(emb.shape[0], device=emb.device)
-        own = torch.zeros_like(cosine, dtype=torch.bool)
-        own[rows, rows] = True
+        own = torch.eye(*cosine.shape, dtype=torch.bool, device=cosine.device)
         same_speaker = speakers.view(-1, 1) == cand_speakers.view(1, -1)
         logits = self.scale * (cosine - self.margin * own.to(emb.dtype))
         logits = logits.masked_fill(same_speaker & ~own, float("-inf"))
@@ -110,17 +83,14 @@ class ContrastiveAnchorLoss(torch.nn.Module):
 
 
 class WeightSchedule:
-    """Multiplier of λ over training: ``constant`` 1, ``linear_warmup`` 0 -> 1 over ``warmup_epochs``,
-    ``linear_decay`` 1 -> ``final`` over ``total_epochs``."""
+    """Multiplier of λ: ``constant``, ``linear_warmup`` (0 -> 1) or ``linear_decay`` (1 -> ``final``)."""
 
     KINDS = ("constant", "linear_warmup", "linear_decay")
 
     def __init__(self, kind="constant", warmup_epochs=1, total_epochs=1, final=0.0):
         if kind not in self.KINDS:
-            raise ValueError(
-                f"WeightSchedule: unknown kind '{kind}', expected one of {self.KINDS} "
-                "(YAML key anchor_weight_schedule_kind)"
-            )
+            raise ValueError(f"WeightSchedule: unknown kind '{kind}', expected one of {self.KINDS} "
+                             "(YAML key anchor_weight_schedule_kind)")
         self.kind = kind
         self.warmup_epochs = max(1, int(warmup_epochs))
         self.total_epochs = max(1, int(total_epochs))

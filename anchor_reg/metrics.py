@@ -1,17 +1,9 @@
-"""Verification metrics (EER, minDCF, DET) and embedding-space geometry.
-
-EER and minDCF use the threshold grid of ``speechbrain.utils.metric_stats.EER`` / ``minDCF`` (every
-distinct score and the midpoints; rejected when ``score <= threshold``), vectorised with
-``searchsorted``: SpeechBrain's ``EER`` loops in Python with float32 rates and its ``minDCF``
-materialises a (thresholds x trials) matrix (5.7 GB for VoxCeleb1-O).
-"""
+"""Verification metrics on the threshold grid of SpeechBrain's ``EER`` / ``minDCF``, vectorised (its ``minDCF``
+holds a thresholds x trials matrix: 5.7 GB for VoxCeleb1-O), and embedding-space geometry."""
 import torch
 
-MIN_DCF_NOTE = (
-    "minDCF at p_target=0.01, c_miss=c_fa=1, normalised by "
-    "min(p_target*c_miss, (1-p_target)*c_fa) as in WeSpeaker/3D-Speaker "
-    "(= speechbrain.utils.metric_stats.minDCF / 0.01)."
-)
+MIN_DCF_NOTE = ("minDCF at p_target=0.01, c_miss=c_fa=1, normalised by min(p_target*c_miss, (1-p_target)*c_fa) "
+                "as in WeSpeaker/3D-Speaker (= speechbrain.utils.metric_stats.minDCF / 0.01).")
 
 
 def error_counts(positive_scores, negative_scores):
@@ -19,10 +11,8 @@ def error_counts(positive_scores, negative_scores):
     pos = torch.as_tensor(positive_scores, dtype=torch.float64).flatten()
     neg = torch.as_tensor(negative_scores, dtype=torch.float64).flatten()
     if pos.numel() == 0 or neg.numel() == 0:
-        raise ValueError(
-            f"Need target and non-target scores, got {pos.numel()} target "
-            f"and {neg.numel()} non-target trials."
-        )
+        raise ValueError(f"Need target and non-target scores, got {pos.numel()} target "
+                         f"and {neg.numel()} non-target trials.")
     distinct = torch.unique(torch.cat([pos, neg]))
     midpoints = (distinct[:-1] + distinct[1:]) / 2
     thresholds = torch.sort(torch.cat([distinct, midpoints])).values
@@ -40,14 +30,10 @@ def error_rates(positive_scores, negative_scores):
 
 
 def eer(positive_scores, negative_scores):
-    """(EER in [0, 1], threshold) of (P,) target and (N,) non-target scores, as SpeechBrain's ``EER``.
-
-    The operating point is the first threshold with the smallest |p_fa - p_miss|, compared exactly
-    in integers; the EER is the mean of the two rates there.
-    """
+    """(EER in [0, 1], threshold) of (P,) target and (N,) non-target scores: the mean of the two rates at the
+    first threshold with the smallest |p_fa - p_miss| (compared exactly, in integers)."""
     thresholds, n_miss, n_fa = error_counts(positive_scores, negative_scores)
-    n_pos = torch.as_tensor(positive_scores).numel()
-    n_neg = torch.as_tensor(negative_scores).numel()
+    n_pos, n_neg = torch.as_tensor(positive_scores).numel(), torch.as_tensor(negative_scores).numel()
     gap = (n_fa * n_pos - n_miss * n_neg).abs()
     best = int(torch.argmin(gap))
     rate = (n_fa[best].item() / n_neg + n_miss[best].item() / n_pos) / 2
@@ -55,10 +41,8 @@ def eer(positive_scores, negative_scores):
 
 
 def min_dcf(positive_scores, negative_scores, p_target=0.01, c_miss=1.0, c_fa=1.0):
-    """(minDCF, threshold): SpeechBrain's ``minDCF`` divided by ``min(c_miss * p_target, c_fa * (1 - p_target))``.
-
-    The normalisation of WeSpeaker, 3D-Speaker and NIST SRE / VoxSRC (:data:`MIN_DCF_NOTE`).
-    """
+    """(minDCF, threshold): SpeechBrain's ``minDCF`` over ``min(c_miss * p_target, c_fa * (1 - p_target))``,
+    as WeSpeaker, 3D-Speaker and NIST SRE / VoxSRC report it (:data:`MIN_DCF_NOTE`)."""
     thresholds, p_miss, p_fa = error_rates(positive_scores, negative_scores)
     cost = c_miss * p_miss * p_target + c_fa * p_fa * (1 - p_target)
     best = int(torch.argmin(cost))
@@ -73,13 +57,9 @@ def det_curve(positive_scores, negative_scores):
 
 
 def speaker_geometry(embeddings, speakers):
-    """Cosine geometry of (N, D) embeddings with N speaker labels.
-
-    Returns ``compactness`` (mean cosine of an utterance to its speaker's centroid, over speakers
-    with >= 2 utterances), ``separation`` (mean 1 - cos over centroid pairs) and
-    ``nearest_centroid_distance`` (mean over speakers of 1 - cos to the nearest other centroid);
-    each None where undefined. Centroids are means of the L2-normalised embeddings.
-    """
+    """Cosine geometry of (N, D) embeddings of N speakers: ``compactness`` (mean cos to the own centroid,
+    speakers with >= 2 utterances), ``separation`` (mean 1 - cos of centroid pairs) and
+    ``nearest_centroid_distance`` (mean 1 - cos to the nearest other centroid); None where undefined."""
     unit = torch.nn.functional.normalize(embeddings.double(), dim=1)
     names = sorted(set(speakers))
     index = torch.tensor([names.index(spk) for spk in speakers])
@@ -87,11 +67,9 @@ def speaker_geometry(embeddings, speakers):
     centroids.index_add_(0, index, unit)
     counts = torch.bincount(index, minlength=len(names))
     unit_centroids = torch.nn.functional.normalize(centroids, dim=1)
-
     to_centroid = (unit * unit_centroids[index]).sum(dim=1)
     in_shared = counts[index] >= 2
     compactness = to_centroid[in_shared].mean().item() if in_shared.any() else None
-
     separation = nearest = None
     if len(names) >= 2:
         distance = 1 - unit_centroids @ unit_centroids.T

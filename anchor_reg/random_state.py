@@ -1,12 +1,6 @@
-"""The random state a resumed run continues from, and each stage's own seed.
-
-A run killed at a checkpoint and resumed ends bit-identical to the uninterrupted one (CPU, one
-process). Its draws come from torch's, numpy's and Python's global generators and from the noise and
-RIR loaders that SpeechBrain's ``AddNoise`` / ``AddReverb`` keep open (each pass shuffled with a seed
-from torch's generator); the row order needs nothing (``ReproducibleRandomSampler`` seeded with
-``seed`` + epoch, resumed at its position by ``SaveableDataLoader``). Since each checkpoint reopens the
-noise loaders, ``--ckpt_interval_steps`` repeats exactly, ``--ckpt_interval_minutes`` does not.
-"""
+"""Each stage's own seed, and the random state a resumed run continues from bit-identically (CPU, one
+process): the global generators and ``AddNoise`` / ``AddReverb``'s loaders, reopened at each checkpoint
+(so ``--ckpt_interval_steps`` repeats exactly, ``--ckpt_interval_minutes`` does not)."""
 import contextlib
 import hashlib
 import random
@@ -66,11 +60,8 @@ def close_noise_loaders(augmenter):
 
 
 class RandomState:
-    """Recoverable that seeds a stage from (``seed``, ``stage``) and carries its random state across a resume.
-
-    Its saver runs on every process (each closes the ``augmenter``'s noise loaders, so all go on alike);
-    the main one writes the generators' states.
-    """
+    """Recoverable seeding a stage from (``seed``, ``stage``) and carrying its random state across a resume;
+    each process's saver closes the ``augmenter``'s noise loaders, the main one writes the states."""
 
     def __init__(self, seed, stage, augmenter=None):
         self.seed = seed

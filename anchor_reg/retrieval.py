@@ -5,8 +5,7 @@ import torch.nn.functional as F
 
 
 def retrieval_error(queries, own, gallery):
-    """Fraction of (Q, D) or (Q, 1, D) queries whose nearest of the (N, D) ``gallery`` is not their
-    own (``own``: (Q,) gallery indices); 0.0 for no query."""
+    """Fraction of (Q, D) or (Q, 1, D) queries whose nearest (N, D) ``gallery`` entry is not (Q,) ``own``."""
     if queries.shape[0] == 0:
         return 0.0
     queries = F.normalize(queries.reshape(queries.shape[0], -1).float(), dim=-1)
@@ -16,8 +15,7 @@ def retrieval_error(queries, own, gallery):
 
 
 class AnchorRetrievalStats:
-    """Dev statistics (``append`` / ``summarize`` as ``error_stats``) whose value is the retrieval error
-    against the dev rows' anchors in ``store``."""
+    """Dev statistics (``append`` / ``summarize`` as ``error_stats``): the retrieval error against ``store``."""
 
     def __init__(self, store):
         self.store = store
