@@ -1,18 +1,7 @@
-"""Audio file checks shared by every data preparation and data pipeline.
+"""The one audio reader and file checks of every preparation, data pipeline and evaluation.
 
-A bad file (missing, empty, truncated, corrupt, NaN/Inf samples, wrong sample
-rate, several channels) is reported with its path and its problem, instead of
-a bare libsndfile traceback in the middle of training.
-
-Example
--------
->>> import numpy as np, soundfile as sf
->>> path = getfixture("tmp_path") / "tone.wav"
->>> sf.write(path, 0.1 * np.sin(np.arange(8000, dtype="float32")), 16000)
->>> inspect_audio(path)
-0.5
->>> read_audio_checked(path, start=0, stop=100).shape
-torch.Size([100])
+A bad file (missing, empty, truncated, corrupt, NaN/Inf samples, digitally silent, wrong sample rate,
+several channels) is reported with its path and its problem instead of a libsndfile traceback.
 """
 
 import logging
@@ -34,106 +23,29 @@ SILENCE_PEAK = 2.0**-15  # a file whose peak is below one 16-bit step holds no s
 
 
 def inspect_audio(path, sample_rate=16000):
-    """Checks one audio file completely and returns its duration.
-
-    The whole file is decoded once (catching corrupt data and NaN/Inf).
-
-    Arguments
-    ---------
-    path : str or Path
-        The audio file.
-    sample_rate : int
-        The sample rate the file must have.
-
-    Returns
-    -------
-    float
-        Duration in seconds.
-
-    Raises
-    ------
-    AudioError
-        If the file is missing, empty, truncated, unreadable, has non-finite
-        samples, another sample rate or more than one channel.
-    """
+    """Decodes a whole file once and returns its duration in seconds; raises :class:`AudioError` naming it."""
     duration, problem = _check_file(path, sample_rate)
-    if problem is not None:
-        raise AudioError(f"{path}: {problem}", {str(path): problem})
+    _raise_if(path, problem)
     return duration
 
 
 def read_audio_checked(path, sample_rate=16000, start=None, stop=None):
-    """Reads a mono file (or samples ``[start, stop)``) for a data pipeline.
+    """Samples ``[start, stop)`` (default: all) of a mono file at ``sample_rate``, float32 ``(T,)``.
 
-    Arguments
-    ---------
-    path : str or Path
-        The audio file.
-    sample_rate : int
-        The sample rate the file must have.
-    start, stop : int, optional
-        First and one-past-last sample to read; default: the whole file.
-
-    Returns
-    -------
-    torch.Tensor
-        The samples, float32, shape ``(T,)``.
-
-    Raises
-    ------
-    AudioError
-        Naming the file, for the same problems as :func:`inspect_audio`
-        (NaN/Inf only within the samples read), or a segment past the end.
+    Raises :class:`AudioError` naming the file for the problems :func:`inspect_audio` finds (NaN/Inf only
+    within the samples read) and for a segment past the end.
     """
-    problem = _missing_or_empty(path) or _wav_truncation(path)
-    if problem is None:
-        try:
-            with sf.SoundFile(str(path)) as audio:
-                problem = _format_problem(audio, sample_rate)
-                if problem is None:
-                    first = 0 if start is None else int(start)
-                    last = audio.frames if stop is None else int(stop)
-                    if not 0 <= first < last <= audio.frames:
-                        problem = (
-                            f"segment [{first}, {last}) outside the file's "
-                            f"{audio.frames} samples"
-                        )
-                    else:
-                        audio.seek(first)
-                        samples = audio.read(last - first, dtype="float32")
-                        problem = _samples_problem(samples, last - first)
-        except (sf.SoundFileError, RuntimeError) as error:
-            problem = f"unreadable audio ({error})"
-    if problem is not None:
-        raise AudioError(f"{path}: {problem}", {str(path): problem})
+    samples, problem = _read(path, sample_rate, start, stop)
+    _raise_if(path, problem)
     return torch.from_numpy(samples)
 
 
-def validate_audio_files(
-    paths, sample_rate=16000, skip_bad_files=False, report_path=None, mono=True
-):
-    """Checks many files, collecting every problem before deciding.
+def validate_audio_files(paths, sample_rate=16000, skip_bad_files=False, report_path=None, mono=True):
+    """Checks every file, then raises one :class:`AudioError` listing all the bad ones, or
+    (``skip_bad_files``) logs them and writes ``path<TAB>problem`` lines to ``report_path`` (if given).
 
-    Arguments
-    ---------
-    paths : iterable of str or Path
-        The audio files.
-    sample_rate : int
-        The sample rate every file must have.
-    skip_bad_files : bool
-        If False, any bad file raises one AudioError listing all of them.
-        If True, bad files are logged, left out of the result and written to
-        ``report_path``.
-    report_path : str or Path, optional
-        Where to write the report in skip mode (one ``path<TAB>problem`` line
-        per bad file; written, possibly empty, whenever given).
-    mono : bool
-        If False, files with several channels are accepted.
-
-    Returns
-    -------
-    dict
-        ``{path (str): duration in seconds}`` for the good files, in input order.
+    ``mono=False`` accepts several channels. Returns ``{path (str): duration in seconds}`` of the good
+    files, in input order.
     """
     durations, problems = {}, {}
     for path in paths:
@@ -154,15 +66,10 @@ def validate_audio_files(
             )
         raise AudioError(message, problems)
     if problems:
-        logger.warning(
-            "Skipping %d bad audio file(s)%s:\n%s",
-            len(problems),
-            f" (report: {report_path})" if report_path else "",
-            bad_files,
-        )
+        logger.warning("Skipping %d bad audio file(s)%s:\n%s", len(problems),
+                       f" (report: {report_path})" if report_path else "", bad_files)
     if skip_bad_files and report_path is not None:
-        lines = "".join(f"{p}\t{why}\n" for p, why in problems.items())
-        write_text_atomic(report_path, lines)
+        write_text_atomic(report_path, "".join(f"{p}\t{why}\n" for p, why in problems.items()))
     return durations
 
 
@@ -180,67 +87,55 @@ def listing(items):
     return "\n".join(lines)
 
 
-def _check_file(path, sample_rate, mono=True):
-    """Returns ``(duration, None)`` for a good file, else ``(None, problem)``."""
-    problem = _missing_or_empty(path) or _wav_truncation(path)
+def _raise_if(path, problem):
+    """Raises the :class:`AudioError` of a file's problem, if any."""
     if problem is not None:
+        raise AudioError(f"{path}: {problem}", {str(path): problem})
+
+
+def _check_file(path, sample_rate, mono=True):
+    """``(duration, None)`` for a good whole file, else ``(None, problem)``."""
+    samples, problem = _read(path, sample_rate, mono=mono)
+    if problem is None and np.abs(samples).max() < SILENCE_PEAK:
+        problem = "digitally silent (no sample reaches 1/32768)"
+    return (None, problem) if problem else (len(samples) / sample_rate, None)
+
+
+def _read(path, sample_rate, start=None, stop=None, mono=True):
+    """``(samples, None)`` of ``[start, stop)`` of a file (``(T,)``, or ``(T, C)`` when not ``mono``), else
+    ``(None, problem)``."""
+    if not os.path.isfile(path):
+        return None, "file not found"
+    if os.path.getsize(path) == 0:
+        return None, "empty file (0 bytes)"
+    problem = _wav_truncation(path)
+    if problem:
         return None, problem
     try:
         with sf.SoundFile(str(path)) as audio:
-            problem = _format_problem(audio, sample_rate, mono)
-            if problem is None:
-                samples = audio.read(dtype="float32")
-                problem = _samples_problem(samples, audio.frames) or _silence_problem(samples)
-            duration = audio.frames / audio.samplerate
+            first, last = 0 if start is None else int(start), audio.frames if stop is None else int(stop)
+            if audio.frames == 0:
+                return None, "no audio samples (0 frames)"
+            if audio.samplerate != sample_rate:
+                return None, f"sample rate {audio.samplerate} Hz, expected {sample_rate} Hz"
+            if mono and audio.channels != 1:
+                return None, f"{audio.channels} channels, expected mono"
+            if not 0 <= first < last <= audio.frames:
+                return None, f"segment [{first}, {last}) outside the file's {audio.frames} samples"
+            if first:
+                audio.seek(first)
+            samples = audio.read(last - first, dtype="float32")
     except (sf.SoundFileError, RuntimeError) as error:
         return None, f"unreadable audio ({error})"
-    return (None, problem) if problem else (duration, None)
-
-
-def _missing_or_empty(path):
-    """The problem with a path that is not a non-empty file, else None."""
-    if not os.path.isfile(path):
-        return "file not found"
-    if os.path.getsize(path) == 0:
-        return "empty file (0 bytes)"
-    return None
-
-
-def _format_problem(audio, sample_rate, mono=True):
-    """The problem with an open file's format, else None."""
-    if audio.frames == 0:
-        return "no audio samples (0 frames)"
-    if audio.samplerate != sample_rate:
-        return f"sample rate {audio.samplerate} Hz, expected {sample_rate} Hz"
-    if mono and audio.channels != 1:
-        return f"{audio.channels} channels, expected mono"
-    return None
-
-
-def _samples_problem(samples, expected_frames):
-    """The problem with decoded samples, else None."""
-    if len(samples) < expected_frames:
-        return (
-            f"truncated: {len(samples)} of {expected_frames} samples readable"
-        )
+    if len(samples) < last - first:
+        return None, f"truncated: {len(samples)} of {last - first} samples readable"
     if not np.isfinite(samples).all():
-        return "NaN or Inf samples"
-    return None
-
-
-def _silence_problem(samples):
-    """For a whole file without a sample above 16-bit resolution, the problem."""
-    if np.abs(samples).max() < SILENCE_PEAK:
-        return "digitally silent (no sample reaches 1/32768)"
-    return None
+        return None, "NaN or Inf samples"
+    return samples, None
 
 
 def _wav_truncation(path):
-    """For a RIFF/WAVE file whose data chunk is cut short, the problem.
-
-    libsndfile silently reads a truncated WAV (the header announces more
-    samples than the file holds), so this walks the RIFF chunks.
-    """
+    """For a RIFF/WAVE file whose data chunk is cut short (libsndfile reads it silently), the problem."""
     with open(path, "rb") as wav_file:
         if wav_file.read(12)[8:] != b"WAVE":
             return None
@@ -254,9 +149,6 @@ def _wav_truncation(path):
                 # 0 and 0xFFFFFFFF mark a size left unset by a streaming writer.
                 available = file_size - wav_file.tell()
                 if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
-                    return (
-                        f"truncated: header announces {chunk_size} data bytes, "
-                        f"file holds {available}"
-                    )
+                    return f"truncated: header announces {chunk_size} data bytes, file holds {available}"
                 return None
             wav_file.seek(chunk_size + chunk_size % 2, os.SEEK_CUR)

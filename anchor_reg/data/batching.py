@@ -1,10 +1,7 @@
-"""Batches of training rows, padded by reflection (the same padding everywhere).
+"""Batches of rows padded by reflection, the same in training, anchor extraction and evaluation.
 
-A shorter row of a batch is extended by mirror images of itself rather than by
-zeros: zeros have extreme log filterbank energies that ECAPA's convolutions carry
-into the row's last valid frames. Training, anchor extraction and evaluation pad
-the same way, so an anchor is the base model's embedding of exactly the clean
-input that stage 2's forward sees.
+A shorter row is extended by mirror images of itself, not zeros (whose extreme log filterbank energies
+ECAPA's convolutions carry into the last valid frames), so an anchor embeds exactly stage 2's clean input.
 """
 import speechbrain as sb
 import torch
@@ -13,31 +10,8 @@ from anchor_reg.errors import AudioError
 
 
 def random_crops(wavs, lens, crop_samples):
-    """A random window of ``crop_samples`` samples inside every row (rows no longer are kept whole).
-
-    The training crops of ``crop_dur``: each row's window starts uniformly in
-    ``[0, length - crop_samples]`` (torch's global generator, so seeded runs repeat).
-
-    Arguments
-    ---------
-    wavs : torch.Tensor
-        (B, T) padded waveforms.
-    lens : torch.Tensor
-        (B,) relative lengths.
-    crop_samples : int
-        Window length.
-
-    Returns
-    -------
-    (torch.Tensor, torch.Tensor)
-        (B, min(T, crop_samples)) windows and their (B,) relative lengths.
-
-    Example
-    -------
-    >>> crops, crop_lens = random_crops(torch.arange(10.0).expand(2, 10), torch.tensor([1.0, 0.3]), 4)
-    >>> crops.shape, crop_lens.tolist(), crops[1].tolist()
-    (torch.Size([2, 4]), [1.0, 0.75], [0.0, 1.0, 2.0, 3.0])
-    """
+    """A uniformly placed window of ``crop_samples`` in each row (shorter rows kept whole), drawn from torch's
+    global generator: (B, T) waveforms and (B,) relative lengths -> (B, min(T, crop_samples)) and (B,)."""
     batch, total = wavs.shape
     if total <= crop_samples:
         return wavs, lens
@@ -49,20 +23,8 @@ def random_crops(wavs, lens, crop_samples):
 
 
 def pad_by_reflection(wavs):
-    """Stacks waveforms, extending each shorter one by mirror images of itself.
+    """Stacks non-empty (T_i,) waveforms into (B, max T_i), extending each by mirror images of itself.
 
-    Arguments
-    ---------
-    wavs : list of torch.Tensor
-        (T_i,) waveforms, none empty.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, max T_i).
-
-    Example
-    -------
     >>> pad_by_reflection([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])])
     tensor([[1., 2., 3.],
             [4., 5., 5.]])
@@ -79,11 +41,8 @@ def pad_by_reflection(wavs):
 
 
 def reflect_pad_right(tensors):
-    """``PaddedBatch`` padding function: (B, T_max) by reflection and (B,) relative lengths.
-
-    1-D tensors (waveforms) are padded by reflection; others (labels) must
-    already share a shape.
-    """
+    """``PaddedBatch`` padding: 1-D tensors (waveforms) by reflection, others (labels) stacked as they are;
+    returns (B, T_max) and (B,) relative lengths."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.float)
     if tensors[0].dim() == 1 and lengths.max() > lengths.min():
         return pad_by_reflection(tensors), lengths / lengths.max()
@@ -91,15 +50,8 @@ def reflect_pad_right(tensors):
 
 
 def collate_rows(examples, skip_bad=False):
-    """A ``PaddedBatch`` of dataset rows padded by reflection.
-
-    Arguments
-    ---------
-    examples : list of dict
-        Dataset items (``sig`` is None for audio that could not be read).
-    skip_bad : bool
-        Drop rows whose ``sig`` is None (``skip_bad_files``); an all-bad batch raises.
-    """
+    """A ``PaddedBatch`` of dataset rows padded by reflection; ``skip_bad`` drops rows whose ``sig`` is None
+    (unreadable audio) and raises for an all-bad batch."""
     if skip_bad:
         examples = [ex for ex in examples if ex["sig"] is not None]
         if not examples:

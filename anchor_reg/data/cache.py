@@ -1,73 +1,70 @@
-"""Preparation outputs: the CSV rows and writer, and the cache that lets a rerun reuse them.
-
-CSV columns are SpeechBrain's VoxCeleb recipe's (:data:`CSV_FIELDS`). A
-preparation records its options and an input fingerprint (file paths and
-sizes, plus the content of files such as a trial list) in an options JSON
-written last; :func:`options_unchanged` is True only when a rerun's options
-and inputs are the same and every output exists.
-"""
+"""Preparation outputs: CSV rows and writer, and the options record that lets a rerun reuse them."""
 
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.digest import content_digest
 
-CSV_FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]  # SpeechBrain's VoxCeleb recipe's columns
 
 
 def csv_row(row_id, utterance, start, stop, sample_rate):
-    """One CSV row (a dict keyed by CSV_FIELDS) for samples [start, stop)."""
-    return {
-        "ID": row_id,
-        "duration": round((stop - start) / sample_rate, 6),
-        "wav": utterance.path,
-        "start": start,
-        "stop": stop,
-        "spk_id": utterance.spk_id,
-    }
+    """One CSV row (keyed by CSV_FIELDS) for samples [start, stop) of an :class:`Utterance`."""
+    duration = round((stop - start) / sample_rate, 6)
+    return {"ID": row_id, "duration": duration, "wav": utterance.path, "start": start, "stop": stop,
+            "spk_id": utterance.spk_id}
+
+
+def read_csv(path):
+    """The rows of a CSV file, as dicts."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
 
 
 def write_csv(rows, path, fields=CSV_FIELDS):
-    """Writes rows (dicts with ``fields`` keys; extra keys ignored) atomically."""
+    """Writes rows (dicts with ``fields`` keys; other keys ignored) atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n"
-    )
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
 
 
-def input_fingerprint(paths_and_sizes, *files):
-    """Hash of a file list (``(path, size)`` pairs) and of the contents of
-    extra ``files`` (e.g. a trial list; None entries are ignored)."""
-    listing = (f"{path}\t{size}\n" for path, size in paths_and_sizes)
+def input_fingerprint(paths, *files):
+    """Digest of input file ``paths`` with their sizes, and of the contents of ``files`` (None skipped)."""
+    listing = (f"{path}\t{file_size(path)}\n" for path in paths)
     return content_digest([*listing, *(Path(path) for path in files if path is not None)])
 
 
 def file_size(path):
-    """Size in bytes, or -1 for a path that cannot be read (e.g. a dangling
-    link; such files are reported when validated)."""
+    """Size in bytes, or -1 for a path that cannot be read (reported when validated)."""
     try:
         return os.path.getsize(path)
     except OSError:
         return -1
 
 
-def options_unchanged(opts_path, options, outputs):
-    """True if ``opts_path`` holds exactly ``options`` and all outputs exist."""
+def reuse_outputs(opts_path, options, outputs):
+    """True when ``opts_path`` records exactly ``options`` and every output exists; otherwise deletes the
+    record, which :func:`save_options` writes again once every output is rewritten."""
     try:
         saved = json.loads(Path(opts_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    same = saved == json.loads(json.dumps(options))
-    return same and all(os.path.exists(path) for path in outputs)
+        saved = None
+    if saved == json.loads(json.dumps(options)) and all(os.path.exists(path) for path in outputs):
+        logger.info("Reusing the outputs recorded in %s (same options and inputs)", opts_path)
+        return True
+    Path(opts_path).unlink(missing_ok=True)
+    return False
 
 
 def save_options(opts_path, options):
-    """Writes the options JSON (call it last, once all outputs are written)."""
+    """Writes the options record (last, once every output is written)."""
     write_text_atomic(opts_path, json.dumps(options, indent=2, sort_keys=True))

@@ -1,40 +1,24 @@
-"""Noisy copies of the development rows: the model-selection criterion of every stage.
+"""Noisy copies of the dev rows (training speakers, held out of training): every stage's model selection.
 
-Each stage is trained until its development error stops improving. The error is
-measured on the dev rows (training speakers, rows held out of training; never a
-test speaker) twice: clean, and corrupted once by a deterministic condition drawn
-from the *training* noises, babble and rooms (never the evaluation ones). The
-corruption of a row is a pure function of its ID and the seed, so the criterion
-is the same set of audio at every epoch, for every system and on a resume.
+Each row is also scored corrupted by one condition drawn from the *training* noises, babble and rooms, a pure
+function of its ID and the seed: the same audio at every epoch, for every system and on a resume.
 """
-import csv
 import pathlib
 
 from anchor_reg.corruption import Condition, Corruptor, additive_condition, stable_seed
+from anchor_reg.data.cache import read_csv
 
 
 def noise_types_in(csv_file):
     """Sorted ``noise_type`` values of a noise CSV (``["noise"]`` if it has no such column)."""
-    with open(csv_file, newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    return sorted({row.get("noise_type", "noise") for row in rows})
+    return sorted({row.get("noise_type", "noise") for row in read_csv(csv_file)})
 
 
 class NoisyDevCopies:
     """``copy(wav (T,), row_id) -> (T,)``: the row corrupted by its fixed training-noise condition.
 
-    Arguments
-    ---------
-    prep_folder : str
-        Holds ``noise_train.csv``, ``babble_train.csv`` and ``rir_train.csv``.
-    snr_low, snr_high : float
-        SNR range (dB); conditions use every 5 dB step in it.
-    reverb : bool
-        Reverberation is one of the conditions.
-    seed : int
-        Global seed of the corruption (``data_seed``).
-    sample_rate : int
-        The sample rate of the noise and RIR files (read like the training audio).
+    ``prep_folder`` holds ``noise_train.csv``, ``babble_train.csv`` and ``rir_train.csv``; the additive
+    conditions take every 5 dB step from ``snr_low`` to ``snr_high``, plus reverberation if ``reverb``.
     """
 
     def __init__(self, prep_folder, snr_low, snr_high, reverb, seed, sample_rate=16000):
