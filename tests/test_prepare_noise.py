@@ -192,7 +192,7 @@ def test_prepare_musan(musan, tmp_path, caplog):
     merged = merge_noise_csvs(csvs.values(), out / "all.csv")
     assert len(read_rows(merged)) == 4 + 3 + 6
     check_add_noise(merged)
-    with pytest.raises(ValueError, match="ID babble-00000 is in both"):
+    with pytest.raises(ValueError, match="ID musan-babble-00000 is in both"):
         merge_noise_csvs([csvs["babble"], csvs["babble"]], out / "twice.csv")
 
     caplog.clear()
@@ -334,3 +334,31 @@ def test_noise_bad_files(tmp_path, bad_audio_files):
         prepare_noise_folder(folder, tmp_path / "x.csv", "hum")
     with pytest.raises(ValueError, match="seg_dur=None"):
         prepare_noise_folder(folder, tmp_path / "x.csv", "rir")
+
+
+def test_musan_babble_merges_with_speaker_babble(musan, tmp_path):
+    """VoxCeleb + MUSAN: the training babble holds both babble sets, every ID once."""
+    from anchor_reg.data.prepare import prepare_noise
+
+    write(musan / "music" / "fma" / "music-fma-0001.wav", sine(220, 6.0))
+    write(musan / "noise" / "free-sound" / "noise-free-sound-0001.wav", noise(6.0, 2))
+    rirs = tmp_path / "rirs"
+    for index in range(2):
+        write(rirs / f"room{index}.wav", rir(seed=index))
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    with open(prep / "train.csv", "w", newline="") as csv_file:
+        writer = csv.writer(csv_file)
+        writer.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
+        for index, hz in enumerate((150, 350, 550, 750)):
+            path = write(tmp_path / "speech" / f"spk{index}.wav", sine(hz, 4.0))
+            writer.writerow([f"spk{index}--u", 4.0, path, 0, 4 * SR, f"spk{index}"])
+    hparams = {"prep_folder": str(prep), "data_seed": 3, "sample_rate": SR, "skip_bad_files": False,
+               "babble_mixtures": 4}
+    outputs = prepare_noise(hparams, {"musan": musan, "rir": rirs})
+    ids = [row["ID"] for row in read_rows(outputs["babble_train"])]
+    assert len(ids) == len(set(ids))
+    assert sum(i.startswith("babble-") for i in ids) == 4
+    assert any(i.startswith("musan-babble-") for i in ids)
+    assert all(i.startswith("musan-babble-") for i in (r["ID"] for r in read_rows(outputs["eval_babble"])))
+    check_add_noise(outputs["babble_train"])

@@ -113,7 +113,7 @@ def prepare_musan(musan_folder, save_folder, *, seg_dur=5.0, n_babble=1000, babb
     }
     csvs["babble"] = prepare_babble(find_audio_files(musan_folder / "speech"), save_folder, n_babble,
                                     speakers_per_mix=babble_speakers, seg_dur=seg_dur, seed=seed,
-                                    sample_rate=sample_rate, skip_bad_files=skip_bad_files)
+                                    sample_rate=sample_rate, skip_bad_files=skip_bad_files, name="musan-babble")
     return csvs
 
 
@@ -135,13 +135,13 @@ def prepare_rirs_noises(rirs_folder, save_folder, *, sample_rate=16000, skip_bad
 
 
 def prepare_babble(speech, save_folder, n_mixtures, speakers_per_mix=BABBLE_TALKERS, seg_dur=5.0, seed=1234,
-                   sample_rate=16000, skip_bad_files=False):
+                   sample_rate=16000, skip_bad_files=False, name="babble"):
     """Mixes ``n_mixtures`` babble files of ``seg_dur`` seconds; returns the path of ``<save_folder>/babble.csv``.
 
     ``speech`` is a speaker CSV (``wav,start,stop,spk_id``: talker = speaker) or a list of audio files (talker
     = file). A mixture sums a random ``seg_dur`` window (looped if shorter) of k talkers, k uniform in
     ``speakers_per_mix`` (fewest, most), each scaled to unit RMS, then peak-normalised to 0.9; the files are
-    ``<save_folder>/babble/babble-NNNNN.wav``.
+    ``<save_folder>/babble/<name>-NNNNN.wav`` (the row IDs: ``name`` keeps two babble sets' IDs apart).
     """
     save_folder = Path(save_folder)
     save_csv, opts_path = save_folder / "babble.csv", save_folder / "babble_opts.json"
@@ -160,6 +160,7 @@ def prepare_babble(speech, save_folder, n_mixtures, speakers_per_mix=BABBLE_TALK
         "sample_rate": sample_rate,
         "skip_bad_files": skip_bad_files,
         "fingerprint": fingerprint,
+        "name": name,
     }
     if reuse_outputs(opts_path, options, [save_csv]):
         return str(save_csv)
@@ -184,7 +185,7 @@ def prepare_babble(speech, save_folder, n_mixtures, speakers_per_mix=BABBLE_TALK
             rms = np.sqrt(np.mean(samples**2))
             mixture += samples / rms if rms > 1e-6 else samples
         mixture *= 0.9 / max(np.abs(mixture).max(), 1e-6)
-        mix_path = save_folder / "babble" / f"babble-{index:05d}.wav"
+        mix_path = save_folder / "babble" / f"{name}-{index:05d}.wav"
         write_audio_atomic(mix_path, mixture, sample_rate)
         rows.append(_noise_row(mix_path.stem, mix_path, seg, sample_rate, "babble"))
     write_csv(rows, save_csv, NOISE_FIELDS)
