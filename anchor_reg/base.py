@@ -1,9 +1,6 @@
-"""The base model stage 2 starts from: any SpeechBrain speaker model, loaded one way (``EncoderClassifier``).
-
-``base_model`` is a training stage folder of this project (its best checkpoint is exported into
-``<pretrained_folder>/<folder>``; the stage folder is only read), a SpeechBrain inference folder
-(``hyperparams.yaml`` + ``*.ckpt``), or a hub ID (cached in the same place; offline once cached).
-"""
+"""The base model stage 2 starts from, loaded one way (``EncoderClassifier``): a stage folder of this project
+(its best checkpoint exported into ``<pretrained_folder>/``, the stage only read), a SpeechBrain inference folder
+(``hyperparams.yaml`` + ``*.ckpt``) or a hub ID (cached there too; offline once cached)."""
 import dataclasses
 import logging
 import pathlib

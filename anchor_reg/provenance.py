@@ -1,9 +1,6 @@
-"""What a stage's checkpoints were trained from, as a Checkpointer recoverable that refuses another origin.
-
-train.py sets what a run trains from (the training rows' digest; for stage 2 also the base's fingerprint and
-the anchors' digest); each checkpoint stores it in ``provenance.ckpt``, and recovering one made otherwise
-raises :class:`ProvenanceError` before anything is trained or written.
-"""
+"""What a stage's checkpoints were trained from (training rows' digest; for stage 2 also the base's fingerprint
+and the anchors' digest), stored in each checkpoint's ``provenance.ckpt``: recovering one made otherwise raises
+:class:`ProvenanceError` before anything is trained or written."""
 import pathlib
 
 import yaml

@@ -1,9 +1,6 @@
-"""What a stage reads besides its YAML: prepared rows as datasets, and stage 2's fixed anchor stores.
-
-The frozen base embeds each set of rows once, into the folder of the ``anchors`` file: ``anchors.pt``
-(training rows), ``dev_anchors.pt`` (the ``anchor_retrieval`` gallery, and WiSE-FT's choice of alpha) and
-``replay_anchors.pt`` (``replay_rows`` > 0). Extraction leaves the global random state as it found it.
-"""
+"""What a stage reads besides its YAML: prepared rows as datasets, and stage 2's fixed anchor stores
+(``anchors.pt``, ``dev_anchors.pt``, ``replay_anchors.pt`` beside the ``anchors`` file, each embedded once by the
+frozen base; extraction leaves the global random state as it found it)."""
 import csv
 import functools
 import logging
