@@ -15,7 +15,6 @@ Overrides work as in every SpeechBrain recipe (``--data_folder=... --seed=2``), 
 multi-GPU: ``torchrun --nproc_per_node=2 train.py hparams/stage2.yaml``. An interrupted run
 resumes from its last checkpoint with the same command.
 """
-import csv
 import dataclasses
 import functools
 import logging
@@ -30,7 +29,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from anchor_reg.atomic import write_text_atomic
 from anchor_reg.base import architecture_overrides, load_base, start_from_base
 from anchor_reg.brains import AnchorRegBrain, JointBrain, SpeakerBrain
-from anchor_reg.config import check_writable, dump, load_hparams, parse_overrides, plain_values, resolve
+from anchor_reg.config import build, check_writable, dump, parse_overrides, plain_values, resolve
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.data.prepare import check_prepared, prepare_data
@@ -39,7 +38,7 @@ from anchor_reg.lock import stage_lock
 from anchor_reg.model_folder import savedir_of
 from anchor_reg.provenance import rows_digest
 from anchor_reg.report import verification_report
-from anchor_reg.stage_data import anchor_stores, audio_item
+from anchor_reg.stage_data import anchor_stores, read_column, rows_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +48,7 @@ BRAINS = {"stage1": SpeakerBrain, "stage2": AnchorRegBrain, "joint": JointBrain}
 def dataio_prep(hparams, label_encoder_source=None):
     """Train/dev datasets and the speaker label encoder (``label_encoder_source``: copy this one, e.g. the base's)."""
     prep = pathlib.Path(hparams["prep_folder"])
-    datasets = {name: sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(prep / f"{name}.csv"))
-                for name in ("train", "dev")}
-    audio_pipeline = audio_item(hparams)
+    datasets = {name: rows_dataset(hparams, prep / f"{name}.csv") for name in ("train", "dev")}
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
     @sb.utils.data_pipeline.takes("spk_id")
@@ -60,7 +57,6 @@ def dataio_prep(hparams, label_encoder_source=None):
         yield spk_id
         yield label_encoder.encode_sequence_torch([spk_id])
 
-    sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), label_pipeline)
     dev_keys = []
     if hparams["dev_noisy_copies"]:
@@ -105,9 +101,8 @@ def size_classifier(hparams, num_speakers):
 
 def training_rows(hparams):
     """(row IDs, speakers) of the prepared training CSV."""
-    with open(pathlib.Path(hparams["prep_folder"]) / "train.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [row["ID"] for row in rows], [row["spk_id"] for row in rows]
+    train_csv = pathlib.Path(hparams["prep_folder"]) / "train.csv"
+    return read_column(train_csv, "ID"), read_column(train_csv, "spk_id")
 
 
 def prepare(values):
@@ -129,12 +124,14 @@ def train(hparams_file, overrides, run_opts, base=None):
 
     ``base``: stage 2's base model when the caller has loaded it already (:func:`anchor_reg.base.load_base`).
     """
-    values = plain_values(resolve(hparams_file, overrides))  # every key checked before any work
+    resolved = resolve(hparams_file, overrides)  # every key checked before any work
+    values = plain_values(resolved)
     prepare(values)
-    if values["stage"] == "stage2":
+    if values["stage"] == "stage2":  # the base decides the architecture
         base = base or load_base(values["base_model"], values["pretrained_folder"])
         overrides = architecture_overrides(base, hparams_file, overrides)
-    hparams = load_hparams(hparams_file, overrides)
+        resolved = resolve(hparams_file, overrides)
+    hparams = build(resolved, hparams_file)
     with stage_lock(hparams["output_folder"]):  # one run per stage folder
         return train_locked(hparams_file, hparams, overrides, run_opts, base)
 

@@ -1,10 +1,10 @@
 """anchor_reg: stage-wise fixed-anchor training for noise-robust speaker verification."""
 import pathlib
 
-CHECKOUT_HPARAMS = pathlib.Path(__file__).resolve().parents[1] / "hparams"
-INSTALLED_HPARAMS = pathlib.Path(__file__).resolve().parent / "hparams"  # setup.py installs hparams/ there
+PACKAGE = pathlib.Path(__file__).resolve().parent
 
 
 def recipe_hparams():
-    """The folder of the recipe's YAMLs: the checkout's ``hparams/``, else the copy installed with the package."""
-    return CHECKOUT_HPARAMS if CHECKOUT_HPARAMS.is_dir() else INSTALLED_HPARAMS
+    """The recipe's YAML folder: the checkout's ``hparams/``, else the copy setup.py installs in the package."""
+    checkout = PACKAGE.parent / "hparams"
+    return checkout if checkout.is_dir() else PACKAGE / "hparams"

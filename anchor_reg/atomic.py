@@ -1,8 +1,4 @@
-"""Atomic file writes: a kill never leaves a half-written file behind.
-
-Everything is written to a temporary file in the destination's folder and
-renamed onto the destination (``os.replace``) only once complete.
-"""
+"""Atomic writes: a file is written beside its destination and renamed onto it only once complete."""
 import contextlib
 import os
 import pathlib
@@ -11,16 +7,7 @@ import tempfile
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path next to ``path``, renamed onto ``path`` if the block succeeds.
-
-    Example
-    -------
-    >>> target = getfixture("tmp_path") / "out.txt"
-    >>> with atomic_path(target) as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> target.read_text()
-    'done'
-    """
+    """Yields a temporary path beside ``path`` (folders made), renamed onto ``path`` if the block succeeds."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,12 +16,10 @@ def atomic_path(path):
         yield pathlib.Path(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def write_text_atomic(path, text):
     """Writes ``text`` (UTF-8, newlines untranslated) to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+        tmp.write_text(text, encoding="utf-8", newline="")

@@ -1,22 +1,6 @@
-"""The base model stage 2 starts from: any SpeechBrain speaker model, loaded one way.
-
-``base_model`` is one of
-
-- a training stage folder of this project (``hyperparams.yaml`` + ``save/``):
-  its best end-of-epoch checkpoint is exported (:mod:`anchor_reg.export`) into
-  ``<pretrained_folder>/<folder>``, a SpeechBrain inference folder; the stage
-  folder itself is only read;
-- a local folder holding a SpeechBrain inference model (``hyperparams.yaml`` +
-  ``*.ckpt``, e.g. an ``anchor_reg.export`` folder);
-- a hub ID (``speechbrain/spkrec-ecapa-voxceleb``), fetched into the same
-  cache (works offline once cached, ``HF_HUB_OFFLINE=1``).
-
-All three load with ``EncoderClassifier.from_hparams``. :func:`load_base`
-returns a :class:`Base`: the modules, the label encoder, what the base is (its
-provenance), a fingerprint that changes whenever its weights do, and its own
-model definition, which reaches the stage-2 YAML as overrides
-(:func:`architecture_overrides`).
-"""
+"""The base model stage 2 starts from, loaded one way (``EncoderClassifier``): a stage folder of this project
+(its best checkpoint exported into ``<pretrained_folder>/``, the stage only read), a SpeechBrain inference folder
+(``hyperparams.yaml`` + ``*.ckpt``) or a hub ID (cached there too; offline once cached)."""
 import dataclasses
 import logging
 import pathlib
@@ -24,47 +8,34 @@ import re
 
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.speaker import EncoderClassifier
+from speechbrain.utils.fetching import fetch
 
 from anchor_reg.checkpointer import best_checkpoint
+from anchor_reg.checks import tag_of
 from anchor_reg.config import model_nodes, resolve
 from anchor_reg.embedding import embed
-from anchor_reg.errors import ConfigError, ProvenanceError, one_line
+from anchor_reg.errors import ConfigError, ExportError, ProvenanceError, one_line
+from anchor_reg.export import export_model
 from anchor_reg.heads import set_head_to_centroids
 from anchor_reg.model_folder import folder_fingerprint, savedir_of
 from anchor_reg.provenance import read_provenance
 
 logger = logging.getLogger(__name__)
 
-# Keys of the stage YAMLs that the base decides; an override that contradicts the base is refused.
-ARCHITECTURE_KEYS = ("n_mels", "channels", "emb_dim")
 EMBEDDING_KEYS = ("compute_features", "mean_var_norm", "embedding_model")
+STAGE_NAMES = {"stage1": "stage 1", "joint": "the joint model", "stage2": "stage 2"}
 
 
 @dataclasses.dataclass
 class Base:
     """A frozen base speaker model.
 
-    Attributes
-    ----------
-    modules : torch.nn.ModuleDict
-        ``compute_features``, ``mean_var_norm``, ``embedding_model``,
-        ``classifier`` (and ``mean_var_norm_emb`` when the model has one).
-    label_encoder : CategoricalEncoder
-        The classifier's speakers.
-    label_file : pathlib.Path
-        Where the label encoder was read from.
-    source : str
-        What the base is, for logs and messages.
-    fingerprint : str
-        Changes whenever the base's weights do.
-    provenance : dict
-        ``base_kind`` (``stage`` | ``folder`` | ``hub``) and ``base_model``
-        (folder or hub ID; for the hub also ``base_revision``).
-    architecture : dict
-        ``n_mels``, ``channels``, ``emb_dim`` of the base (None when unknown).
-    nodes : dict
-        The base's own ``compute_features``, ``mean_var_norm`` and
-        ``embedding_model`` YAML nodes (resolved, tags intact).
+    ``modules``: ``compute_features``, ``mean_var_norm``, ``embedding_model``, ``classifier`` (and
+    ``mean_var_norm_emb`` when it has one); ``label_file``: where ``label_encoder`` was read from;
+    ``fingerprint`` changes whenever its weights do; ``provenance``: ``base_kind`` (stage | folder | hub),
+    ``base_model`` (and ``base_revision`` for the hub); ``architecture``: ``n_mels``, ``channels``,
+    ``emb_dim`` (None when unknown); ``nodes``: its own :data:`EMBEDDING_KEYS` YAML nodes (resolved, tagged).
     """
 
     modules: torch.nn.ModuleDict
@@ -93,21 +64,9 @@ class Base:
         return labels == set(speakers) and (weight is None or weight.shape[0] == len(labels))
 
 
-def is_stage_folder(source):
-    """Whether ``source`` is a training stage folder (``hyperparams.yaml`` and ``save/``)."""
-    folder = pathlib.Path(str(source))
-    return (folder / "hyperparams.yaml").is_file() and (folder / "save").is_dir()
-
-
-STAGE_NAMES = {"stage1": "stage 1", "joint": "the joint model", "stage2": "stage 2"}
-
-
 def check_trained_on(stage_folder, stage, train_speakers, train_rows_digest):
-    """Refuses a stage (its best checkpoint) trained on other data than this run's training CSV.
-
-    Compares the stage's label set with ``train_speakers`` and the checkpoint's
-    recorded training-rows digest with ``train_rows_digest``.
-    """
+    """Raises :class:`ProvenanceError` when a stage's best checkpoint was trained on other data than this
+    run's training CSV (other speakers, or another recorded training-rows digest)."""
     folder = pathlib.Path(stage_folder)
     ckpt = best_checkpoint(folder / "save")
     labels = CategoricalEncoder()
@@ -125,41 +84,26 @@ def check_trained_on(stage_folder, stage, train_speakers, train_rows_digest):
 
 
 def load_base(source, pretrained_folder):
-    """A base speaker model from a stage folder, an inference folder or the hub, through ``EncoderClassifier``.
-
-    Arguments
-    ---------
-    source : str
-        Stage folder, inference folder or hub ID (``owner/name``).
-    pretrained_folder : str | pathlib.Path
-        Parent of the savedir (one sub-folder per source).
-
-    Returns
-    -------
-    Base
-    """
-    from speechbrain.inference.speaker import EncoderClassifier
-    from speechbrain.utils.fetching import fetch
-
+    """The :class:`Base` in a stage folder, an inference folder or the hub (``owner/name``); its SpeechBrain
+    folder is ``<pretrained_folder>/<source>`` (:func:`anchor_reg.model_folder.savedir_of`)."""
     source = str(source)
-    kind = "stage" if is_stage_folder(source) else "folder" if pathlib.Path(source).is_dir() else "hub"
+    folder = pathlib.Path(source)
+    is_stage = (folder / "hyperparams.yaml").is_file() and (folder / "save").is_dir()
+    kind = "stage" if is_stage else "folder" if folder.is_dir() else "hub"
     savedir = savedir_of(source, pretrained_folder)
+    if kind != "hub":
+        source = str(folder.resolve())
     if kind == "stage":
-        from anchor_reg.export import ExportError, export_model
-
-        source = str(pathlib.Path(source).resolve())
         try:
             export_model(source, savedir, overwrite=True)
         except ExportError as err:
             raise ConfigError(f"base_model: {source}: {err}") from err
-    elif kind == "folder":
-        source = str(pathlib.Path(source).resolve())
-        if not (pathlib.Path(source) / "hyperparams.yaml").is_file():
-            raise ConfigError(
-                f"base_model: {source} has no hyperparams.yaml: not a SpeechBrain inference model folder "
-                "(make one from a trained stage with python -m anchor_reg.export STAGE_FOLDER OUT_FOLDER)"
-            )
-    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    elif kind == "folder" and not (folder / "hyperparams.yaml").is_file():
+        raise ConfigError(
+            f"base_model: {source} has no hyperparams.yaml: not a SpeechBrain inference model folder "
+            "(make one from a trained stage with python -m anchor_reg.export STAGE_FOLDER OUT_FOLDER)"
+        )
+    elif kind == "hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         raise ConfigError(f"base_model: {source} is neither a folder nor a hub ID like speechbrain/spkrec-ecapa-voxceleb")
     origin = str(savedir) if kind == "stage" else source
     try:
@@ -169,10 +113,8 @@ def load_base(source, pretrained_folder):
     try:
         nodes = model_nodes(hyperparams, EMBEDDING_KEYS)
     except ConfigError as err:
-        raise ConfigError(
-            f"base_model: {source}: {err} (a SpeechBrain speaker model defines "
-            "compute_features, mean_var_norm, embedding_model and classifier)"
-        ) from err
+        raise ConfigError(f"base_model: {source}: {err} (a SpeechBrain speaker model defines "
+                          "compute_features, mean_var_norm, embedding_model and classifier)") from err
     try:
         encoder = EncoderClassifier.from_hparams(source=origin, savedir=str(savedir), run_opts={"device": "cpu"})
     except Exception as err:
@@ -188,16 +130,8 @@ def load_base(source, pretrained_folder):
                     "use the embeddings before it", source)
     logger.info("base model: %s (%s), C=%s, emb_dim=%s, cached in %s", source, provenance.get("base_revision", kind),
                 architecture["channels"], architecture["emb_dim"], savedir)
-    return Base(
-        modules=modules,
-        label_encoder=encoder.hparams.label_encoder,
-        label_file=savedir / "label_encoder.ckpt",
-        source=source,
-        fingerprint=folder_fingerprint(savedir),
-        provenance=provenance,
-        architecture=architecture,
-        nodes=nodes,
-    )
+    return Base(modules, encoder.hparams.label_encoder, savedir / "label_encoder.ckpt", source,
+                folder_fingerprint(savedir), provenance, architecture, nodes)
 
 
 def measure_architecture(modules):
@@ -206,25 +140,15 @@ def measure_architecture(modules):
     first = getattr(getattr(modules["embedding_model"], "blocks", [None])[0], "conv", None)
     with torch.no_grad():
         emb = embed(modules, torch.randn(1, 8000), torch.ones(1))
-    return {"n_mels": getattr(fbank, "n_mels", None), "channels": getattr(getattr(first, "conv", None), "out_channels", None),
-            "emb_dim": int(emb.shape[-1])}
+    channels = getattr(getattr(first, "conv", None), "out_channels", None)
+    return {"n_mels": getattr(fbank, "n_mels", None), "channels": channels, "emb_dim": int(emb.shape[-1])}
 
 
-# -------------------------------------------------- the stage-2 copy ----
 def architecture_overrides(base, hparams_file, overrides):
-    """Stage-2 overrides that build the base's architecture; refuses ones that contradict it.
+    """Stage-2 overrides that build the base's architecture, as YAML structure; refuses ones contradicting it.
 
-    ``n_mels``, ``channels`` and ``emb_dim`` of the base, and each of the
-    base's own model nodes that the stage YAML would build otherwise (another
-    backbone, other ECAPA options): SpeechBrain YAML structure, never text.
-
-    Arguments
-    ---------
-    base : Base
-    hparams_file : str | pathlib.Path
-        The stage-2 YAML.
-    overrides : dict
-        The command-line overrides.
+    The base's ``n_mels``, ``channels`` and ``emb_dim``, and each of its own model nodes that the stage YAML
+    would build otherwise (another backbone, other ECAPA options).
     """
     decided = {key: value for key, value in base.architecture.items() if value is not None}
     for key, value in decided.items():
@@ -240,12 +164,11 @@ def architecture_overrides(base, hparams_file, overrides):
 
 def node_value(node):
     """A YAML node as comparable plain data: (tag, content), recursively."""
-    tag = str(getattr(getattr(node, "tag", None), "value", None) or "")
     if isinstance(node, dict):
-        return tag, {str(key): node_value(value) for key, value in node.items()}
+        return tag_of(node), {str(key): node_value(value) for key, value in node.items()}
     if isinstance(node, list):
-        return tag, [node_value(value) for value in node]
-    return tag, str(getattr(node, "value", node))
+        return tag_of(node), [node_value(value) for value in node]
+    return tag_of(node), str(getattr(node, "value", node))
 
 
 def copy_module(src, dst):
@@ -256,19 +179,10 @@ def copy_module(src, dst):
 
 
 def start_from_base(hparams, base, store, label_encoder):
-    """Fills stage 2's fresh modules with a copy of the base model.
+    """Fills stage 2's fresh modules with a copy of the base; returns which classifier it starts from.
 
-    The classifier is the base's own when its speakers are exactly the
-    training speakers; otherwise a new AAM head whose weight rows are the
-    anchors' normalised speaker centroids, in the label encoder's order, so
-    stage 2 starts from the base's geometry rather than random boundaries.
-    With ``classifier_head: anchor_centroids`` the head is always set to the
-    centroids (and kept fixed there by the Brain).
-
-    Returns
-    -------
-    str
-        ``"reused"`` or ``"centroids"``: which classifier stage 2 starts from.
+    ``"reused"``: the base's own, when its speakers are exactly the training speakers (and the head is not
+    ``anchor_centroids``); else ``"centroids"``: rows set to the anchors' normalised speaker centroids.
     """
     for key in EMBEDDING_KEYS:
         copy_module(base.modules[key], hparams[key])
@@ -277,4 +191,3 @@ def start_from_base(hparams, base, store, label_encoder):
         return "reused"
     set_head_to_centroids(hparams["classifier"], store, label_encoder)
     return "centroids"
-

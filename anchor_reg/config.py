@@ -1,25 +1,14 @@
-"""Loading HyperPyYAML files with errors that name the file and the key.
-
-A stage YAML's top-level ``!include:`` (``common: !include:common.yaml``) is
-merged into its top level (:func:`merged_tree`), so the shared keys and the
-stage's own form one namespace. HyperPyYAML already rejects unknown override
-keys; this adds the YAML file and line for syntax errors, a type check of overrides against the file's
-defaults (``--number_of_epochs=abc`` is an error, not a string), a range
-check of every key's value (the table in :mod:`anchor_reg.checks`) before
-anything is built, and an early check that the output folder can be written.
-"""
+"""Loading HyperPyYAML files: includes merged, overrides type-checked, every key range-checked
+(:mod:`anchor_reg.checks`) before anything is built, and errors that name the file, line and key."""
 import io
-import logging
 import os
 import pathlib
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-from anchor_reg.checks import ORDERED, RANGES, WARN_LONGER, implied_conflict, label_free_conflict, plain, tagged
+from anchor_reg.checks import check_values, plain, tag_of, tagged
 from anchor_reg.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def _read_yaml(text, source):
@@ -33,14 +22,21 @@ def _read_yaml(text, source):
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from err
 
 
+def _read_file(path):
+    """A YAML file's top level (round-trip nodes)."""
+    if not path.is_file():
+        raise ConfigError(f"hyperparameter file {path} does not exist")
+    tree = _read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return tree
+
+
 def parse_overrides(overrides):
-    """Overrides (a YAML string, as ``sb.parse_arguments`` returns, or a dict) → dict."""
+    """Overrides (a YAML string, as ``sb.parse_arguments`` returns, or a dict) as a dict."""
     if isinstance(overrides, dict):
         return dict(overrides)
-    if not overrides:
-        return {}
-    parsed = _read_yaml(overrides, "command-line overrides")
-    return dict(parsed or {})
+    return dict(_read_yaml(overrides, "command-line overrides") or {}) if overrides else {}
 
 
 def _kind(value):
@@ -51,126 +47,96 @@ def _kind(value):
         return float
     if isinstance(value, str) and not getattr(value, "tag", None):
         return str
-    if isinstance(value, list):
-        return list
-    return None
+    return list if isinstance(value, list) else None
 
 
 def check_override_types(defaults, overrides, source):
-    """Raises :class:`ConfigError` for unknown keys or values of the wrong type.
-
-    Arguments
-    ---------
-    defaults : mapping
-        Top level of the YAML file (round-trip parsed).
-    overrides : dict
-        Keys and values given on the command line.
-    source : str
-        The YAML file, for the message.
-    """
+    """Raises :class:`ConfigError` for an override key the YAML (top level ``defaults``) lacks, or of the wrong
+    type (``--number_of_epochs=abc``); a ``!ref``/``!new`` node's replacement is the user's call."""
     for key, value in overrides.items():
         if key not in defaults:
             known = ", ".join(sorted(k for k in defaults if not str(k).startswith("__")))
             raise ConfigError(f"{source}: unknown key '{key}' in the overrides (known keys: {known})")
-        default = defaults[key]
-        if getattr(default, "tag", None) is not None and str(default.tag.value or "").startswith("!"):
-            continue  # a !ref / !new node: any replacement is the user's call
-        expected = _kind(default)
-        if expected is None or value is None:
+        default, expected, got = defaults[key], _kind(defaults[key]), _kind(value)
+        if tagged(default) or expected is None or value is None:
             continue
-        got = _kind(value)
-        if expected is float and isinstance(value, bool):
-            got = bool
         if got != expected and not (expected is str and isinstance(value, (int, float))):
-            raise ConfigError(
-                f"{source}: key '{key}' expects a {expected.__name__} like {default!r}, "
-                f"got {value!r} ({type(value).__name__})"
-            )
+            raise ConfigError(f"{source}: key '{key}' expects a {expected.__name__} like {default!r}, "
+                              f"got {value!r} ({type(value).__name__})")
 
 
 def include_of(node):
     """The file a top-level ``!include:FILE`` node names, or None."""
-    tag = str(getattr(getattr(node, "tag", None), "value", None) or "")
+    tag = tag_of(node)
     return tag[len("!include:"):] if tag.startswith("!include:") else None
 
 
-def merged_tree(hparams_file, merge=True):
-    """The stage YAML with its top-level ``!include:`` files merged into its top level (round-trip nodes).
+def merged_tree(hparams_file):
+    """The stage YAML's top level with its top-level ``!include:`` files merged into it (round-trip nodes).
 
-    A stage YAML says ``common: !include:common.yaml`` (with the included file's
-    keys it sets, e.g. ``stage: stage2``, as the node's mapping): the included
-    keys come first, then the stage's own, in one namespace, so references go
-    both ways and overrides reach every key. A key defined twice is an error.
-    Includes inside the included file (``model: !include:model.yaml`` in
-    common.yaml) keep HyperPyYAML's meaning: the included YAML is that key's value.
+    ``common: !include:common.yaml`` (its mapping sets included keys, e.g. ``stage: stage2``) puts the
+    included keys first, then the stage's own, in one namespace; a key defined twice is an error. Deeper
+    includes (``model: !include:model.yaml`` in common.yaml) keep HyperPyYAML's meaning: the key's value.
     """
     path = pathlib.Path(hparams_file)
-    if not path.is_file():
-        raise ConfigError(f"hyperparameter file {path} does not exist")
-    tree = _read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    if not merge:
-        return tree
-    merged = ruamel.yaml.comments.CommentedMap()
+    tree, merged = _read_file(path), ruamel.yaml.comments.CommentedMap()
     for key, node in tree.items():
         included = include_of(node)
-        if included is None:
-            continue
-        shared = merged_tree(path.parent / included, merge=False)
-        given = dict(node) if isinstance(node, dict) else {}
-        unknown = sorted(set(given) - set(shared))
-        if unknown:
-            raise ConfigError(f"{path}: '{key}' sets {unknown}, which {included} does not define")
-        shared.update(given)
-        merged.update(shared)
+        if included is not None:
+            shared, given = _read_file(path.parent / included), dict(node) if isinstance(node, dict) else {}
+            unknown = sorted(set(given) - set(shared))
+            if unknown:
+                raise ConfigError(f"{path}: '{key}' sets {unknown}, which {included} does not define")
+            shared.update(given)
+            merged.update(shared)
     for key, node in tree.items():
-        if include_of(node) is not None:
-            continue
-        if key in merged:
-            raise ConfigError(f"{path}: key '{key}' is also defined by an included file: define it once")
-        merged[key] = node
+        if include_of(node) is None:
+            if key in merged:
+                raise ConfigError(f"{path}: key '{key}' is also defined by an included file: define it once")
+            merged[key] = node
     return merged
 
 
-def yaml_stream(tree, name):
-    """A tree's YAML text as a stream named ``name`` (``!include`` nodes left in it resolve beside it)."""
-    stream = io.StringIO(dump(tree))
-    stream.name = str(name)
-    return stream
-
-
 def resolve(hparams_file, overrides=None):
-    """The YAML with overrides applied and references resolved (nothing built), checked key by key.
+    """The YAML's top level, overrides applied and references resolved, every key checked; nothing built.
 
-    Returns
-    -------
-    ruamel.yaml.comments.CommentedMap
-        Every key at the top level; ``!new:`` and ``!apply:`` nodes stay tagged.
-        Raises :class:`ConfigError` for an unknown or ill-typed override or a
-        value out of its range (:mod:`anchor_reg.checks`).
+    ``!new:``/``!apply:`` nodes stay tagged; a tagged override (``!new:...``, e.g. a base model's own
+    ``embedding_model``) replaces the key's node whole.
     """
     path = pathlib.Path(hparams_file)
-    overrides = parse_overrides(overrides)
-    tree = merged_tree(path)
+    overrides, tree = parse_overrides(overrides), merged_tree(path)
     check_override_types(tree, overrides, str(path))
     defaults = dict(tree)
-    nodes = {key: value for key, value in overrides.items() if tagged(value)}  # whole nodes replace the YAML's
-    tree.update(nodes)
-    values = {key: value for key, value in overrides.items() if key not in nodes}
+    tree.update({key: value for key, value in overrides.items() if tagged(value)})
+    stream = io.StringIO(dump(tree))
+    stream.name = str(path)  # !include nodes left in it resolve beside the file
     try:
-        resolved = _read_yaml(resolve_references(yaml_stream(tree, path), values).getvalue(), str(path))
-    except ConfigError:
-        raise
+        text = resolve_references(stream, {k: v for k, v in overrides.items() if not tagged(v)}).getvalue()
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
         raise ConfigError(f"{path}: cannot resolve the hyperparameters: {type(err).__name__}: {err}") from err
-    check_values(resolved, str(path))
-    check_label_free(defaults, resolved, str(path))
+    resolved = _read_yaml(text, str(path))
+    check_values(resolved, defaults, str(path))
     return resolved
 
 
+def build(resolved, hparams_file):
+    """A tree from :func:`resolve`, instantiated (``load_hyperpyyaml``), naming the file or folder on failure."""
+    try:
+        return load_hyperpyyaml(io.StringIO(dump(resolved)))
+    except OSError as err:  # e.g. the Checkpointer creating an output folder it cannot write
+        raise ConfigError(f"output_folder: cannot write to {err.filename} ({err.strerror}); "
+                          f"check output_base / output_folder in {hparams_file} or on the command line") from err
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
+        raise ConfigError(f"{hparams_file}: cannot build the hyperparameters: {type(err).__name__}: {err}") from err
+
+
+def load_hparams(hparams_file, overrides=None):
+    """A stage YAML with overrides (a string or a dict), every key checked, then built once."""
+    return build(resolve(hparams_file, overrides), hparams_file)
+
+
 def plain_values(tree):
-    """``{key: value}`` of a resolved tree's untagged entries as plain Python values (locations, numbers ...)."""
+    """``{key: value}`` of a resolved tree's untagged entries as plain Python values."""
     return {str(key): plain(value) for key, value in tree.items() if not tagged(value) and not str(key).startswith("__")}
 
 
@@ -182,10 +148,7 @@ def dump(tree):
 
 
 def model_nodes(yaml_file, keys):
-    """``{key: node}`` of a SpeechBrain YAML's ``keys``, references resolved, tags intact (nothing built).
-
-    Raises :class:`ConfigError` naming the keys the file lacks.
-    """
+    """``{key: node}`` of a SpeechBrain YAML's ``keys``, references resolved, tags intact (nothing built)."""
     path = pathlib.Path(yaml_file)
     try:
         with open(path, encoding="utf-8") as stream:
@@ -198,81 +161,8 @@ def model_nodes(yaml_file, keys):
     return {key: tree[key] for key in keys}
 
 
-def check_values(values, source):
-    """Raises :class:`ConfigError` for the first key whose value is out of its range.
-
-    Arguments
-    ---------
-    values : mapping
-        Top level of the YAML (overrides applied, references resolved).
-    source : str
-        The YAML file, for the message.
-    """
-    for key, rule in RANGES.items():
-        if key in values and not tagged(values[key]) and not rule.test(plain(values[key])):
-            raise ConfigError(f"{source}: key '{key}' must be {rule.wants}, got {plain(values[key])!r}")
-    for low, high in ORDERED:
-        if low in values and high in values and values[low] > values[high]:
-            raise ConfigError(
-                f"{source}: key '{low}' must be <= {high} ({plain(values[high])!r}), got {plain(values[low])!r}"
-            )
-    conflict = implied_conflict(values)
-    if conflict is not None:
-        key, other, rule = conflict
-        got = f"got {plain(values[other])!r}" if other in values else "this YAML has no such key"
-        raise ConfigError(f"{source}: key '{other}' must be {rule.wants} when {key} is {plain(values[key])!r} ({got})")
-    for key, longer, why in WARN_LONGER:
-        if values.get(key) is not None and values.get(longer) is not None and values[key] > values[longer]:
-            logger.warning("%s: %s (%s) is longer than %s (%s): %s", source, key, plain(values[key]), longer,
-                           plain(values[longer]), why)
-
-
-def check_label_free(defaults, values, source):
-    """Refuses a classifier-only key (``classifier_head``, ``aam_margin`` ...) set away from the YAML's
-    default in a label-free stage (``supervision: none``), which has no classifier."""
-    key = label_free_conflict(defaults, values)
-    if key is not None:
-        raise ConfigError(
-            f"{source}: key '{key}' shapes the classifier, but supervision is none (no classifier, no AAM): "
-            f"drop --{key} (got {plain(values[key])!r}, default {plain(defaults[key])!r})"
-        )
-
-
-def load_hparams(hparams_file, overrides=None):
-    """Loads a stage YAML (includes merged, :func:`merged_tree`) with overrides, naming the file/key on any error.
-
-    Every key is checked (:func:`resolve`) before anything is built; the YAML
-    is then built once, with ``load_hyperpyyaml``.
-
-    Arguments
-    ---------
-    hparams_file : str | pathlib.Path
-        The YAML file.
-    overrides : str | dict
-        Overrides (``sb.parse_arguments``'s YAML string, or a dict); a tagged
-        YAML node (``!new:...``, e.g. a base model's own ``embedding_model``)
-        replaces the key's node whole.
-
-    Returns
-    -------
-    dict
-        The instantiated hyperparameters.
-    """
-    path = pathlib.Path(hparams_file)
-    resolved = resolve(path, overrides)
-    try:
-        return load_hyperpyyaml(io.StringIO(dump(resolved)))
-    except OSError as err:  # e.g. the Checkpointer creating an output folder it cannot write
-        raise ConfigError(
-            f"output_folder: cannot write to {err.filename} ({err.strerror}); "
-            f"check output_base / output_folder in {path} or on the command line"
-        ) from err
-    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
-        raise ConfigError(f"{path}: cannot build the hyperparameters: {type(err).__name__}: {err}") from err
-
-
 def keys_of(hparams_file):
-    """Top-level keys of a YAML file, its included files' too (without instantiating it)."""
+    """Top-level keys of a YAML file, its included files' too (nothing built)."""
     return set(merged_tree(hparams_file))
 
 
@@ -283,7 +173,7 @@ def overrides_for(hparams_file, overrides):
 
 
 def check_writable(folder, key="output_folder"):
-    """Creates ``folder`` and writes a probe file, or raises naming ``key``."""
+    """Creates ``folder`` and writes a probe file in it, or raises :class:`ConfigError` naming ``key``."""
     folder = pathlib.Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

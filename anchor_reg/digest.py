@@ -1,39 +1,15 @@
-"""Content digests: one hex string that changes whenever the hashed content does.
-
-Every digest the project records (a base model's fingerprint, an anchor
-store's digest, the training rows' digest, a preparation's input fingerprint)
-is :func:`content_digest` of a sequence of parts, hashed in order as one
-stream: bytes-like objects as they are, ``str`` as UTF-8 text, and
-``pathlib.Path`` as the content of that file (read in 1 MiB blocks).
-"""
+"""Content digests: one hex string that changes whenever the hashed content does."""
 import hashlib
 import pathlib
 
-ALGORITHMS = {
-    "sha256": hashlib.sha256,
-    "blake2b": lambda: hashlib.blake2b(digest_size=16),  # 128-bit: faster on large arrays
-}
+ALGORITHMS = {"sha256": hashlib.sha256, "blake2b": lambda: hashlib.blake2b(digest_size=16)}  # 128-bit: fast
 
 
 def content_digest(parts, algorithm="sha256"):
-    """Hex digest of ``parts`` hashed in order.
+    """Hex digest (``sha256`` or 16-byte ``blake2b``) of ``parts`` hashed in order as one stream.
 
-    Arguments
-    ---------
-    parts : iterable
-        ``bytes`` / ``bytearray`` / a contiguous numpy array (its bytes), ``str``
-        (UTF-8) or ``pathlib.Path`` (the file's content).
-    algorithm : str
-        ``sha256`` or ``blake2b`` (16-byte digest).
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> content_digest(["a", b"b"]) == hashlib.sha256(b"ab").hexdigest()
-    True
+    A part is bytes-like (a contiguous numpy array too), ``str`` (hashed as UTF-8) or ``pathlib.Path``
+    (the file's content, read in 1 MiB blocks).
     """
     hasher = ALGORITHMS[algorithm]()
     for part in parts:

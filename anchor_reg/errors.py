@@ -1,13 +1,12 @@
-"""The expected errors of anchor_reg: bad input that stops a run with one clear line.
+"""The expected errors: bad input that stops a run with one ``error:`` line naming the file or key.
 
-Command lines turn each of these into a single ``error:`` line naming the file
-or key (``train.py``'s ``cli()``, ``python -m anchor_reg.export``, ``python -m
-anchor_reg.evaluate``); anything else is a bug and keeps its traceback.
+Command lines (``train.py``'s ``cli()``, ``anchor_reg.export``, ``anchor_reg.evaluate``) print each as that
+one line; any other exception is a bug and keeps its traceback.
 """
 
 
 class ConfigError(ValueError):
-    """A configuration problem: bad YAML, unknown or ill-typed key, unwritable folder."""
+    """A configuration problem: bad YAML, unknown, ill-typed or out-of-range key, unwritable folder."""
 
 
 class StageLockedError(ConfigError):
@@ -15,15 +14,7 @@ class StageLockedError(ConfigError):
 
 
 class AudioError(ValueError):
-    """A bad audio file; the message names the file(s) and the problem(s).
-
-    Arguments
-    ---------
-    message : str
-        The full message.
-    problems : dict, optional
-        ``{path: problem}`` for every bad file the message is about.
-    """
+    """A bad audio file; ``problems`` is ``{path: problem}`` of every bad file the message is about."""
 
     def __init__(self, message, problems=None):
         super().__init__(message)
@@ -59,11 +50,5 @@ class HubError(Exception):
 
 
 def one_line(err, limit=300):
-    """An exception (or message) squeezed onto one line, cut after ``limit`` characters (None: not cut).
-
-    Example
-    -------
-    >>> one_line(ValueError("bad\\n  value"))
-    'bad value'
-    """
+    """An exception (or message) on one line, cut after ``limit`` characters (None: not cut)."""
     return " ".join(str(err).split())[:limit]

@@ -1,24 +1,7 @@
-"""One training run per stage folder: an exclusive ``flock`` held while a stage trains.
+"""One training run per stage folder: an exclusive ``flock`` on ``<folder>/.stage.lock`` while a stage trains.
 
-Two runs writing one stage folder would prune each other's checkpoints. The
-first run holds ``<folder>/.stage.lock`` (an exclusive ``flock``, with its
-process ID written in the file); a second run finds it taken and stops at once,
-naming the folder and the other process. The kernel drops a ``flock`` when its
-holder exits, however it exits (a SIGKILL included), so a killed run never
-leaves a folder locked: the next run takes the lock over. A run that ends
-normally removes the file.
-
-Only the main process of a multi-GPU run takes the lock (the other ranks are
-the same run).
-
-Example
--------
->>> folder = getfixture("tmp_path") / "stage1"
->>> with stage_lock(folder):
-...     (folder / ".stage.lock").read_text().strip() == str(os.getpid())
-True
->>> (folder / ".stage.lock").exists()
-False
+The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL too), so a killed run never
+leaves a folder locked. Only the main process of a multi-GPU run takes it (the other ranks are the same run).
 """
 import contextlib
 import fcntl
@@ -34,19 +17,15 @@ LOCK_FILE = ".stage.lock"
 
 @contextlib.contextmanager
 def stage_lock(folder):
-    """Holds the stage folder's lock for the block; raises :class:`StageLockedError` if another run holds it.
+    """Holds ``folder``'s lock (made if missing; the file holds our PID, removed at the end) for the block.
 
-    Arguments
-    ---------
-    folder : str or pathlib.Path
-        The stage's ``output_folder`` (made if missing).
+    Raises :class:`StageLockedError` naming the folder and the holder when another run holds it.
     """
     if not if_main_process():
         yield
         return
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
+    path = pathlib.Path(folder) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path)
     try:
         os.ftruncate(fd, 0)
@@ -58,13 +37,13 @@ def stage_lock(folder):
 
 
 def _acquire(path):
-    """An open descriptor of ``path`` holding its exclusive flock (the file is the one at ``path`` now)."""
+    """An open descriptor of the file now at ``path``, holding its exclusive flock."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_pid(fd)
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()  # '' until the holder writes it
             os.close(fd)
             raise StageLockedError(
                 f"output_folder: {path.parent} is in use by another run "
@@ -78,11 +57,3 @@ def _acquire(path):
         if same_file:
             return fd
         os.close(fd)  # locked a file its holder had already removed: lock the new one
-
-
-def _read_pid(fd):
-    """The process ID written in the lock file ('' when it is not written yet)."""
-    try:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""

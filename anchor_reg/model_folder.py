@@ -1,9 +1,4 @@
-"""Where a base model's SpeechBrain folder is cached, and the fingerprint of such a folder.
-
-Stage 2 records the fingerprint of the folder its base was loaded from
-(:func:`anchor_reg.base.load_base`); WiSE-FT at export reads the same folder
-back and refuses a base whose fingerprint changed (:mod:`anchor_reg.wise`).
-"""
+"""Where a base model's SpeechBrain folder is cached, and the fingerprint of such a folder."""
 import pathlib
 import re
 

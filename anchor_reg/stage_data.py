@@ -1,16 +1,6 @@
-"""What a stage reads besides its YAML: prepared rows as datasets, and stage 2's fixed anchor stores.
-
-The frozen base embeds each set of rows once (:func:`anchor_reg.anchors.load_or_extract`):
-
-- ``anchors.pt``: the training rows (the anchors stage 2 is pulled towards);
-- ``dev_anchors.pt``: the dev rows (the ``anchor_retrieval`` criterion's gallery, and
-  WiSE-FT's choice of alpha at export, :mod:`anchor_reg.wise`);
-- ``replay_anchors.pt``: the replay rows (``replay_rows`` > 0, :mod:`anchor_reg.replay`).
-
-All three sit in the folder of the ``anchors`` file. Extraction leaves the global
-random state as it found it, so stage 2 trains the same whether its anchors were
-extracted now or before.
-"""
+"""What a stage reads besides its YAML: prepared rows as datasets, and stage 2's fixed anchor stores
+(``anchors.pt``, ``dev_anchors.pt``, ``replay_anchors.pt`` beside the ``anchors`` file, each embedded once by the
+frozen base; extraction leaves the global random state as it found it)."""
 import csv
 import functools
 import logging
@@ -67,18 +57,8 @@ def read_column(csv_file, column):
 def anchor_stores(hparams, base, train_data, train_ids, run_opts):
     """Stage 2's fixed references: (training store, AnchorRegBrain options, provenance to expect).
 
-    Arguments
-    ---------
-    hparams : dict
-        The stage's hyperparameters (``anchors``, ``prep_folder``, ``dev_criterion``, ``replay_rows`` ...).
-    base : anchor_reg.base.Base
-        The frozen base model.
-    train_data : DynamicItemDataset
-        The training rows (``id``, ``sig``, ``spk_id``).
-    train_ids : list of str
-        Their IDs, as the caller read them from ``train.csv``.
-    run_opts : dict
-        ``device``, ``noprogressbar``.
+    ``train_data``: the training rows' dataset (``id``, ``sig``, ``spk_id``), ``train_ids`` their IDs as
+    read from ``train.csv``; the dev (and replay) stores come from ``dev.csv`` (``replay.csv``).
     """
     prep, folder = pathlib.Path(hparams["prep_folder"]), pathlib.Path(hparams["anchors"]).parent
     skip_bad = hparams["skip_bad_files"]
