@@ -15,10 +15,8 @@ from anchor_reg.results import load_results, markdown_table
 
 
 def compare_systems(systems, output_folder):
-    """Writes ``comparison.md`` and ``eer_vs_snr.png`` of ``{name: results or [results per seed]}``.
-
-    Returns ``{name: {column: [value per seed (None where missing)]}}``.
-    """
+    """Writes ``comparison.md`` and ``eer_vs_snr.png`` of ``{name: results or [results per seed]}``; returns
+    ``{name: {column: [value per seed (None where missing)]}}``."""
     runs = {name: [load_results(item) for item in (value if isinstance(value, list) else [value])]
             for name, value in systems.items()}
     noise_types = plots.noise_types_in(runs)
@@ -48,16 +46,15 @@ def _summary(results, noise_types):
     """Comparison columns of one run (None where the run lacks them)."""
     conditions = results["conditions"]
     corrupted = [cond for name, cond in conditions.items() if name != "clean"]
-    row = {
+    return {
         "Clean EER (%)": conditions.get("clean", {}).get("EER"),
         "Reverb EER (%)": conditions.get("reverb", {}).get("EER"),
         "Clean minDCF": conditions.get("clean", {}).get("minDCF"),
         "Corrupted minDCF": mean_and_sd([c["minDCF"] for c in corrupted])[0],
         "Drift": mean_and_sd([c["geometry"]["drift"] for c in corrupted])[0],
+        **{f"{kind} EER (%)": mean_and_sd([c["EER"] for c in corrupted if c["noise_type"] == kind])[0]
+           for kind in noise_types},
     }
-    for kind in noise_types:
-        row[f"{kind} EER (%)"] = mean_and_sd([c["EER"] for c in corrupted if c["noise_type"] == kind])[0]
-    return row
 
 
 def _format_cell(values, column):

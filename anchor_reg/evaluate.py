@@ -72,7 +72,8 @@ def embed_utterances(encoder, waveforms, ids, batch_size, transform=None):
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    device = _encoder_device(encoder)
+    parameter = next(encoder.parameters(), None) if isinstance(encoder, torch.nn.Module) else None
+    device = torch.device("cpu") if parameter is None else parameter.device
     order = sorted(range(len(ids)), key=lambda i: (-waveforms[ids[i]].numel(), ids[i]))
     embeddings = [None] * len(ids)
     for begin in range(0, len(order), batch_size):
@@ -119,8 +120,13 @@ class TrialSet:
         self.waveforms = {utt_id: _load_segment(utterances[utt_id], sample_rate) for utt_id in self.index.ids}
         self.clean = embed_utterances(encoder, self.waveforms, self.index.ids, batch_size)
         self.cohort = None
-        if cohort_csv:
-            self.cohort = _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed, sample_rate)
+        if cohort_csv:  # clean embeddings of a seeded subset of cohort_size rows
+            rows = read_utterances(cohort_csv)
+            ids = _seeded_subset(list(rows), cohort_size, "cohort", seed)
+            if len(ids) < 2:
+                raise ValueError(f"Cohort {cohort_csv} needs at least 2 rows.")
+            cohort = {utt_id: _load_segment(rows[utt_id], sample_rate) for utt_id in ids}
+            self.cohort = embed_utterances(encoder, cohort, ids, batch_size)
 
 
 def evaluate_condition(encoder, trial_set, condition, corruptor, topk=None):
@@ -255,10 +261,9 @@ class _TrialIndex:
     (the corrupted ones, their rows, speakers); per trial ``enrol_rows``, ``test_rows`` and ``labels`` (bool)."""
 
     def __init__(self, trial_list, utterances, corrupt, source):
-        for _, enrol_id, test_id in trial_list:
-            for utt_id in (enrol_id, test_id):
-                if utt_id not in utterances:
-                    raise KeyError(f"Trial utterance {utt_id} of {source} has no CSV row.")
+        missing = [utt for _, enrol, test in trial_list for utt in (enrol, test) if utt not in utterances]
+        if missing:
+            raise KeyError(f"Trial utterance {missing[0]} of {source} has no CSV row.")
         self.ids = sorted({utt for _, enrol, test in trial_list for utt in (enrol, test)})
         row = {utt_id: i for i, utt_id in enumerate(self.ids)}
         self.side_ids = self.ids if corrupt == "both" else sorted({test for _, _, test in trial_list})
@@ -280,22 +285,6 @@ def _seeded_subset(items, size, name, seed):
 def _load_segment(row, sample_rate):
     """Waveform (T,) of a CSV row's [start, stop) segment, read as training reads it."""
     return read_audio_checked(row["wav"], sample_rate, row["start"], row["stop"])
-
-
-def _embed_cohort(encoder, cohort_csv, cohort_size, batch_size, seed, sample_rate):
-    """Clean embeddings (C, D) of a seeded subset of ``cohort_size`` CSV rows."""
-    rows = read_utterances(cohort_csv)
-    ids = _seeded_subset(list(rows), cohort_size, "cohort", seed)
-    if len(ids) < 2:
-        raise ValueError(f"Cohort {cohort_csv} needs at least 2 rows.")
-    waveforms = {utt_id: _load_segment(rows[utt_id], sample_rate) for utt_id in ids}
-    return embed_utterances(encoder, waveforms, ids, batch_size)
-
-
-def _encoder_device(encoder):
-    """Device of an nn.Module encoder's parameters (CPU otherwise)."""
-    parameter = next(encoder.parameters(), None) if isinstance(encoder, torch.nn.Module) else None
-    return torch.device("cpu") if parameter is None else parameter.device
 
 
 if __name__ == "__main__":

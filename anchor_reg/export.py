@@ -11,7 +11,7 @@ import pathlib
 import re
 import shutil
 import sys
-import tempfile
+import uuid
 
 import ruamel.yaml
 import torch
@@ -67,15 +67,12 @@ def load_encoder(path, device="cpu"):
 
 def export_model(stage_folder, out_folder, *, checkpoint=None, results=None, model_name=None, datasets=None,
                  evaluate=None, overwrite=False, wise_alpha=None, allow_unfinished=False):
-    """Writes the inference folder of a trained stage; returns ``out_folder``.
+    """Writes the inference folder of a trained stage, built beside ``out_folder`` and loaded strictly first.
 
-    Built beside ``out_folder``, loaded strictly as users will, then renamed over an earlier export (one
-    holding files export did not write only with ``overwrite``). ``checkpoint`` defaults to the best
-    end-of-epoch one; ``results`` (dict or JSON file) to the stage's ``results.json`` or
-    ``eval/results.json``; ``evaluate(folder) -> results`` runs on the verified export before its card
-    is written; ``wise_alpha`` is a number in [0, 1] or ``"auto"`` (:mod:`anchor_reg.wise`); an
-    unfinished training is refused without ``allow_unfinished`` (the card then says so).
-    """
+    An earlier export holding files export did not write is replaced only with ``overwrite``; ``results``
+    (dict or JSON file) default to the stage's; ``evaluate(folder) -> results`` runs on the verified export
+    before its card is written; ``wise_alpha``: a number in [0, 1] or ``"auto"``; an unfinished training is
+    refused without ``allow_unfinished``."""
     stage_folder, out_folder = pathlib.Path(stage_folder).resolve(), pathlib.Path(out_folder).resolve()
     _check_destination(stage_folder, out_folder, overwrite)
     training_yaml = stage_folder / "hyperparams.yaml"
@@ -104,7 +101,8 @@ def export_model(stage_folder, out_folder, *, checkpoint=None, results=None, mod
     datasets = dataset_names(datasets, tree)
 
     out_folder.parent.mkdir(parents=True, exist_ok=True)
-    build = pathlib.Path(tempfile.mkdtemp(dir=out_folder.parent, prefix=f".{out_folder.name}.", suffix=".tmp"))
+    build = out_folder.with_name(f".{out_folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+    build.mkdir()  # not mkdtemp: the export keeps the usual permissions
     try:
         for loadable, path in params.items():
             shutil.copyfile(path, build / f"{loadable}.ckpt")
@@ -240,11 +238,10 @@ def _checkpoint_params(checkpoint):
 
 def _results(results, stage_folder):
     """The results for the model card (given, or ``results.json`` / ``eval/results.json`` of the stage), or None."""
+    candidates = [stage_folder / "results.json", stage_folder / "eval" / "results.json"]
+    results = next((path for path in candidates if path.is_file()), None) if results is None else results
     if results is None:
-        candidates = [stage_folder / "results.json", stage_folder / "eval" / "results.json"]
-        results = next((path for path in candidates if path.is_file()), None)
-        if results is None:
-            return None
+        return None
     try:
         return load_results(results)
     except ResultsError as err:

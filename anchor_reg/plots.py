@@ -28,11 +28,8 @@ def save_figure(figure, path):
 
 
 def plot_evaluation(results, curves, clean_side, side_embeddings, speakers, output_folder):
-    """Writes ``eer_vs_snr.png``, ``det.png`` and ``embeddings_pca.png`` of one evaluation.
-
-    ``curves``: condition -> (p_fa, p_miss); ``clean_side`` (N, D) and ``side_embeddings`` (condition -> (N, D)):
-    the corrupted-side utterances clean and in each condition; ``speakers``: theirs.
-    """
+    """Writes ``eer_vs_snr.png``, ``det.png`` and ``embeddings_pca.png``: ``curves`` (condition -> (p_fa, p_miss)),
+    the corrupted-side utterances clean (N, D) and in each condition (``side_embeddings``), their ``speakers``."""
     folder = pathlib.Path(output_folder)
     conditions = results["conditions"]
     plot_eer_vs_snr({results["system"]: [results]}, folder / "eer_vs_snr.png")
@@ -127,11 +124,11 @@ def plot_embedding_projection(clean, corrupted, speakers, path, title):
     return save_figure(figure, path)
 
 
-def _eer_across_runs(runs, noise_type, snr=None):
-    """Mean and sd over the runs that have it of the EER (%) of condition ``noise_type``, or of (noise_type, snr)."""
+def _eer_across_runs(runs, condition, snr=None):
+    """Mean and sd of the EER (%) over the runs that have the condition (a name, or a noise type at ``snr``)."""
     def eer_of(run):
         found = [c["EER"] for name, c in run["conditions"].items()
-                 if (name == noise_type if snr is None else (c["noise_type"], c["snr"]) == (noise_type, snr))]
+                 if (name == condition if snr is None else (c["noise_type"], c["snr"]) == (condition, snr))]
         return found[0] if found else None
 
     return mean_and_sd([eer_of(run) for run in runs])

@@ -1,7 +1,6 @@
-"""The short verification table (and one EER-vs-SNR figure of its systems) printed after training.
+"""The short verification table and one EER-vs-SNR figure of its systems, printed after training.
 
-Each stage is exported once and scored through ``EncoderClassifier``, as users will load it, on the
-prepared trials: clean and each evaluation noise type at ``eval_snrs`` (the full grid: hparams/verify.yaml).
+Each stage is exported once and scored as users will load it; the full grid is hparams/verify.yaml's.
 """
 import logging
 import pathlib
@@ -19,9 +18,7 @@ logger = logging.getLogger(__name__)
 def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_types, snrs,
                    batch_size=16, device="cpu", with_reverb=False, seed=1234):
     """Exports a stage into ``out_folder/export`` and evaluates it before its card is written; returns the results.
-
-    An inference folder (no ``save/``, e.g. a hub or folder base) is evaluated as it is.
-    """
+    An inference folder (no ``save/``: a hub or folder base) is evaluated as it is."""
     prep, out = pathlib.Path(prep_folder), pathlib.Path(out_folder)
     measured = {}
 
@@ -47,8 +44,7 @@ def verification_table(results_by_system, noise_types, snrs):
     rows = []
     for name, results in results_by_system.items():
         eers = [results["conditions"][c]["EER"] for c in columns]
-        noisy = eers[1:]
-        mean_noisy = sum(noisy) / len(noisy) if noisy else float("nan")
+        mean_noisy = sum(eers[1:]) / len(eers[1:]) if len(eers) > 1 else float("nan")
         rows.append([name, *(f"{e:.2f}" for e in eers), f"{mean_noisy:.2f}"])
     table = markdown_table(["system", *columns, "mean noisy"], rows)
     return table + "\n\nEER (%) on the prepared trials; noisy = test side corrupted.\n"

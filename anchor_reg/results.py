@@ -21,10 +21,8 @@ def write_results(results, output_folder):
 
 
 def load_results(item):
-    """A results dict from a dict, a ``results.json`` or its folder, metrics renamed (:data:`METRIC_ALIASES`) and first.
-
-    Raises ResultsError naming the file: missing, not JSON, or a condition without a numeric EER.
-    """
+    """A results dict from a dict, a ``results.json`` or its folder, metrics renamed (:data:`METRIC_ALIASES`) and
+    first; ResultsError names the file that is missing, not JSON, or has a condition without a numeric EER."""
     source, results = "results", item
     if not isinstance(item, dict):
         path = pathlib.Path(item)

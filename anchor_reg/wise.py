@@ -1,7 +1,5 @@
-"""WiSE-FT at export: ``alpha * base + (1 - alpha) * adapted`` embedding weights of a stage 2 and its base.
-
-``auto`` chooses alpha in :data:`AUTO_GRID` by the dev rows' noisy -> anchor retrieval error.
-"""
+"""WiSE-FT at export: ``alpha * base + (1 - alpha) * adapted`` embedding weights of a stage 2 and its base
+(``auto``: the alpha of :data:`AUTO_GRID` with the lowest dev noisy -> anchor retrieval error)."""
 import csv
 import pathlib
 
