@@ -1,10 +1,6 @@
-"""The short verification table (and one EER-vs-SNR figure of its systems) printed after training.
+"""The short verification table and one EER-vs-SNR figure of its systems, printed after training.
 
-Each system (a stage folder) is exported once to SpeechBrain's inference format,
-reloaded through ``EncoderClassifier`` (so the table measures exactly what
-users will download), and scored on the prepared trials: clean, and each
-evaluation noise type at ``eval_snrs``. The full grid lives in
-``hparams/verify.yaml`` / :mod:`anchor_reg.evaluate`.
+Each stage is exported once and scored as users will load it; the full grid is hparams/verify.yaml's.
 """
 import logging
 import pathlib
@@ -21,76 +17,52 @@ logger = logging.getLogger(__name__)
 
 def evaluate_stage(stage_folder, prep_folder, out_folder, *, system_name, noise_types, snrs,
                    batch_size=16, device="cpu", with_reverb=False, seed=1234):
-    """Exports a stage folder once into ``out_folder/export``, evaluating the export before its model card is written.
-
-    An inference model folder (a base model: ``hyperparams.yaml`` and
-    ``embedding_model.ckpt``, no ``save/``) is evaluated as it is.
-
-    Returns
-    -------
-    dict
-        :func:`anchor_reg.evaluate.evaluate_model`'s results (also in
-        ``out_folder/results.json`` and in the export's model card).
-    """
+    """Exports a stage into ``out_folder/export`` and evaluates it before its card is written; returns the results.
+    An inference folder (no ``save/``: a hub or folder base) is evaluated as it is."""
     prep, out = pathlib.Path(prep_folder), pathlib.Path(out_folder)
-    conditions = [c.name for c in default_conditions(noise_types, snrs, reverb=with_reverb)]
     measured = {}
 
-    def evaluate(export_folder):
+    def evaluate(model_folder):
         measured["results"] = evaluate_model(
-            load_encoder(export_folder, device),
-            enrol_csv=prep / "enrol.csv",
-            test_csv=prep / "test.csv",
-            trials=prep / "trials.txt",
-            noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in noise_types},
-            rir_csv=prep / "eval_rir.csv",
-            snrs=snrs,
-            conditions=conditions,
-            batch_size=batch_size,
-            seed=seed,
-            output_folder=out,
+            load_encoder(model_folder, device), enrol_csv=prep / "enrol.csv", test_csv=prep / "test.csv",
+            trials=prep / "trials.txt", noise_csvs={kind: prep / f"eval_{kind}.csv" for kind in noise_types},
+            rir_csv=prep / "eval_rir.csv", snrs=snrs, batch_size=batch_size, seed=seed, output_folder=out,
             system_name=system_name,
+            conditions=[c.name for c in default_conditions(noise_types, snrs, reverb=with_reverb)],
         )
         return measured["results"]
 
-    if not (pathlib.Path(stage_folder) / "save").is_dir():  # an inference folder (a hub or folder base)
+    if not (pathlib.Path(stage_folder) / "save").is_dir():
         return evaluate(pathlib.Path(stage_folder))
     export_model(stage_folder, out / "export", evaluate=evaluate)
     return measured["results"]
 
 
 def verification_table(results_by_system, noise_types, snrs):
-    """Markdown table: one row per system, EER (%) clean and per noise type/SNR."""
+    """Markdown table: one row per system, EER (%) clean, per noise type/SNR and their mean."""
     columns = [c.name for c in default_conditions(noise_types, snrs, reverb=False)]
     rows = []
     for name, results in results_by_system.items():
         eers = [results["conditions"][c]["EER"] for c in columns]
-        noisy = eers[1:]
-        mean_noisy = sum(noisy) / len(noisy) if noisy else float("nan")
+        mean_noisy = sum(eers[1:]) / len(eers[1:]) if len(eers) > 1 else float("nan")
         rows.append([name, *(f"{e:.2f}" for e in eers), f"{mean_noisy:.2f}"])
     table = markdown_table(["system", *columns, "mean noisy"], rows)
     return table + "\n\nEER (%) on the prepared trials; noisy = test side corrupted.\n"
 
 
 def verification_report(hparams, systems, device="cpu"):
-    """Evaluates each ``{name: stage_folder}``; returns the Markdown table and the EER-vs-SNR figure's path.
-
-    Results go to ``<output_folder>/verification/<name>/``; the table is also
-    written to ``<output_folder>/verification/table.md``, and one figure draws
-    every system's EER against SNR (``<output_folder>/verification/eer_vs_snr.png``).
-    """
+    """Evaluates each ``{name: stage_folder}`` into ``<output_folder>/verification/``; returns the table and the
+    path of the EER-vs-SNR figure that draws every system."""
     out_root = pathlib.Path(hparams["output_folder"]) / "verification"
     results = {}
     for name, stage_folder in systems.items():
-        slug = name.split(" ")[0].replace("/", "_")
         logger.info("verification: evaluating %s (%s)", name, stage_folder)
         results[name] = evaluate_stage(
-            stage_folder, hparams["prep_folder"], out_root / slug,
+            stage_folder, hparams["prep_folder"], out_root / name.split(" ")[0].replace("/", "_"),
             system_name=name, noise_types=hparams["eval_noise_types"], snrs=hparams["eval_snrs"],
             batch_size=hparams["eval_batch_size"], device=device, seed=hparams["data_seed"],
         )
     table = verification_table(results, hparams["eval_noise_types"], hparams["eval_snrs"])
     write_text_atomic(out_root / "table.md", table)
-    figure = out_root / "eer_vs_snr.png"
-    plot_eer_vs_snr({name: [result] for name, result in results.items()}, figure)
+    figure = plot_eer_vs_snr({name: [result] for name, result in results.items()}, out_root / "eer_vs_snr.png")
     return table, figure

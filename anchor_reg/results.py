@@ -1,9 +1,6 @@
-"""Evaluation results on disk: ``results.json`` and ``results.md`` of one system.
+"""Evaluation results on disk (``results.json``, ``results.md``) and the one writer of results tables.
 
-A results dict is ``{"system": str, "settings": {...}, "min_dcf_definition":
-str, "conditions": {name: {"EER": %, "minDCF": ..., ...}}}`` (see
-:func:`anchor_reg.evaluate.evaluate_model`). :func:`load_results` is the one
-reader used by comparison, plots and the model card.
+A results dict is ``{"system", "settings", "min_dcf_definition", "conditions": {name: {"EER": %, "minDCF", ...}}}``.
 """
 import json
 import pathlib
@@ -24,22 +21,12 @@ def write_results(results, output_folder):
 
 
 def load_results(item):
-    """A results dict from a dict, a ``results.json`` path or a folder holding one.
-
-    Each condition's metrics are named ``EER`` / ``minDCF`` (``eer_percent`` /
-    ``min_dcf`` are accepted and renamed); every condition must have a numeric EER.
-
-    Raises
-    ------
-    ResultsError
-        Naming the file: missing, not JSON, or not shaped like results.
-    """
-    source = "results"
-    results = item
+    """A results dict from a dict, a ``results.json`` or its folder, metrics renamed (:data:`METRIC_ALIASES`) and
+    first; ResultsError names the file that is missing, not JSON, or has a condition without a numeric EER."""
+    source, results = "results", item
     if not isinstance(item, dict):
         path = pathlib.Path(item)
-        if path.is_dir():
-            path = path / "results.json"
+        path = path / "results.json" if path.is_dir() else path
         source = str(path)
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
@@ -47,42 +34,26 @@ def load_results(item):
             raise ResultsError(f"cannot read results file {path}: {one_line(err, None)}") from err
     conditions = results.get("conditions") if isinstance(results, dict) else None
     if not isinstance(conditions, dict) or not conditions:
-        raise ResultsError(
-            f'{source} must look like {{"system": ..., "conditions": '
-            '{condition: {"EER": ..., "minDCF": ...}}}'
-        )
+        raise ResultsError(f'{source} must look like {{"system": ..., "conditions": '
+                           '{condition: {"EER": ..., "minDCF": ...}}}')
+    aliases = {alias for names in METRIC_ALIASES.values() for alias in names}
     rows = {}
     for condition, metrics in conditions.items():
-        rows[condition] = _canonical_names(metrics) if isinstance(metrics, dict) else {}
-        if not isinstance(rows[condition].get("EER"), (int, float)):
+        metrics = metrics if isinstance(metrics, dict) else {}
+        row = {}
+        for name, names in METRIC_ALIASES.items():
+            found = [metrics[alias] for alias in names if metrics.get(alias) is not None]
+            if found:
+                row[name] = found[0]
+        rows[condition] = {**row, **{key: value for key, value in metrics.items() if key not in aliases}}
+        if not isinstance(row.get("EER"), (int, float)):
             raise ResultsError(f"{source}: condition {condition!r} has no EER")
     return {**results, "conditions": rows}
 
 
-def _canonical_names(metrics):
-    """A condition entry with its metrics under their canonical names, first."""
-    aliases = {alias for names in METRIC_ALIASES.values() for alias in names}
-    row = {}
-    for name, names in METRIC_ALIASES.items():
-        found = [metrics[alias] for alias in names if metrics.get(alias) is not None]
-        if found:
-            row[name] = found[0]
-    row.update((key, value) for key, value in metrics.items() if key not in aliases)
-    return row
-
-
 def markdown_table(header, rows):
-    """The one writer of results tables: a Markdown table, first column left-aligned, the others right.
+    """The one writer of results tables: Markdown, first column left-aligned, the others right.
 
-    Arguments
-    ---------
-    header : list of str
-        Column titles.
-    rows : iterable of list
-        Cells of each row (formatted already; anything else is ``str()``-ed).
-
-    Example
-    -------
     >>> print(markdown_table(["system", "EER (%)"], [["base", "4.20"]]))
     | system | EER (%) |
     |---|---:|
@@ -93,23 +64,19 @@ def markdown_table(header, rows):
 
 
 def results_table(results):
-    """Markdown table of one system: a row per condition, EER % and minDCF."""
-    rows = [
-        [name, f"{cond['EER']:.2f}", f"{cond['minDCF']:.4f}", cond["n_trials"], f"{cond['geometry']['drift']:.4f}"]
-        for name, cond in results["conditions"].items()
-    ]
+    """Markdown page of one system: a row per condition, EER %, minDCF, trials and drift."""
+    rows = [[name, f"{cond['EER']:.2f}", f"{cond['minDCF']:.4f}", cond["n_trials"], f"{cond['geometry']['drift']:.4f}"]
+            for name, cond in results["conditions"].items()]
     settings = results["settings"]
-    lines = [
+    return "\n".join([
         f"# {results['system']}: speaker verification per condition",
         "",
         markdown_table(["Condition", "EER (%)", "minDCF", "Trials", "Drift"], rows),
         "",
-        f"Corrupted side: {settings['corrupt']}; score normalisation: "
-        f"{settings['norm'] or 'none'}; seed {settings['seed']}.",
+        f"Corrupted side: {settings['corrupt']}; score normalisation: {settings['norm'] or 'none'}; "
+        f"seed {settings['seed']}.",
         "",
-        f"EER is the equal error rate; {MIN_DCF_NOTE} Drift is the mean "
-        "1 - cos between clean and corrupted embeddings of the corrupted-side "
-        "utterances.",
+        f"EER is the equal error rate; {MIN_DCF_NOTE} Drift is the mean 1 - cos between clean and corrupted "
+        "embeddings of the corrupted-side utterances.",
         "",
-    ]
-    return "\n".join(lines)
+    ])

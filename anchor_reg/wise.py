@@ -1,16 +1,5 @@
-"""WiSE-FT at export: the adapted stage's embedding model interpolated with its base's.
-
-``python -m anchor_reg.export STAGE OUT --wise_alpha=A`` writes
-``A * base + (1 - A) * adapted`` (:func:`anchor_reg.forgetting.interpolate_weights`)
-as the export's embedding model; the base is the one the stage recorded
-(``base_model``, or its stage 1's best checkpoint) and must still have the
-fingerprint the stage was trained from. ``--wise_alpha=auto`` chooses A in
-:data:`AUTO_GRID` by the label-free dev criterion (:mod:`anchor_reg.retrieval`):
-the noisy -> anchor retrieval error of the stage's dev rows (their fixed noisy
-copies against ``dev_anchors.pt``); ties go to the larger A (closer to the base,
-the safer side against forgetting). The normaliser and the classifier stay the
-adapted stage's.
-"""
+"""WiSE-FT at export: ``alpha * base + (1 - alpha) * adapted`` embedding weights of a stage 2 and its base
+(``auto``: the alpha of :data:`AUTO_GRID` with the lowest dev noisy -> anchor retrieval error)."""
 import csv
 import pathlib
 
@@ -29,7 +18,7 @@ AUTO_GRID = (0.0, 0.25, 0.5, 0.75)
 
 
 def parse_alpha(text):
-    """``auto`` or a number in [0, 1] (the command line's ``--wise_alpha``)."""
+    """``auto`` or a number in [0, 1] (the command line's ``--wise_alpha``); WiseError otherwise."""
     if text == "auto":
         return text
     try:
@@ -42,19 +31,7 @@ def parse_alpha(text):
 
 
 def base_embedding_state(tree, checkpoint):
-    """The ``state_dict`` of the embedding model of the base the stage recorded.
-
-    Read from the folder stage 2 loaded its base from (SpeechBrain's savedir of
-    ``base_model``, :func:`anchor_reg.model_folder.savedir_of`); a folder whose
-    fingerprint is not the one the stage recorded is refused.
-
-    Arguments
-    ---------
-    tree : mapping
-        The stage's resolved training YAML.
-    checkpoint : pathlib.Path
-        The exported checkpoint (its ``provenance.ckpt`` names the base's fingerprint).
-    """
+    """The embedding ``state_dict`` of the base in stage 2's savedir; WiseError if it lacks the recorded fingerprint."""
     if tree.get("stage") != "stage2" or tree.get("base_model") is None:
         raise WiseError(f"--wise_alpha interpolates a stage 2 with its base; this stage is {tree.get('stage')}")
     folder = savedir_of(str(tree["base_model"]), pathlib.Path(str(tree["pretrained_folder"])))
@@ -69,17 +46,8 @@ def base_embedding_state(tree, checkpoint):
 
 
 def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRID):
-    """``{alpha: retrieval error}`` of the interpolated models on the stage's dev rows.
-
-    Arguments
-    ---------
-    tree : mapping
-        The stage's resolved training YAML (``prep_folder``, ``anchors``, noise keys).
-    encoder : speechbrain.inference.speaker.EncoderClassifier
-        The exported model; its embedding model's weights are replaced in turn.
-    base_state, adapted_state : dict
-        The embedding model's weights.
-    """
+    """``{alpha: retrieval error}`` of the interpolated weights loaded in turn into ``encoder`` (an
+    EncoderClassifier), on the stage's fixed noisy dev copies against ``dev_anchors.pt``."""
     store_file = pathlib.Path(str(tree["anchors"])).parent / "dev_anchors.pt"
     if not store_file.is_file():
         raise WiseError(f"--wise_alpha=auto needs the dev rows' anchors {store_file} "
