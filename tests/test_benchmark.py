@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import random
-import statistics
 
 import pytest
 import speechbrain as sb
@@ -24,7 +23,7 @@ TINY = ["--channels", "16", "--batch_size", "2", "--crop", "0.5", "--eval_batch_
         "--store_rows", "3000", "--steps", "1"]
 TINY_SIZES = {"embed_utterances": 4, "utterance_seconds": (0.4, 1.0), "corpus_speakers": 5, "corpus_utterances": 3,
               "eval_speakers": 2, "loader_steps": 2, "lookups": 5, "eval_rounds": 2, "store_writes": 2,
-              "store_loads": 2}
+              "store_loads": 2, "throughput_rounds": 2}
 FIGURE_NAMES = {
     "anchor_term_overhead", "live_teacher_cost", "live_teacher_cost_noisy_only", "batched_embedding_speedup",
     "noisy_evaluation_cost", "data_wait_fraction", "anchor_store_memory", "anchor_store_save_ratio",
@@ -126,7 +125,8 @@ def test_figure_details_match_the_prepared_data(results):
     save = by_name["anchor_store_save_ratio"]["details"]  # both writes timed twice, in alternating order
     assert [len(save["times"][k]["times_s"]) for k in ("save", "raw")] == [2, 2]
     ratios = [a / b for a, b in zip(save["times"]["save"]["times_s"], save["times"]["raw"]["times_s"])]
-    assert by_name["anchor_store_save_ratio"]["value"] == pytest.approx(statistics.median(ratios))
+    # the centre of two log ratios is their middle Walsh average: the geometric mean of the two ratios
+    assert by_name["anchor_store_save_ratio"]["value"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
     loads = by_name["anchor_store_load_s"]
     assert len(loads["details"]["times_s"]) == 2 and loads["interval"]["coverage"] < spread.CONFIDENCE
     assert loads["verdict"] == "unresolved"  # two loads cannot hold the median at 90 %
@@ -200,17 +200,17 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
             assert int(work.store.row_speaker[row]) == int(bank_speakers[k])
     calls.clear()
     figures.bench_throughput(work, sizes)
-    # one warm-up round and max(2, steps // 2) = 2 timed rounds of stage 1, stage 2, joint
+    # one warm-up round and throughput_rounds = 2 timed rounds of stage 1, stage 2, joint
     assert sorted(calls) == sorted(["SpeakerBrain", "AnchorRegBrain", "JointBrain"] * 3)
 
 
 def test_replay_row_cost_is_the_extra_time_per_replay_row_over_the_time_per_training_row():
-    # B = 32 training rows at 25 ms each; R = 16 replay rows at k x 25 ms each, k = 1.0, 1.5, 0.8 per round
+    # B = 32 training rows at 25 ms each; R = 16 replay rows at k x 25 ms each
     row = 0.025
-    without = [32 * row, 32 * row * 1.1, 32 * row * 0.9]  # the load moves both variants of a round alike
-    with_replay = [t + 16 * k * t / 32 for t, k in zip(without, (1.0, 1.5, 0.8))]
-    timings = {"with_replay": {"times_s": with_replay}, "without_replay": {"times_s": without}}
-    assert figures.replay_row_costs(timings, batch_rows=32, replay_rows=16) == pytest.approx([1.0, 1.5, 0.8])
+    for k in (1.0, 1.5, 0.8):
+        without = 32 * row
+        with_replay = without + 16 * k * row
+        assert figures.replay_row_cost(with_replay / without, batch_rows=32, replay_rows=16) == pytest.approx(k)
 
 
 @pytest.mark.slow
@@ -239,8 +239,9 @@ def test_the_replay_figure_times_a_label_free_step_with_and_without_replay(tmp_p
     out = figures.bench_replay(work, sizes)
     assert calls == [2, 2]  # one warm-up and one timed step with replay (R = B = 2 rows); none without
     timings = out["details"]["timings"]
-    expected = figures.replay_row_costs(timings, batch_rows=2, replay_rows=2)
-    assert out["value"] == pytest.approx(expected[0]) and out["target"] == "<= 1.5"
+    (with_s,), (without_s,) = timings["with_replay"]["times_s"], timings["without_replay"]["times_s"]
+    # R = B: the replay rows' extra time over the time of the batch's rows
+    assert out["value"] == pytest.approx((with_s - without_s) / without_s) and out["target"] == "<= 1.5"
 
 
 def test_voxceleb2_ids_are_unique_and_shaped_like_voxceleb2():
@@ -292,22 +293,22 @@ def test_median_interval_coverage_is_the_binomial_count_of_samples_below_the_med
 
 
 def synthetic_timings(ratio, spread_fraction, rounds, seed, drift=0.0):
-    """Interleaved timings of A = ratio x B whose round ratios spread evenly over ratio x (1 +- spread_fraction).
+    """Interleaved timings of A = ratio x B whose round ratios spread evenly over ratio x exp(+- spread_fraction).
 
-    The rounds' ratios are the midpoints of ``rounds`` equal slices of that range, in an order shuffled by
-    ``seed``; B's times are random and ``drift`` makes every later round slower for both variants (a load
-    that rises), which the paired ratios cancel.
+    The rounds' log ratios are the midpoints of ``rounds`` equal slices of log(ratio) +- spread_fraction, in an
+    order shuffled by ``seed``; B's times are random and ``drift`` makes every later round slower for both
+    variants (a load that rises), which the paired ratios cancel.
     """
     rng = random.Random(seed)
     offsets = [spread_fraction * (2 * (i + 0.5) / rounds - 1) for i in range(rounds)]
     rng.shuffle(offsets)
     base = [0.8 * (1 + drift * i) * rng.uniform(0.7, 1.3) for i in range(rounds)]
-    return {"a": {"times_s": [b * ratio * (1 + o) for b, o in zip(base, offsets)]}, "b": {"times_s": base}}
+    return {"a": {"times_s": [b * ratio * math.exp(o) for b, o in zip(base, offsets)]}, "b": {"times_s": base}}
 
 
 @pytest.mark.parametrize("ratio, spread_fraction, expected", [
-    (1.00, 0.02, "PASS"),  # 1.00 +- 2 % clears <= 1.05
-    (1.12, 0.02, "FAIL"),  # 1.12 +- 2 % stays above it
+    (1.00, 0.02, "PASS"),  # 1.00 x exp(+- 2 %) clears <= 1.05
+    (1.12, 0.02, "FAIL"),  # 1.12 x exp(+- 2 %) stays above it
     (1.05, 0.03, "unresolved"),  # at the target
     (1.00, 0.15, "unresolved"),  # a spread wider than the distance to the target
 ])
@@ -315,14 +316,64 @@ def test_ratio_verdicts_on_synthetic_timings_of_known_spread(ratio, spread_fract
     for seed in range(5):  # in any order of the rounds, under a load that doubles the step time over the run
         timings = synthetic_timings(ratio, spread_fraction, rounds=8, seed=seed, drift=0.15)
         value, out = spread.ratio_figure_value(timings, "a", "b")
-        # 8 rounds: the 2nd smallest and 2nd largest ratios, the midpoints of slices 2 and 7 of 8
-        assert out["low"] == pytest.approx(ratio * (1 - 0.625 * spread_fraction))
-        assert out["high"] == pytest.approx(ratio * (1 + 0.625 * spread_fraction))
+        # 8 rounds: log ratios log(ratio) + s (2i - 7) / 8, i = 0..7; their Walsh averages are
+        # log(ratio) + s (i + j - 7) / 8, and at 90 % the 6th smallest and 6th largest of the 36
+        # (i + j = 3 and 11; test_centre_interval_of_hand_made_values): log(ratio) -+ s / 2
+        assert out["low"] == pytest.approx(ratio * math.exp(-spread_fraction / 2))
+        assert out["high"] == pytest.approx(ratio * math.exp(spread_fraction / 2))
         assert value == pytest.approx(ratio)
         assert spread.verdict("<=", 1.05, value, out) == expected, seed
     # four rounds never give a verdict, however clear
     value, out = spread.ratio_figure_value(synthetic_timings(1.0, 0.01, rounds=4, seed=0), "a", "b")
     assert spread.verdict("<=", 1.05, value, out) == "unresolved"
+
+
+def test_signed_rank_coverage_is_the_count_of_sign_patterns_with_a_small_positive_rank_sum():
+    # the k-th smallest and k-th largest Walsh averages miss the centre exactly when the ranks of the samples
+    # above it (or below it) sum to less than k: count those of the 2^n equally likely sign patterns
+    for n in range(1, 11):
+        sums = [sum(rank for rank, up in zip(range(1, n + 1), p) if up) for p in itertools.product((0, 1), repeat=n)]
+        for k in range(1, n * (n + 1) // 4 + 1):
+            misses = sum(s < k for s in sums) + sum(n * (n + 1) // 2 - s < k for s in sums)
+            assert spread.signed_rank_coverage(n, k) == pytest.approx(1 - misses / 2**n)
+
+
+def test_centre_interval_of_hand_made_values():
+    # 0..7: the 36 Walsh averages are (i + j) / 2, i <= j; sums 0, 1, 2, 2, 3, 3, ... : the 6th smallest is 3 / 2,
+    # the 6th largest 11 / 2, the 18th and 19th both 7 / 2. At 90 %: n = 8 needs P(T <= 5) = 10 / 256 per side
+    centre, out = spread.centre_interval([5.0, 0.0, 7.0, 2.0, 1.0, 6.0, 3.0, 4.0])
+    assert (centre, out["low"], out["high"], out["samples"]) == (3.5, 1.5, 5.5, 8)
+    assert out["coverage"] == pytest.approx(1 - 2 * 10 / 256)
+    # five values: only the extreme pair covers 90 % (1 - 2 / 32); four never do (1 - 2 / 16). The 15 Walsh
+    # averages of 0, 1, 2, 3, 10: 0, .5, 1, 1, 1.5, 1.5, 2, 2, 2.5, 3, 5, 5.5, 6, 6.5, 10 (the outlier moves 5 of them)
+    centre, out = spread.centre_interval([0.0, 1.0, 10.0, 3.0, 2.0])
+    assert (centre, out["low"], out["high"], out["coverage"]) == (2.0, 0.0, 10.0, 1 - 2 / 32)
+    assert spread.centre_interval([0.0, 1.0, 2.0, 3.0])[1]["coverage"] == 1 - 2 / 16
+    # a ratio figure is that of the log ratios, exponentiated: ratios e^0.00 .. e^0.07 give e^0.035 [e^0.015, e^0.055]
+    timings = {"a": {"times_s": [0.5 * math.exp(0.01 * k) for k in (5, 0, 7, 2, 1, 6, 3, 4)]},
+               "b": {"times_s": [0.5] * 8}}
+    value, out = spread.ratio_figure_value(timings, "a", "b")
+    assert value == pytest.approx(math.exp(0.035))
+    assert (out["low"], out["high"]) == (pytest.approx(math.exp(0.015)), pytest.approx(math.exp(0.055)))
+    # an increasing function of the ratio (a cost per row) carries its interval along
+    cost, moved = spread.transformed(value, out, lambda ratio: (ratio - 1) * 2)
+    expected = (2 * (value - 1), 2 * (out["low"] - 1), 2 * (out["high"] - 1))
+    assert (cost, moved["low"], moved["high"]) == pytest.approx(expected)
+    assert moved["coverage"] == out["coverage"] and moved["samples"] == 8
+
+
+def test_ratio_interval_holds_the_true_ratio_as_often_as_it_claims():
+    rng = random.Random(4)
+    for n in (5, 8, 16):
+        hits, coverage = 0, None
+        for _ in range(3000):  # each variant's step times skewed alike (log-normal noise), true ratio 1.2
+            timings = {"a": {"times_s": [1.2 * math.exp(rng.gauss(0, 0.05)) for _ in range(n)]},
+                       "b": {"times_s": [math.exp(rng.gauss(0, 0.05)) for _ in range(n)]}}
+            out = spread.ratio_figure_value(timings, "a", "b")[1]
+            hits += out["low"] <= 1.2 <= out["high"]
+            coverage = out["coverage"]
+        assert coverage >= spread.CONFIDENCE
+        assert hits / 3000 == pytest.approx(coverage, abs=0.02), n
 
 
 def test_median_interval_holds_the_true_median_as_often_as_it_claims():

@@ -35,13 +35,17 @@ the modules, Augmenter and objectives of ``hparams/stage1.yaml``,
 ``stage2.yaml`` and ``joint.yaml``; embeddings and evaluation are
 :func:`anchor_reg.evaluate.embed_utterances` / :func:`anchor_reg.evaluate.evaluate_model`.
 Timed variants alternate (A B, B A, ...), each round seeded alike; a ratio
-figure is the median of the rounds' ratios (a round's two variants share the
-load of their moment), a time the median of its repeats. Each comes with an
-interval of at least 90 % coverage (:mod:`~anchor_reg.benchmark.spread`), and
-its verdict is PASS or FAIL only when the whole interval lies on one side of
-the target, "unresolved" otherwise. The interval holds the spread within the
-run; CPU timings also move with whatever else runs on the machine (the table
-prints the load average), so compare figures from quiet runs. Memory is
+figure is the Hodges-Lehmann centre of the rounds' log ratios (a round's two
+variants share the load of their moment and see the same kind of noise, so a
+round's log ratio is symmetric about the true one), with the Wilcoxon
+signed-rank interval; a time is the median of its repeats, with an interval of
+order statistics. Quick mode times 16 rounds of each step-time ratio (figures
+1, 2, 9 and 10). Every interval covers at least 90 %
+(:mod:`~anchor_reg.benchmark.spread`), and a figure's verdict is PASS or FAIL
+only when the whole interval lies on one side of the target, "unresolved"
+otherwise. The interval holds the spread within the run; CPU timings also
+move with whatever else runs on the machine (the table prints the load
+average), so compare figures from quiet runs. Memory is
 compared in fresh subprocesses (peak RSS on CPU, ``max_memory_allocated`` on
 GPU); those figures are byte counts, judged on their value.
 

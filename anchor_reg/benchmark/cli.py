@@ -17,7 +17,8 @@ from anchor_reg.benchmark.spread import CONFIDENCE, UNRESOLVED
 from anchor_reg.benchmark.workload import VOXCELEB2_ROWS, VOXCELEB2_SPEAKERS, Workload, prepare
 
 QUICK = {
-    "steps": 8,  # timed training steps per variant, interleaved rounds (figures 1, 2, 9; half for 8)
+    "steps": 16,  # interleaved rounds of the step-time ratio figures (1, 2, 9, 10): timed steps per variant
+    "throughput_rounds": 4,  # interleaved rounds of figure 8
     "eval_rounds": 5,  # interleaved rounds of figures 3 and 4
     "embed_utterances": 24,  # figure 3
     "utterance_seconds": (2.0, 6.0),
@@ -30,8 +31,8 @@ QUICK = {
     "store_loads": 7,
     "lookups": 100,
 }
-FULL = dict(QUICK, steps=12, eval_rounds=7, embed_utterances=64, utterance_seconds=(4.0, 12.0), corpus_speakers=60,
-            corpus_utterances=8, eval_speakers=10, loader_steps=12, lookups=500)
+FULL = dict(QUICK, steps=24, throughput_rounds=6, eval_rounds=7, embed_utterances=64, utterance_seconds=(4.0, 12.0),
+            corpus_speakers=60, corpus_utterances=8, eval_speakers=10, loader_steps=12, lookups=500)
 VERDICT_COUNTS = {"passed": "PASS", "failed": "FAIL", "unresolved": UNRESOLVED}  # results key -> verdict counted
 
 

@@ -22,7 +22,7 @@ import torch
 
 import anchor_reg
 from anchor_reg.anchors import AnchorStore
-from anchor_reg.benchmark.spread import bootstrap_interval, median_interval, paired_ratios, ratio_figure_value, verdict
+from anchor_reg.benchmark.spread import bootstrap_interval, median_interval, ratio_figure_value, transformed, verdict
 from anchor_reg.benchmark.timing import (MMAP_THRESHOLD, cpu_peak, interleaved, mapped_file, memory_counters,
                                          private_bytes, timed)
 from anchor_reg.benchmark.workload import EMB_DIM, LiveTeacher, Workload, random_store, rows_through_network, voxceleb2_ids
@@ -91,7 +91,7 @@ def bench_anchor_term(work, sizes):
     alone = interleaved({"anchor_term": anchor_term_alone}, max(20, sizes["steps"]), work.device)["anchor_term"]
     return figure(
         "anchor_term_overhead", ratio, "stage-2 step time (fit_batch), with / without the anchor term, "
-        "median of the paired rounds", interval, rows_through_net=rows, store_rows=len(work.store),
+        "centre of the paired rounds' ratios", interval, rows_through_net=rows, store_rows=len(work.store),
         ratio_of_medians=timings["with_anchor"]["median_s"] / timings["without_anchor"]["median_s"],
         anchor_term_alone_ms=1000 * alone["median_s"],
         anchor_term_alone_over_step=alone["median_s"] / timings["without_anchor"]["median_s"], timings=timings,
@@ -130,7 +130,7 @@ def bench_contrastive_term(work, sizes):
     return figure(
         "contrastive_term_overhead", ratio,
         f"stage-2 step time (fit_batch), contrastive anchor term (K={loss.num_negatives}) / no anchor term, "
-        "median of the paired rounds", interval,
+        "centre of the paired rounds' ratios", interval,
         negatives=loss.num_negatives, rows_through_net=rows, store_rows=len(work.store),
         ratio_of_medians=timings["contrastive"]["median_s"] / timings["without_anchor"]["median_s"],
         contrastive_term_alone_ms=1000 * alone["median_s"],
@@ -170,7 +170,7 @@ def bench_live_teacher(work, sizes):
     return [
         figure(
             "live_teacher_cost", description="stage-2 step time, live teacher (frozen copy re-embeds the clean "
-            "crop) / fixed anchors, median of the paired rounds", **results["clean_and_noisy"],
+            "crop) / fixed anchors, centre of the paired rounds' ratios", **results["clean_and_noisy"],
         ),
         figure(
             "live_teacher_cost_noisy_only",
@@ -217,7 +217,8 @@ def bench_batched_embedding(work, sizes):
     speedup, interval = ratio_figure_value(timings, "one_at_a_time", "batched")
     return figure(
         "batched_embedding_speedup", speedup,
-        "evaluation embeddings: one utterance at a time / length-sorted batches (time), median of the paired rounds",
+        "evaluation embeddings: one utterance at a time / length-sorted batches (time), "
+        "centre of the paired rounds' ratios",
         interval,
         utterances=len(ids), batch_size=batch_size, seconds_min=round(min(lengths), 2),
         seconds_max=round(max(lengths), 2), seconds_total=round(sum(lengths), 1),
@@ -230,7 +231,7 @@ def bench_batched_embedding(work, sizes):
 def bench_noisy_evaluation(work, sizes):
     """Figure 4: ``evaluate_model`` on the prepared trials with all 17 conditions / 17 x a clean-only call.
 
-    Timed in ``eval_rounds`` interleaved rounds; the figure is the median of the rounds' ratios.
+    Timed in ``eval_rounds`` interleaved rounds; the figure is the centre of the rounds' ratios over 17.
     """
     encoder = work.encoder()
     prep = work.prep_folder
@@ -249,11 +250,13 @@ def bench_noisy_evaluation(work, sizes):
     timings = interleaved({"clean_only": lambda: run(["clean"]), "all_conditions": lambda: run(all_conditions)},
                           sizes["eval_rounds"], work.device, warmup=0)
     n_conditions = max(counts)
-    ratios = [r / n_conditions for r in paired_ratios(timings, "all_conditions", "clean_only")]
+    cost, interval = transformed(*ratio_figure_value(timings, "all_conditions", "clean_only"),
+                                 lambda ratio: ratio / n_conditions)
     return figure(
-        "noisy_evaluation_cost", statistics.median(ratios),
-        f"evaluate_model time, {n_conditions} conditions / ({n_conditions} x clean only), median of the paired rounds",
-        median_interval(ratios),
+        "noisy_evaluation_cost", cost,
+        f"evaluate_model time, {n_conditions} conditions / ({n_conditions} x clean only), "
+        "centre of the paired rounds' ratios",
+        interval,
         conditions=n_conditions, utterances=counts[n_conditions]["n_utterances"],
         corrupted_utterances=counts[n_conditions]["n_corrupted_utterances"],
         all_over_clean=timings["all_conditions"]["median_s"] / timings["clean_only"]["median_s"], timings=timings,
@@ -365,7 +368,7 @@ def bench_anchor_store(work, sizes, batch=512):
                f"AnchorStore.nbytes / raw (N x {EMB_DIM} x 4 B), N = {num_rows:,}", **details),
         figure("anchor_store_save_ratio", save_ratio,
                "AnchorStore.save (atomic temp file + rename) / one plain write of the same arrays, "
-               f"median of {sizes['store_writes']} paired rounds", save_interval,
+               f"centre of {sizes['store_writes']} paired rounds' ratios", save_interval,
                rows=num_rows, file_bytes=file_bytes, save_s=writes["save"]["median_s"],
                raw_write_s=writes["raw"]["median_s"], times=writes),
         figure("anchor_store_load_s", statistics.median(load_times),
@@ -524,7 +527,7 @@ def bench_throughput(work, sizes):
     """
     brains = {"stage1": work.stage1_brain(), "stage2": work.stage2, "joint": work.joint_brain()}
     timings = interleaved({name: (lambda b=b: b.fit_batch(work.batch)) for name, b in brains.items()},
-                          max(2, sizes["steps"] // 2), work.device, seed=SEED)
+                          sizes["throughput_rounds"], work.device, seed=SEED)
     size = len(work.batch.id)
     figures = []
     for name in brains:
@@ -536,9 +539,9 @@ def bench_throughput(work, sizes):
     return figures
 
 
-def replay_row_costs(timings, batch_rows, replay_rows):
-    """Per interleaved round: ``((t_with - t_without) / replay_rows) / (t_without / batch_rows)``."""
-    return [(ratio - 1) * batch_rows / replay_rows for ratio in paired_ratios(timings, "with_replay", "without_replay")]
+def replay_row_cost(step_ratio, batch_rows, replay_rows):
+    """``((t_with - t_without) / replay_rows) / (t_without / batch_rows)`` of a step-time ratio t_with / t_without."""
+    return (step_ratio - 1) * batch_rows / replay_rows
 
 
 def bench_replay(work, sizes):
@@ -547,7 +550,8 @@ def bench_replay(work, sizes):
     The label-free step (``supervision: none``, pull to the fixed anchors) of
     the batch's B rows, timed with ``replay_rows`` R = B (each step also draws R
     replay rows, augments them alike and pulls them to their own anchors) and
-    without replay, interleaved. Per round, the figure is
+    without replay, interleaved. Of the step-time ratio (the centre of the
+    rounds' ratios, as every ratio figure's), the figure is
     ``((t_with - t_without) / R) / (t_without / B)``: the time of one more
     replay row over the time of one training row; 1 when a replay row costs
     what a training row does (the replay rows go through their own forward pass).
@@ -562,15 +566,16 @@ def bench_replay(work, sizes):
         work.device,
         seed=SEED,
     )
-    costs = replay_row_costs(timings, rows, replay_rows)
+    step_ratio, step_interval = ratio_figure_value(timings, "with_replay", "without_replay")
+    cost, interval = transformed(step_ratio, step_interval, lambda ratio: replay_row_cost(ratio, rows, replay_rows))
     replay_drawn = with_replay.replay.draw(with_replay.hparams.epoch_counter.current, with_replay.step)
     return figure(
-        "replay_row_cost", statistics.median(costs),
+        "replay_row_cost", cost,
         "label-free stage-2 step: time per replay row added / time per training row (R = B replay rows), "
-        "median of the paired rounds", median_interval(costs),
+        "of the centre of the paired rounds' ratios", interval,
         batch_rows=rows, replay_rows=replay_rows, replay_rows_drawn=len(replay_drawn.id),
         rows_through_net=rows_through_network(without_replay, batch),
-        step_ratio=statistics.median(paired_ratios(timings, "with_replay", "without_replay")),
+        step_ratio=step_ratio,
         replay_terms=sorted(with_replay.loss_terms), plain_terms=sorted(without_replay.loss_terms), timings=timings,
     )
 
