@@ -1,25 +1,32 @@
-"""The whole chain as numbered steps that hand over files::
+"""The chain as numbered steps that hand over files::
 
     python -m anchor_reg.pipeline hparams/stage2.yaml [--key=value ...]
 
     step 1  prepare   data folders                  -> <prep_folder>/train.csv, trials.txt, noise lists (always)
-    step 2  stage 1   train.csv                     -> <output_root>/stage1/   (skipped with --base_model=...)
+    step 2  stage 1   train.csv                     -> <output_root>/stage1/   (when base_model is that folder)
     step 3  anchors   base model + train.csv        -> <anchors> (anchors.pt)
-    step 4  stage 2   base + anchors + train.csv    -> <output_root>/stage2/
-    step 5  verify    base + stage 2                -> <stage 2>/verification/table.md, eer_vs_snr.png
+    step 4  stage 2   base + anchors + train.csv    -> <output_folder> (<output_root>/stage2/)
+    step 5  verify    base + stage 2                -> <output_folder>/verification/table.md, eer_vs_snr.png
 
-Step 1 always runs: the preparation itself reuses what it wrote when the
-folders and options are unchanged, and the training CSV it leaves is an input
-of every later step. Steps 2 and 4 are ``train.py`` (the recipe's, beside the YAML's folder) on
-``stage1.yaml`` (beside ``stage2.yaml``) and ``stage2.yaml``; each override
-reaches every step whose YAML has the key. A step writes ``step.json`` beside
-its outputs: the digests of its inputs (and a stage's settings). It is skipped
-when its outputs exist and that record matches; it runs otherwise (an
-interrupted stage resumes from its checkpoints). A finished stage asked to
-train with other settings or on other data is kept as it is and the run stops,
-naming what differs.
+A YAML runs the steps that lead to its stage: ``stage2.yaml`` all five;
+``stage1.yaml`` or ``joint.yaml`` (a stage without a base) steps 1, 2 (its own
+stage) and 5. Step 1 always runs: the preparation itself reuses what it wrote
+when the folders and options are unchanged, and the training CSV it leaves is
+an input of every later step. The training steps are ``train.py`` (the
+recipe's, beside the YAML's folder) on ``stage1.yaml`` (beside
+``stage2.yaml``) and the YAML given; each override reaches every step whose
+YAML has the key. A step writes ``step.json`` beside its outputs: the digests
+of its inputs (and a stage's settings). It is skipped when its outputs exist
+and that record matches; it runs otherwise (an interrupted stage resumes from
+its checkpoints). A finished stage asked to train with other settings or on
+other data is kept as it is and the run stops, naming what differs. Steps that
+later runs share (the prepared data, a base's anchors) hold a lock of their
+folder, waited for: runs started together (an experiment's parallel jobs)
+make them once, and the later ones reuse them.
 """
+import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import json
 import logging
@@ -28,6 +35,7 @@ import sys
 
 import speechbrain as sb
 from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.distributed import if_main_process
 
 from anchor_reg.anchors import AnchorStore, checkpoint_fingerprint
 from anchor_reg.atomic import write_text_atomic
@@ -35,7 +43,7 @@ from anchor_reg.base import check_trained_on, load_base
 from anchor_reg.model_folder import savedir_of
 from anchor_reg.stage_data import anchor_stores
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
-from anchor_reg.config import ConfigError, keys_of, parse_overrides, plain_values, resolve
+from anchor_reg.config import ConfigError, check_writable, keys_of, parse_overrides, plain_values, resolve
 from anchor_reg.epoch_counter import stops_under
 from anchor_reg.provenance import ProvenanceError, rows_digest
 from anchor_reg.report import verification_report
@@ -80,7 +88,8 @@ class Step:
         """Whether the outputs exist and were made from these inputs."""
         if not all(pathlib.Path(path).exists() for path in self.outputs) or not self.record.is_file():
             return False
-        return json.loads(self.record.read_text(encoding="utf-8"))["inputs"] == self.inputs
+        recorded = json.loads(self.record.read_text(encoding="utf-8"))["inputs"]
+        return recorded == json.loads(json.dumps(self.inputs))  # as recorded: tuples read back as lists
 
     def __call__(self):
         """Skips the step when done; refuses a finished stage made otherwise; else runs it and records its inputs."""
@@ -149,68 +158,91 @@ def recipe_script(hparams_file):
     return module
 
 
+@contextlib.contextmanager
+def shared_step(folder, key):
+    """Holds ``<folder>/.step.lock`` (an exclusive ``flock``, waited for) on the main process: a step whose
+    outputs several runs read is made by one of them; the others wait, then reuse it."""
+    if not if_main_process():  # the other ranks are the same run
+        yield
+        return
+    check_writable(folder, key=key)
+    with open(pathlib.Path(folder) / ".step.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run(hparams_file, overrides, run_opts, script=None):
-    """Runs the five steps for ``hparams_file`` (a stage-2 YAML); returns the verification table and figure."""
+    """Runs the steps that lead to the stage ``hparams_file`` names; returns the verification table and figure
+    (None, None without ``evaluate_after_training``)."""
     hparams_file = pathlib.Path(hparams_file)
-    stage1_file = hparams_file.with_name("stage1.yaml")
-    own = {key: value for key, value in overrides.items() if key in keys_of(hparams_file)}
-    stage1_own = {key: value for key, value in overrides.items() if key in keys_of(stage1_file)}
+    keys = keys_of(hparams_file)
+    stage1_file = hparams_file.with_name("stage1.yaml") if "base_model" in keys else None  # a stage with a base
+    own = {key: value for key, value in overrides.items() if key in keys}
+    stage1_own = {key: value for key, value in overrides.items() if stage1_file and key in keys_of(stage1_file)}
     unknown = sorted(set(overrides) - set(own) - set(stage1_own))
     if unknown:
         raise ConfigError(f"{hparams_file}: unknown key(s) {unknown} in the overrides (keys of none of the steps)")
     values = plain_values(resolve(hparams_file, own))  # every key of every step checked before any work
-    stage1 = plain_values(resolve(stage1_file, stage1_own))
-    with_stage1 = pathlib.Path(values["base_model"]).resolve() == pathlib.Path(stage1["output_folder"]).resolve()
+    stage1 = plain_values(resolve(stage1_file, stage1_own)) if stage1_file else None
     script = script or recipe_script(hparams_file)
-    prep = values["prep_folder"]
 
-    logger.info("step 1 prepare: %s (reuses what it wrote when the data and its options are unchanged)", prep)
-    script.prepare(values)
+    logger.info("step 1 prepare: %s (reuses what it wrote when the data and its options are unchanged)",
+                values["prep_folder"])
+    with shared_step(values["prep_folder"], "prep_folder"):
+        script.prepare(values)
     ids, speakers = script.training_rows(values)
     digest = rows_digest(ids, speakers)
-    if with_stage1:
-        folder = pathlib.Path(stage1["output_folder"])
-        Step(2, "stage 1", folder, {"stage": "stage1", "settings": settings(stage1), "train.csv": digest},
-             [folder / "hyperparams.yaml"], lambda: script.train(stage1_file, stage1_own, run_opts),
-             finished=lambda: is_finished(stage1), speakers=speakers)()
-    base = load_base(values["base_model"], values["pretrained_folder"])
-    anchors = pathlib.Path(values["anchors"])
 
-    def extract():
-        train_data, _, _ = script.dataio_prep(values, base.label_file if base.covers_exactly(speakers) else None)
-        anchor_stores(values, base, train_data, ids, run_opts)
+    def train(number, yaml_file, stage, stage_overrides, inputs=None, base=None):
+        folder = pathlib.Path(stage["output_folder"])
+        Step(number, stage["stage"], folder,
+             {"stage": stage["stage"], "settings": settings(stage), "train.csv": digest, **(inputs or {})},
+             [folder / "hyperparams.yaml"], lambda: script.train(yaml_file, stage_overrides, run_opts, base=base),
+             finished=lambda: is_finished(stage), speakers=speakers)()
 
-    stores = [anchors, anchors.parent / "dev_anchors.pt"]  # training rows, dev rows (stage_data.anchor_stores)
-    if values.get("replay_rows", 0) > 0:
-        stores.append(anchors.parent / "replay_anchors.pt")
-    Step(3, "anchors", anchors.parent, {"base": base.fingerprint, "train.csv": digest}, stores, extract)()
-    store_digest = AnchorStore.from_file(anchors).digest()
     folder = pathlib.Path(values["output_folder"])
-    Step(4, "stage 2", folder, {"stage": "stage2", "settings": settings(values), "train.csv": digest,
-                                "base": base.fingerprint, "anchors": store_digest},
-         [folder / "hyperparams.yaml"], lambda: script.train(hparams_file, own, run_opts, base=base),
-         finished=lambda: is_finished(values), speakers=speakers)()
+    systems, fingerprints = {}, {}
+    if stage1_file is None:
+        train(2, hparams_file, values, own)
+    else:
+        if pathlib.Path(values["base_model"]).resolve() == pathlib.Path(stage1["output_folder"]).resolve():
+            train(2, stage1_file, stage1, stage1_own)
+        base = load_base(values["base_model"], values["pretrained_folder"])
+        anchors = pathlib.Path(values["anchors"])
+
+        def extract():
+            with shared_step(anchors.parent, "anchors"):  # a store another run made meanwhile is reused
+                train_data, _, _ = script.dataio_prep(values, base.label_file if base.covers_exactly(speakers) else None)
+                anchor_stores(values, base, train_data, ids, run_opts)
+
+        stores = [anchors, anchors.parent / "dev_anchors.pt"]  # training rows, dev rows (stage_data.anchor_stores)
+        if values.get("replay_rows", 0) > 0:
+            stores.append(anchors.parent / "replay_anchors.pt")
+        Step(3, "anchors", anchors.parent, {"base": base.fingerprint, "train.csv": digest}, stores, extract)()
+        train(4, hparams_file, values, own, base=base,
+              inputs={"base": base.fingerprint, "anchors": AnchorStore.from_file(anchors).digest()})
+        systems[script.base_name(values)] = savedir_of(values["base_model"], values["pretrained_folder"])
+        fingerprints["base"] = base.fingerprint
     if not values["evaluate_after_training"]:
         return None, None
     out = folder / "verification"
-    systems = {script.base_name(values): savedir_of(values["base_model"], values["pretrained_folder"]),
-               "stage2": folder}
-    checkpoint = pathlib.Path(best_checkpoint(values["save_folder"]).path)
-    Step(5, "verify", out, {"base": base.fingerprint, "stage2": checkpoint_fingerprint(checkpoint),
-                            "evaluation": {key: values[key] for key in ("eval_snrs", "eval_noise_types", "data_seed")}},
+    systems[values["stage"]] = folder
+    fingerprints[values["stage"]] = checkpoint_fingerprint(best_checkpoint(values["save_folder"]).path)
+    Step(5, "verify", out, {**fingerprints, "evaluation": {key: values[key] for key in
+                                                          ("eval_snrs", "eval_noise_types", "data_seed")}},
          [out / "table.md", out / "eer_vs_snr.png"],
          lambda: verification_report(values, systems, run_opts.get("device", "cpu")))()
     return (out / "table.md").read_text(encoding="utf-8"), out / "eer_vs_snr.png"
 
 
 def main(argv=None, script=None):
-    """``python -m anchor_reg.pipeline hparams/stage2.yaml [--key=value ...]``: prints the table and the figure's path."""
+    """``python -m anchor_reg.pipeline hparams/<stage>.yaml [--key=value ...]``: prints the table and the figure's path."""
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")
     table, figure = run(hparams_file, parse_overrides(overrides), run_opts, script)
     if table is not None:
-        print(f"{table}\nEER vs SNR (base and stage 2): {figure}")
+        print(f"{table}\nEER vs SNR: {figure}")
 
 
 def cli(argv=None):

@@ -78,3 +78,26 @@ def test_train_refuses_a_stage_folder_in_use(tmp_path, holder):
     assert line.startswith(f"error: output_folder: {folder} is in use by another run (process {other.pid},")
     assert not (folder / "hyperparams.yaml").exists() and not list(folder.glob("save/CKPT+*"))  # nothing trained
     assert time.monotonic() - start < 60
+
+
+def test_a_shared_pipeline_step_waits_for_the_run_making_it(tmp_path):
+    """The prepared data and a base's anchors are made by one run: a second run waits, then reuses them."""
+    import threading
+
+    from anchor_reg.pipeline import shared_step
+
+    order, first_in = [], threading.Event()
+
+    def make(name, hold):
+        with shared_step(tmp_path / "anchors", "anchors"):
+            order.append(f"{name} in")
+            first_in.set()
+            time.sleep(hold)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=make, args=("first", 0.5))
+    first.start()
+    first_in.wait(10)
+    make("second", 0)  # blocks until the first has left
+    first.join()
+    assert order == ["first in", "first out", "second in", "second out"]

@@ -1,5 +1,7 @@
 """recipes/RealSpeech/run_experiment.py end to end on a tiny subset of the shared data."""
+import hashlib
 import json
+import logging
 import pathlib
 import re
 
@@ -11,7 +13,6 @@ from tiny import load_script
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "RealSpeech" / "run_experiment.py"
 SYSTEMS = ("base", "stage2_contrastive", "joint", "joint_equal_updates")
 
-pytestmark = pytest.mark.slow  # trains every system
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def tiny_run(recipe, shared_data, tmp_path_factory):
     return recipe, shared_data, out
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_leaves_exports_results_tables_and_plots(tiny_run):
     recipe, _, out = tiny_run
     expected = {"clean", "reverb"} | {f"{kind}_{snr}dB" for kind in ("noise", "music", "babble")
@@ -64,6 +66,7 @@ def test_leaves_exports_results_tables_and_plots(tiny_run):
     assert "music_20dB" in by_condition and "| stage2_contrastive | 1 |" in by_condition
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_summary_reports_the_corrupted_mean_of_each_results_file(tiny_run):
     _, _, out = tiny_run
     summary = (out / "summary.md").read_text()
@@ -77,6 +80,7 @@ def test_summary_reports_the_corrupted_mean_of_each_results_file(tiny_run):
         assert float(cells[3]) == pytest.approx(mean, abs=0.0051)
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_each_system_is_used_at_its_best_dev_epoch(tiny_run):
     recipe, _, out = tiny_run
     joint = out / "runs" / "realspeech" / "1" / "joint"
@@ -88,6 +92,7 @@ def test_each_system_is_used_at_its_best_dev_epoch(tiny_run):
     assert checkpoint_epoch_of_export(out / "joint" / "export", joint) == best_epoch
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_joint_at_equal_updates_is_its_checkpoint_after_base_plus_stage2_epochs(tiny_run):
     recipe, _, out = tiny_run
     root = out / "runs" / "realspeech" / "1"
@@ -104,6 +109,7 @@ def checkpoint_epoch_of_export(export, stage_folder):
     return yaml.safe_load((stage_folder / "save" / name / "CKPT.yaml").read_text())["epoch"]
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_trials_stay_within_held_out_speakers_of_each_corpus(tiny_run):
     _, _, out = tiny_run
     prep = out / "runs" / "realspeech" / "prepared"
@@ -131,18 +137,56 @@ def recipe_id(entry):
     return entry.rsplit(".", 1)[0] if entry.endswith((".wav", ".flac")) else entry
 
 
-def test_rerun_skips_evaluated_systems(tiny_run):
+def trained_state(out):
+    """sha256 of every file of the training folders, anchors, exports and results (locks aside), by path."""
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.suffix != ".lock" and len(p.relative_to(out).parts) > 2
+        and p.relative_to(out).parts[0] not in ("logs", "subset", "variants")
+    }
+
+
+@pytest.mark.slow  # trains every system (once for the module)
+def test_rerun_with_the_same_options_trains_and_evaluates_nothing(tiny_run, caplog):
+    """Every skip is the pipeline's: each step is started again and finds its step.json matching."""
     recipe, shared_data, out = tiny_run
-    before = (out / "base" / "seed1" / "results.json").stat().st_mtime_ns
+    before = trained_state(out)
+    results = {path: path.stat().st_mtime_ns for path in out.glob("*/seed1/results.json")}
     runs = {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")}
     assert set(runs) == {"1-base.log", "1-stage2_contrastive.log", "1-joint.log", "1-tiny_lambda3.log",
                          "1-tiny_cleanbase.log", "1-base_stage1_noise-False.log"}
-    runner = recipe.main(tiny_argv(shared_data, out))
-    assert (out / "base" / "seed1" / "results.json").stat().st_mtime_ns == before
-    assert {log.name: log.read_text().count("$ ") for log in (out / "logs").glob("*.log")} == runs  # no training
+    with caplog.at_level(logging.INFO, logger="anchor_reg.pipeline"):
+        runner = recipe.main(tiny_argv(shared_data, out))
+    evaluations = [r.getMessage() for r in caplog.records if r.name == "anchor_reg.pipeline"]
+    assert len(evaluations) == len(results) == 7 and all(": done (" in line for line in evaluations)
+    assert {path: path.stat().st_mtime_ns for path in results} == results  # not evaluated again
+    assert trained_state(out) == before  # no checkpoint, anchors, export or results file written again
+    for log in (out / "logs").glob("*.log"):
+        text = log.read_text()
+        assert text.count("$ ") == runs[log.name] + 1  # the pipeline was asked again ...
+        this_run = text[text.rindex("$ "):]
+        assert ": done (" in this_run and ": running (" not in this_run  # ... and skipped every step
+    assert (out / "runs" / "realspeech" / "1" / "stage1" / "step.json").is_file()
+    assert (out / "base" / "seed1" / "step.json").is_file()  # the evaluation is a step too
     assert runner.timing["1/train/base"]["wall_s"] > 0 and runner.timing["total"]["cpu_s"] > 0
 
 
+@pytest.mark.slow  # trains every system (once for the module)
+def test_rerun_with_other_settings_stops_with_one_error_line_and_keeps_everything(tiny_run):
+    recipe, shared_data, out = tiny_run
+    before = trained_state(out)
+    with pytest.raises(SystemExit) as stopped:
+        recipe.main([*tiny_argv(shared_data, out), "--channels=64"])
+    message = str(stopped.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert re.search(r"(stage1|joint) in \S+ finished training with other settings \(channels: 32 then, 64 now\)",
+                     message)
+    assert re.search(r"log: \S+/logs/1-[\w-]+\.log\]$", message)
+    assert trained_state(out) == before
+
+
+@pytest.mark.slow  # trains every system (once for the module)
 def test_variant_trains_beside_the_shared_stage1(tiny_run):
     _, _, out = tiny_run
     seed_root = out / "runs" / "realspeech" / "1"
@@ -154,6 +198,7 @@ def test_variant_trains_beside_the_shared_stage1(tiny_run):
     assert "anchor_weight: 3.0" in (seed_root / "variants" / "tiny_lambda3" / "hyperparams.yaml").read_text()
 
 
+@pytest.mark.slow  # trains every system (once for the module)
 def test_variant_with_base_keys_trains_its_own_base_and_anchors(tiny_run):
     _, _, out = tiny_run
     seed_root = out / "runs" / "realspeech" / "1"
@@ -223,6 +268,35 @@ def test_an_interrupted_run_keeps_the_tables_of_its_finished_seeds(recipe, tmp_p
     with pytest.raises(RuntimeError, match="killed"):
         runner.run_seed_chains({1: {}, 2: {}}, ["base"])
     assert tables == [[1]]
+
+
+def test_the_runner_starts_every_step_even_where_results_exist(recipe, tmp_path):
+    """Skipping is the pipeline's (each step's step.json), never the runner's: results on disk change nothing."""
+    args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1", "--jobs", "1"])
+    runner = recipe.Runner(args, {})
+    for system in recipe.DEFAULT_SYSTEMS:
+        runner.results_file(system, 1).parent.mkdir(parents=True)
+        runner.results_file(system, 1).write_text("{}")
+    calls = []
+    runner.base = lambda seed, with_base: calls.append("base")
+    runner.joint_chain = lambda seed: calls.append("joint")
+    runner.stage2 = lambda seed, name, overrides: calls.append(name)
+    runner.equal_updates = lambda seed: calls.append("equal")
+    runner.compare = lambda systems, seeds, folder: calls.append("tables")
+    runner.run_seed_chains({1: dict(args.variants)}, args.systems)
+    assert calls == ["base", "joint", "stage2_contrastive", "stage2_lambda0", "equal", "tables"]
+
+
+def test_a_step_the_pipeline_refuses_stops_the_runner_with_its_one_error_line(recipe, tmp_path):
+    args = recipe.parse_args([f"--output_folder={tmp_path}", "--seeds", "1"])
+    runner = recipe.Runner(args, {})
+    with pytest.raises(SystemExit) as stopped:
+        runner.train("stage1.yaml", 1, "base", no_such_key=1)
+    message = str(stopped.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "unknown key(s) ['no_such_key']" in message and message.endswith(f"log: {tmp_path}/logs/1-base.log]")
+    log = (tmp_path / "logs" / "1-base.log").read_text()
+    assert log.startswith("$ ") and " -m anchor_reg.pipeline hparams/stage1.yaml " in log
 
 
 def test_rejects_bad_options(recipe):

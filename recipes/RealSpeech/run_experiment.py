@@ -21,15 +21,16 @@ For each seed::
     joint                from scratch, clean + noisy copies + consistency term, to convergence
     joint_equal_updates  joint's checkpoint after as many updates as base + stage2_contrastive made
 
-Each training is a ``python train.py ...`` subprocess (resumable; log in
-``<output_folder>/logs/``); each system is exported and evaluated on the full
-grid (clean; noise, music and babble at 0-20 dB; reverb). Outputs in ``<output_folder>``::
+Each training is a ``python -m anchor_reg.pipeline hparams/<stage>.yaml ...`` subprocess (the steps
+that lead to that stage: preparation, anchors, the stage; log in ``<output_folder>/logs/``); each
+system is exported and evaluated on the full grid (clean; noise, music and babble at 0-20 dB; reverb),
+as one more :class:`anchor_reg.pipeline.Step`. Outputs in ``<output_folder>``::
 
     <system>/export/           the first seed's model (SpeechBrain inference folder)
-    <system>/seed<S>/          results.json, results.md and plots of seed S
+    <system>/seed<S>/          results.json, results.md and plots of seed S; step.json
     comparison.md, eer_by_condition.md, summary.md, eer_vs_snr.png, dev_curves.png
     variants/seeds_<S..>/      the same for --variant runs on those seeds
-    logs/, runs/               train.py logs and training folders
+    logs/, runs/               pipeline logs and training folders
     timing.json                wall and CPU seconds per step
 
 Usage, from the repository root after ``pip install -e .`` (see recipes/RealSpeech/README.md for the
@@ -37,8 +38,10 @@ measured results)::
 
     python recipes/RealSpeech/run_experiment.py --threads 1 --jobs 2
 
-Re-running a command skips every system whose ``results.json`` exists, and an
-interrupted training resumes from its last checkpoint.
+Every skip and reuse is the pipeline's: re-running a command skips every step
+whose ``step.json`` matches its inputs, an interrupted training resumes from its
+last checkpoint, and a finished training asked for other settings stops the run
+with one ``error:`` line.
 """
 import argparse
 import collections
@@ -67,15 +70,16 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 
+from anchor_reg.anchors import checkpoint_fingerprint  # noqa: E402
 from anchor_reg.atomic import write_text_atomic as write_text  # noqa: E402
-from anchor_reg.config import keys_of, overrides_for, plain_values, resolve  # noqa: E402
+from anchor_reg.config import keys_of, overrides_for  # noqa: E402
 from anchor_reg.corruption import default_conditions  # noqa: E402
-from anchor_reg.checkpointer import end_of_epoch  # noqa: E402
+from anchor_reg.checkpointer import best_checkpoint, end_of_epoch  # noqa: E402
 from anchor_reg.compare import compare_systems  # noqa: E402
-from anchor_reg.data.prepare import prepare_data  # noqa: E402
 from anchor_reg.evaluate import evaluate_model, load_encoder  # noqa: E402
 from anchor_reg.export import export_model  # noqa: E402
 from anchor_reg.metrics import mean_and_sd  # noqa: E402
+from anchor_reg.pipeline import Step  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -135,7 +139,7 @@ def parse_args(argv=None):
     parser.add_argument("--variant_seeds", type=int, nargs="+", default=None,
                         help="seeds of the --variant runs (default: the first seed)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for every train.py run, e.g. batch_size=16 (repeatable)")
+                        help="extra override for every training, e.g. batch_size=16 (repeatable)")
     parser.add_argument("--eval_batch_size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of training and evaluation (default: torch's; 1 is faster "
@@ -166,7 +170,7 @@ def parse_args(argv=None):
 
 
 def parse_pairs(pairs, parser):
-    """``["key=value", ...]`` -> ``{key: value}`` (values stay strings for train.py)."""
+    """``["key=value", ...]`` -> ``{key: value}`` (values stay strings for the command line)."""
     result = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -199,7 +203,7 @@ def corpus_folders(shared, out, max_speakers, max_utterances):
 
 
 def common_overrides(args, shared, folders):
-    """Overrides for every train.py run (each run gets those its YAML defines)."""
+    """Overrides for every training (each gets those its YAML defines)."""
     overrides = {
         "dataset": "folder",
         "data_folders": json.dumps([str(f) for f in folders]),
@@ -219,7 +223,7 @@ def common_overrides(args, shared, folders):
 
 # ------------------------------------------------------------- training ----
 class Runner:
-    """Runs train.py subprocesses and evaluations, recording wall and CPU times."""
+    """Runs pipeline subprocesses and evaluation steps, recording wall and CPU times."""
 
     def __init__(self, args, overrides):
         self.args = args
@@ -243,17 +247,15 @@ class Runner:
             entry["cpu_s"] = round(entry["cpu_s"] + cpu, 1)
             write_text(self.timing_file, json.dumps(self.timing, indent=2) + "\n")
 
-    def prepare(self):
-        """Prepares the CSVs, trials and noise lists once, before any training (they are shared)."""
-        stage1 = REPO / "hparams" / "stage1.yaml"
-        as_cli = "\n".join(f"{key}: {value}" for key, value in overrides_for(stage1, self.overrides).items())
-        prepare_data(plain_values(resolve(stage1, as_cli)))
-
     def train(self, yaml_name, seed, label, **overrides):
-        """``python train.py hparams/<yaml_name> --seed=S ...``, logged to logs/<seed>-<label>.log."""
+        """``python -m anchor_reg.pipeline hparams/<yaml_name> --seed=S ...``, logged to logs/<seed>-<label>.log.
+
+        The pipeline skips each step already done with these inputs; a finished training asked for other
+        settings stops the run with the pipeline's ``error:`` line.
+        """
         options = {**overrides_for(REPO / "hparams" / yaml_name, self.overrides), "seed": seed, **overrides}
-        command = [sys.executable, "train.py", f"hparams/{yaml_name}", "--device=cpu", "--noprogressbar",
-                   *(f"--{key}={value}" for key, value in options.items())]
+        command = [sys.executable, "-m", "anchor_reg.pipeline", f"hparams/{yaml_name}", "--device=cpu",
+                   "--noprogressbar", *(f"--{key}={value}" for key, value in options.items())]
         log = self.out / "logs" / f"{seed}-{label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         logger.info("seed %s: training %s (log: %s)", seed, label, log)
@@ -269,7 +271,12 @@ class Runner:
             process.returncode = os.waitstatus_to_exitcode(status)
         self.record(f"{seed}/train/{label}", time.time() - start, usage.ru_utime + usage.ru_stime)
         if process.returncode != 0:
-            tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-20:])
+            lines = log.read_text(encoding="utf-8").splitlines()
+            lines = lines[max(n for n, line in enumerate(lines) if line.startswith("$ ")):]  # this run's
+            error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+            if error:
+                raise SystemExit(f"{error} [{label}, seed {seed}; log: {log}]")
+            tail = "\n".join(lines[-20:])
             raise RuntimeError(f"training {label} (seed {seed}) failed; end of {log}:\n{tail}")
 
     def results_folder(self, system, seed):
@@ -277,10 +284,13 @@ class Runner:
         return self.out / system / f"seed{seed}"
 
     def evaluate(self, system, seed, stage_folder, checkpoint=None):
-        """Exports a stage (its best checkpoint, or ``checkpoint``) once and evaluates the export on the full grid.
+        """Exports a stage (its best checkpoint, or ``checkpoint``) and evaluates the export on the full grid:
+        a pipeline step, skipped while that checkpoint's results are there.
 
         The first seed's export stays in ``<system>/export`` (its model card shows the grid).
         """
+        checkpoint = pathlib.Path(checkpoint or best_checkpoint(pathlib.Path(stage_folder) / "save").path)
+        first = seed == self.args.seeds[0]
 
         def grid(export):
             return evaluate_model(
@@ -296,9 +306,9 @@ class Runner:
                 system_name=system,
             )
 
-        with self.eval_lock:
+        def export_and_grid():
             start, cpu = time.time(), time.process_time()
-            if seed == self.args.seeds[0]:
+            if first:
                 export_model(stage_folder, self.out / system / "export", checkpoint=checkpoint, evaluate=grid,
                              allow_unfinished=True)  # an equal-updates view stops mid-training; its card says so
             else:
@@ -307,9 +317,16 @@ class Runner:
                                       allow_unfinished=True))
             self.record(f"{seed}/evaluate/{system}", time.time() - start, time.process_time() - cpu)
 
-    def done(self, system, seed):
-        """True when the system's results.json for this seed exists."""
-        return (self.results_folder(system, seed) / "results.json").is_file()
+        folder = self.results_folder(system, seed)
+        outputs = [folder / "results.json", *([self.out / system / "export" / "hyperparams.yaml"] if first else [])]
+        with self.eval_lock:
+            Step(5, f"evaluate {system}", folder, {"checkpoint": checkpoint_fingerprint(checkpoint),
+                                                  "grid": {"noise_types": NOISE_TYPES, "snrs": SNRS}},
+                 outputs, export_and_grid)()
+
+    def results_file(self, system, seed):
+        """``<output_folder>/<system>/seed<S>/results.json``."""
+        return self.results_folder(system, seed) / "results.json"
 
     def stage1_options(self, root, overrides):
         """stage1.yaml overrides of a variant's base: the seed's, or its own in ``<seed>/stage1_<slug>``."""
@@ -320,9 +337,10 @@ class Runner:
         return stage1
 
     def stage2_options(self, root, name, overrides):
-        """train.py overrides of a stage-2 variant: its base and anchors by path (the seed's, or its own)."""
+        """stage2.yaml overrides of a variant: its base and anchors by path (the seed's, or its own)."""
         stage1 = self.stage1_options(root, overrides)
-        options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name))}
+        options = {"number_of_epochs": self.args.stage2_epochs, "output_folder": str(stage2_folder(root, name)),
+                   "base_model": str(root / "stage1")}
         if "output_folder" in stage1:
             slug = own_base_slug(own_base_overrides(overrides))
             options.update(base_model=stage1["output_folder"], anchors=str(root / f"anchors_{slug}" / "anchors.pt"))
@@ -330,38 +348,33 @@ class Runner:
         return options  # a variant may change number_of_epochs
 
     def base(self, seed, with_base):
-        """The seed's base (stage 1), trained and, with ``with_base``, evaluated unless done."""
+        """The seed's base (stage 1), trained and, with ``with_base``, evaluated."""
         self.train("stage1.yaml", seed, "base", number_of_epochs=self.args.stage1_epochs)
-        if with_base and not self.done("base", seed):
+        if with_base:
             self.evaluate("base", seed, self.runs / str(seed) / "stage1")
 
     def own_base(self, seed, overrides):
-        """A variant's own base (stage1.yaml with its ``base.KEY=VALUE`` pairs), trained and evaluated unless
-        done; the variants that share it start once it has finished."""
+        """A variant's own base (stage1.yaml with its ``base.KEY=VALUE`` pairs), trained and evaluated; the
+        variants that share it start once it has finished."""
         stage1 = self.stage1_options(self.runs / str(seed), overrides)
         system = own_base_system(overrides)
         self.train("stage1.yaml", seed, system, **stage1)
-        if not self.done(system, seed):
-            self.evaluate(system, seed, pathlib.Path(stage1["output_folder"]))
+        self.evaluate(system, seed, pathlib.Path(stage1["output_folder"]))
 
     def stage2(self, seed, name, overrides):
         """One stage-2 variant of a seed whose base (the seed's or the variant's own) has finished."""
         root = self.runs / str(seed)
         self.train("stage2.yaml", seed, name, **self.stage2_options(root, name, overrides))
-        if not self.done(name, seed):
-            self.evaluate(name, seed, stage2_folder(root, name))
+        self.evaluate(name, seed, stage2_folder(root, name))
 
     def joint_chain(self, seed):
         """The seed's joint model from scratch (every epoch's checkpoint kept for the equal-updates view)."""
-        if not self.done("joint", seed):
-            self.train("joint.yaml", seed, "joint", number_of_epochs=self.args.joint_epochs,
-                       keep_checkpoints=self.args.joint_epochs)
-            self.evaluate("joint", seed, self.runs / str(seed) / "joint")
+        self.train("joint.yaml", seed, "joint", number_of_epochs=self.args.joint_epochs,
+                   keep_checkpoints=self.args.joint_epochs)
+        self.evaluate("joint", seed, self.runs / str(seed) / "joint")
 
     def equal_updates(self, seed):
         """Evaluates joint after as many epochs (= updates) as base + ``EQUAL_UPDATES_OF`` ran."""
-        if self.done("joint_equal_updates", seed):
-            return
         root = self.runs / str(seed)
         budget = len(dev_curve(root / "stage1")) + len(dev_curve(stage2_folder(root, EQUAL_UPDATES_OF)))
         joint = root / "joint"
@@ -376,7 +389,7 @@ class Runner:
         to start, the lowest seed's goes first (within a seed: its bases, its joint, each stage 2 once its base
         is done, then its equal-updates view), so seeds finish one after the other; as each seed of the main
         run finishes, the tables are written over the finished seeds, so an interrupted run leaves whole
-        seeds and their tables. Systems with results are skipped."""
+        seeds and their tables. Every step is started; each skips what it finds done."""
         with_base = "base" in systems
         ready, order = [], itertools.count()  # heap of (seed, rank, order, step, stage-2 variants it starts)
         outstanding = collections.Counter()  # seed -> its steps ready or running
@@ -388,8 +401,7 @@ class Runner:
 
         def after_last_step(seed):
             """The equal-updates view once the seed's trainings are done; then the tables."""
-            if ("joint_equal_updates" in systems and EQUAL_UPDATES_OF in plan[seed] and seed not in equal_queued
-                    and not self.done("joint_equal_updates", seed)):
+            if "joint_equal_updates" in systems and EQUAL_UPDATES_OF in plan[seed] and seed not in equal_queued:
                 equal_queued.add(seed)
                 push(seed, 3, functools.partial(self.equal_updates, seed))
                 return
@@ -401,12 +413,10 @@ class Runner:
                 logger.info("tables of seeds %s written to %s", main_seeds, self.out)
 
         for seed, variants in plan.items():
-            todo = {name: o for name, o in variants.items()
-                    if not self.done(name, seed) or not self.done(own_base_system(o) or name, seed)}
             by_base = collections.defaultdict(dict)  # own base system (None: the seed's base) -> variants
-            for name, o in todo.items():
+            for name, o in variants.items():
                 by_base[own_base_system(o)][name] = o
-            if by_base.get(None) or (with_base and not self.done("base", seed)):
+            if by_base.get(None) or with_base:
                 push(seed, 0, functools.partial(self.base, seed, with_base), by_base.pop(None, {}))
             for variants_of_own in by_base.values():  # own bases train beside the seed's base
                 push(seed, 0, functools.partial(self.own_base, seed, next(iter(variants_of_own.values()))),
@@ -434,10 +444,8 @@ class Runner:
 
     def compare(self, systems, seeds, folder):
         """comparison.md, eer_vs_snr.png, eer_by_condition.md, summary.md and dev_curves.png."""
-        available = {
-            name: [self.results_folder(name, s) / "results.json" for s in seeds if self.done(name, s)]
-            for name in systems
-        }
+        available = {name: [self.results_file(name, s) for s in seeds if self.results_file(name, s).is_file()]
+                     for name in systems}
         available = {name: paths for name, paths in available.items() if paths}
         compare_systems({name: [str(p) for p in paths] for name, paths in available.items()}, folder)
         write_text(folder / "eer_by_condition.md", condition_table(available))
@@ -597,7 +605,6 @@ def main(argv=None):
     folders = corpus_folders(shared.resolve(), args.output_folder, args.max_speakers, args.max_utterances)
     runner = Runner(args, common_overrides(args, shared.resolve(), folders))
     start, cpu = time.time(), time.process_time() + children_cpu()
-    runner.prepare()
     plan = {seed: dict(args.variants) for seed in args.seeds}
     for seed in args.variant_seeds:
         plan.setdefault(seed, {}).update(args.extra_variants)
