@@ -9,7 +9,12 @@ import argparse
 import itertools
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import speechbrain as sb
@@ -449,3 +454,19 @@ def test_the_live_teacher_returns_the_frozen_base_embeddings_of_the_clean_crops(
         expected = torch.nn.functional.normalize(modules["embedding_model"](feats, torch.ones(1)).reshape(1, -1))
     torch.testing.assert_close(teacher.lookup(["b"]), expected, rtol=1e-5, atol=1e-6)
     assert not any(p.requires_grad for p in teacher.brain.modules.parameters())
+
+
+def test_a_terminated_benchmark_removes_its_work_folder(tmp_path):
+    """SIGTERM (a job scheduler's stop) exits 143 and leaves no anchor_reg_benchmark_* folder behind."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "anchor_reg.benchmark", "--quick",
+                                "--output", str(tmp_path / "out.json")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("anchor_reg_benchmark_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(tmp_path.glob("anchor_reg_benchmark_*")), "the benchmark never made its work folder"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob("anchor_reg_benchmark_*"))
+    assert not (tmp_path / "out.json").exists()

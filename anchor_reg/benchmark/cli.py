@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -154,6 +155,7 @@ def parse_args(argv=None):
 def main(argv=None):
     """Runs the benchmark, prints the table, writes the JSON."""
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the work folder is removed
     with tempfile.TemporaryDirectory(prefix="anchor_reg_benchmark_") as work:
         results = run_benchmarks(options, work, log=lambda message: print(message, file=sys.stderr, flush=True))
     write_json(results, options.output)
