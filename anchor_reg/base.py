@@ -29,14 +29,9 @@ STAGE_NAMES = {"stage1": "stage 1", "joint": "the joint model", "stage2": "stage
 
 @dataclasses.dataclass
 class Base:
-    """A frozen base speaker model.
-
-    ``modules``: ``compute_features``, ``mean_var_norm``, ``embedding_model``, ``classifier`` (and
-    ``mean_var_norm_emb`` when it has one); ``label_file``: where ``label_encoder`` was read from;
-    ``fingerprint`` changes whenever its weights do; ``provenance``: ``base_kind`` (stage | folder | hub),
-    ``base_model`` (and ``base_revision`` for the hub); ``architecture``: ``n_mels``, ``channels``,
-    ``emb_dim`` (None when unknown); ``nodes``: its own :data:`EMBEDDING_KEYS` YAML nodes (resolved, tagged).
-    """
+    """A frozen base speaker model: its loaded ``modules``, ``fingerprint`` (of its weights), ``provenance``
+    (``base_kind``, ``base_model``[, ``base_revision``]), ``architecture`` (``n_mels``, ``channels``,
+    ``emb_dim``; None when unknown) and its own :data:`EMBEDDING_KEYS` YAML ``nodes``."""
 
     modules: torch.nn.ModuleDict
     label_encoder: CategoricalEncoder
@@ -145,11 +140,8 @@ def measure_architecture(modules):
 
 
 def architecture_overrides(base, hparams_file, overrides):
-    """Stage-2 overrides that build the base's architecture, as YAML structure; refuses ones contradicting it.
-
-    The base's ``n_mels``, ``channels`` and ``emb_dim``, and each of its own model nodes that the stage YAML
-    would build otherwise (another backbone, other ECAPA options).
-    """
+    """Stage-2 overrides that build the base's architecture (its sizes, and each of its model nodes the stage
+    YAML would build otherwise); ConfigError for an override contradicting it."""
     decided = {key: value for key, value in base.architecture.items() if value is not None}
     for key, value in decided.items():
         if key in overrides and overrides[key] != value:
@@ -179,11 +171,8 @@ def copy_module(src, dst):
 
 
 def start_from_base(hparams, base, store, label_encoder):
-    """Fills stage 2's fresh modules with a copy of the base; returns which classifier it starts from.
-
-    ``"reused"``: the base's own, when its speakers are exactly the training speakers (and the head is not
-    ``anchor_centroids``); else ``"centroids"``: rows set to the anchors' normalised speaker centroids.
-    """
+    """Fills stage 2's fresh modules with a copy of the base; returns its classifier's start: ``"reused"`` (the
+    base's own, same speakers) or ``"centroids"`` (the anchors' normalised speaker centroids)."""
     for key in EMBEDDING_KEYS:
         copy_module(base.modules[key], hparams[key])
     if hparams.get("classifier_head") != "anchor_centroids" and base.covers_exactly(label_encoder.lab2ind):

@@ -1,12 +1,10 @@
-"""The range of every recipe key, in one table, and :func:`check_values`, which applies it before any work.
-
-A key a YAML does not have is not checked; the first value out of its range stops the run with one line.
-"""
+"""The range of every recipe key, in one table, and :func:`check_values`, which applies it before any work."""
 import collections
 import logging
 import math
 
 from anchor_reg.anchors import ANCHOR_TYPES
+from anchor_reg.data.prepare import DATASETS
 from anchor_reg.errors import ConfigError
 from anchor_reg.heads import HEADS
 from anchor_reg.losses import DISTANCES, OBJECTIVES, WeightSchedule
@@ -65,7 +63,7 @@ NONEMPTY = Rule(lambda v: isinstance(v, list) and bool(v), "")
 RANGES = {
     # closed sets
     "stage": one_of(("stage1", "stage2", "joint")),
-    "dataset": one_of(("synthetic", "folder", "voxceleb", "unlabelled")),
+    "dataset": one_of(DATASETS),
     "supervision": one_of(("labelled", "none")),
     "dev_criterion": one_of(("classification", "anchor_retrieval")),
     "anchor_type": one_of(ANCHOR_TYPES),

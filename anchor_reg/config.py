@@ -72,12 +72,8 @@ def include_of(node):
 
 
 def merged_tree(hparams_file):
-    """The stage YAML's top level with its top-level ``!include:`` files merged into it (round-trip nodes).
-
-    ``common: !include:common.yaml`` (its mapping sets included keys, e.g. ``stage: stage2``) puts the
-    included keys first, then the stage's own, in one namespace; a key defined twice is an error. Deeper
-    includes (``model: !include:model.yaml`` in common.yaml) keep HyperPyYAML's meaning: the key's value.
-    """
+    """The stage YAML's top level with its top-level ``!include:`` files' keys merged first (round-trip nodes);
+    a key defined twice is an error; deeper includes keep HyperPyYAML's meaning."""
     path = pathlib.Path(hparams_file)
     tree, merged = _read_file(path), ruamel.yaml.comments.CommentedMap()
     for key, node in tree.items():
@@ -98,11 +94,8 @@ def merged_tree(hparams_file):
 
 
 def resolve(hparams_file, overrides=None):
-    """The YAML's top level, overrides applied and references resolved, every key checked; nothing built.
-
-    ``!new:``/``!apply:`` nodes stay tagged; a tagged override (``!new:...``, e.g. a base model's own
-    ``embedding_model``) replaces the key's node whole.
-    """
+    """The YAML's top level, overrides applied and references resolved, every key checked; nothing built
+    (nodes stay tagged; a tagged override replaces the key's node whole)."""
     path = pathlib.Path(hparams_file)
     overrides, tree = parse_overrides(overrides), merged_tree(path)
     check_override_types(tree, overrides, str(path))

@@ -1,9 +1,7 @@
 """Deterministic test-time corruption: additive noise at a fixed SNR, reverberation.
 
-A corrupted utterance is a pure function of (utterance id, condition, seed): their SHA-256 hash seeds the
-NumPy generator that picks the noise file and offset (or the RIR), so every system hears the same audio.
-The SNR is global (mean squares over the utterance's true length, no VAD), the mixture is not renormalised;
-reverberation convolves with the RIR, aligned on its direct-path peak and rescaled to the clean RMS.
+A corrupted utterance is a pure function of (utterance id, condition, seed), so every system hears the same
+audio. The SNR is global (no VAD); reverberation is aligned on the RIR's direct path, rescaled to the clean RMS.
 """
 
 import dataclasses
@@ -99,11 +97,8 @@ def reverberate(clean, rir):
 
 
 class Corruptor:
-    """``corrupt(wav (T,), utt_id, condition) -> (T,)``, deterministically.
-
-    ``noise_csvs`` maps noise types to noise CSVs, ``rir_csv`` (for ``reverb``) lists RIRs; their files are
-    read like training's audio (mono, at ``sample_rate``). ``seed`` is combined with the id and condition.
-    """
+    """``corrupt(wav (T,), utt_id, condition) -> (T,)``, deterministically; ``noise_csvs``: noise type -> CSV,
+    ``rir_csv``: the RIRs of ``reverb`` (files read like training's audio)."""
 
     def __init__(self, noise_csvs, rir_csv, seed, sample_rate=16000):
         self.noise_csvs = dict(noise_csvs or {})

@@ -6,11 +6,8 @@ ALGORITHMS = {"sha256": hashlib.sha256, "blake2b": lambda: hashlib.blake2b(diges
 
 
 def content_digest(parts, algorithm="sha256"):
-    """Hex digest (``sha256`` or 16-byte ``blake2b``) of ``parts`` hashed in order as one stream.
-
-    A part is bytes-like (a contiguous numpy array too), ``str`` (hashed as UTF-8) or ``pathlib.Path``
-    (the file's content, read in 1 MiB blocks).
-    """
+    """Hex digest (``sha256`` or 16-byte ``blake2b``) of ``parts`` (bytes-like, ``str`` as UTF-8, or a
+    ``pathlib.Path``'s content) hashed in order as one stream."""
     hasher = ALGORITHMS[algorithm]()
     for part in parts:
         if isinstance(part, str):

@@ -1,8 +1,5 @@
-"""The expected errors: bad input that stops a run with one ``error:`` line naming the file or key.
-
-Command lines (``train.py``'s ``cli()``, ``anchor_reg.export``, ``anchor_reg.evaluate``) print each as that
-one line; any other exception is a bug and keeps its traceback.
-"""
+"""The expected errors: bad input that the command lines print as one ``error:`` line naming the file or key
+(any other exception is a bug and keeps its traceback)."""
 
 
 class ConfigError(ValueError):

@@ -1,10 +1,6 @@
 #!/usr/bin/env python3
-"""Speaker verification under noise: EER/minDCF and embedding geometry per condition.
-
-Conditions: ``clean``, ``<noise type>_<snr>dB`` and ``reverb``, corrupted deterministically
-(:mod:`anchor_reg.corruption`); trials are scored by cosine, optionally s-norm / as-norm against a cohort.
-"""
-import csv
+"""Speaker verification under noise: EER/minDCF and embedding geometry per condition (``clean``,
+``<noise type>_<snr>dB``, ``reverb``); cosine scores, optionally s-norm / as-norm against a cohort."""
 import logging
 import pathlib
 import re
@@ -20,8 +16,8 @@ from torch.nn.functional import normalize
 from anchor_reg import compare, plots, recipe_hparams
 from anchor_reg.config import load_hparams
 from anchor_reg.corruption import Corruptor, default_conditions, parse_condition, stable_seed
-from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.batching import pad_by_reflection
+from anchor_reg.data.cache import read_segment, read_utterances
 from anchor_reg.data.trials import read_trial_list, strip_trial_extension
 from anchor_reg.errors import one_line
 from anchor_reg.export import export_model, load_encoder
@@ -46,17 +42,6 @@ def encoder_of(path, device="cpu"):
         return load_encoder(export_model(path, pathlib.Path(tmp) / "export", allow_unfinished=True), device)
 
 
-def read_utterances(csv_path):
-    """``{ID: {"wav", "start", "stop" (int samples), "spk_id"}}`` of an enrol/test/cohort CSV, in file order."""
-    with open(csv_path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        missing = {"ID", "wav", "start", "stop", "spk_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{csv_path} lacks the column(s) {sorted(missing)}.")
-        return {row["ID"]: {"wav": row["wav"], "start": int(float(row["start"])), "stop": int(float(row["stop"])),
-                            "spk_id": row["spk_id"]} for row in reader}
-
-
 def read_trials(trials_path):
     """``[(label, enrol ID, test ID)]`` of a VoxCeleb-format list; IDs lose a trailing .wav/.flac/.m4a."""
     return [(label, strip_trial_extension(enrol), strip_trial_extension(test))
@@ -65,11 +50,8 @@ def read_trials(trials_path):
 
 @torch.inference_mode()
 def embed_utterances(encoder, waveforms, ids, batch_size, transform=None):
-    """Embeddings (len(ids), D), float32 on CPU, of ``transform(waveforms[id], id)`` (T,) by ``encode_batch``.
-
-    Batches of utterances sorted by decreasing length (ties by ID: independent of the order of ``ids``),
-    padded by reflection: only ``batch_size=1`` is exact (padded ones keep a cosine of about 0.999).
-    """
+    """Embeddings (len(ids), D), float32 on CPU, of ``transform(waveforms[id], id)`` (T,) by ``encode_batch``,
+    in length-sorted batches padded by reflection (only ``batch_size=1`` is exact: cosine about 0.999)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     parameter = next(encoder.parameters(), None) if isinstance(encoder, torch.nn.Module) else None
@@ -117,7 +99,7 @@ class TrialSet:
         self.corrupt = corrupt
         self.batch_size = batch_size
         logger.info("Decoding %d utterances", len(self.index.ids))
-        self.waveforms = {utt_id: _load_segment(utterances[utt_id], sample_rate) for utt_id in self.index.ids}
+        self.waveforms = {utt_id: read_segment(utterances[utt_id], sample_rate) for utt_id in self.index.ids}
         self.clean = embed_utterances(encoder, self.waveforms, self.index.ids, batch_size)
         self.cohort = None
         if cohort_csv:  # clean embeddings of a seeded subset of cohort_size rows
@@ -125,7 +107,7 @@ class TrialSet:
             ids = _seeded_subset(list(rows), cohort_size, "cohort", seed)
             if len(ids) < 2:
                 raise ValueError(f"Cohort {cohort_csv} needs at least 2 rows.")
-            cohort = {utt_id: _load_segment(rows[utt_id], sample_rate) for utt_id in ids}
+            cohort = {utt_id: read_segment(rows[utt_id], sample_rate) for utt_id in ids}
             self.cohort = embed_utterances(encoder, cohort, ids, batch_size)
 
 
@@ -153,13 +135,11 @@ def evaluate_model(encoder, *, enrol_csv, test_csv, trials, noise_csvs, rir_csv=
                    corrupt="test", norm=None, cohort_csv=None, batch_size=16, seed=1234, output_folder=None,
                    system_name="model", conditions=None, max_trials=None, cohort_size=2000, norm_topk=300,
                    sample_rate=16000):
-    """Evaluates an encoder (``encode_batch``; an ``nn.Module`` runs in eval mode) on clean and corrupted trials.
+    """Evaluates an encoder (``encode_batch``) on clean and corrupted trials; returns the results dict
+    (:mod:`anchor_reg.results`), also written with the figures to ``output_folder`` unless None.
 
-    ``noise_csvs``: noise type -> CSV (None: left out); ``rir_csv`` adds ``reverb``; ``corrupt``: ``test``
-    or ``both``; ``norm``: None, ``s-norm`` or ``as-norm`` (needs ``cohort_csv``); ``conditions``: names to run
-    (default: all); every audio file must be mono at ``sample_rate`` (AudioError otherwise). Writes
-    results.json, results.md and the figures to ``output_folder`` (None: no files); returns
-    ``{"system", "settings", "min_dcf_definition", "conditions": {name: evaluate_condition's row}}``.
+    ``noise_csvs``: noise type -> CSV; ``rir_csv`` adds ``reverb``; ``corrupt``: ``test`` or ``both``;
+    ``norm`` (s-norm, as-norm) needs ``cohort_csv``; audio not mono at ``sample_rate`` raises AudioError.
     """
     if corrupt not in ("test", "both"):
         raise ValueError(f"corrupt must be 'test' or 'both', got {corrupt!r}.")
@@ -280,11 +260,6 @@ def _seeded_subset(items, size, name, seed):
         return items
     rng = np.random.default_rng(stable_seed(name, seed))
     return [items[i] for i in np.sort(rng.choice(len(items), size=size, replace=False))]
-
-
-def _load_segment(row, sample_rate):
-    """Waveform (T,) of a CSV row's [start, stop) segment, read as training reads it."""
-    return read_audio_checked(row["wav"], sample_rate, row["start"], row["stop"])
 
 
 if __name__ == "__main__":

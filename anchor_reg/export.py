@@ -1,9 +1,6 @@
-"""A SpeechBrain inference folder from a trained stage, and the command line that publishes it.
-
-The folder (hparams/inference.yaml filled with the stage's model nodes, tags intact, so any backbone
-exports; a ``<loadable>.ckpt`` per Pretrainer loadable; the model card; the training YAML with machine
-paths redacted) loads with ``EncoderClassifier`` / ``SpeakerRecognition.from_hparams``, locally or from the hub.
-"""
+"""A SpeechBrain inference folder (``EncoderClassifier``) from a trained stage, and the command line that
+publishes it: hparams/inference.yaml filled with the stage's model nodes, its ``*.ckpt``, the model card and
+the training YAML with machine paths redacted."""
 import argparse
 import logging
 import os
@@ -69,10 +66,9 @@ def export_model(stage_folder, out_folder, *, checkpoint=None, results=None, mod
                  evaluate=None, overwrite=False, wise_alpha=None, allow_unfinished=False):
     """Writes the inference folder of a trained stage, built beside ``out_folder`` and loaded strictly first.
 
-    An earlier export holding files export did not write is replaced only with ``overwrite``; ``results``
-    (dict or JSON file) default to the stage's; ``evaluate(folder) -> results`` runs on the verified export
-    before its card is written; ``wise_alpha``: a number in [0, 1] or ``"auto"``; an unfinished training is
-    refused without ``allow_unfinished``."""
+    ``evaluate(folder) -> results`` runs on the verified export before its card is written; ``wise_alpha``: a
+    number in [0, 1] or ``"auto"``; ExportError for a refused overwrite or (without ``allow_unfinished``) an
+    unfinished training."""
     stage_folder, out_folder = pathlib.Path(stage_folder).resolve(), pathlib.Path(out_folder).resolve()
     _check_destination(stage_folder, out_folder, overwrite)
     training_yaml = stage_folder / "hyperparams.yaml"

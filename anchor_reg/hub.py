@@ -8,12 +8,8 @@ from anchor_reg.errors import HubError, one_line
 
 
 def push_to_hub(out_folder, repo_id, *, token=None, private=False, exist_ok=False, dry_run=False):
-    """Uploads an exported folder (never modified) to the model repository ``repo_id`` (``USER/NAME``).
-
-    ``token`` defaults to ``HF_TOKEN`` or the cached login; ``exist_ok`` pushes a new commit to an
-    existing repository; ``dry_run`` needs no token and no network. Returns the uploaded (or, in a dry
-    run, to-upload) relative paths; raises HubError for no token, an existing repository or a failed push.
-    """
+    """Uploads an exported folder to ``repo_id`` (``USER/NAME``; ``dry_run``: no token or network needed);
+    returns the (to-be-)uploaded relative paths; HubError for no token, an existing repository or a failed push."""
     out_folder = pathlib.Path(out_folder)
     if not (out_folder / "hyperparams.yaml").is_file():
         raise HubError(f"nothing to push: {out_folder} has no hyperparams.yaml (not a SpeechBrain model folder)")

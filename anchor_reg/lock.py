@@ -1,8 +1,5 @@
-"""One training run per stage folder: an exclusive ``flock`` on ``<folder>/.stage.lock`` while a stage trains.
-
-The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL too), so a killed run never
-leaves a folder locked. Only the main process of a multi-GPU run takes it (the other ranks are the same run).
-"""
+"""One training run per stage folder: an exclusive ``flock`` on ``<folder>/.stage.lock`` (dropped by the kernel
+however its holder exits, SIGKILL too), taken by the main process only."""
 import contextlib
 import fcntl
 import os
@@ -17,10 +14,7 @@ LOCK_FILE = ".stage.lock"
 
 @contextlib.contextmanager
 def stage_lock(folder):
-    """Holds ``folder``'s lock (made if missing; the file holds our PID, removed at the end) for the block.
-
-    Raises :class:`StageLockedError` naming the folder and the holder when another run holds it.
-    """
+    """Holds ``folder``'s lock (the file holds our PID) for the block; StageLockedError naming the holder."""
     if not if_main_process():
         yield
         return

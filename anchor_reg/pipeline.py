@@ -8,21 +8,10 @@
     step 4  stage 2   base + anchors + train.csv    -> <output_folder> (<output_root>/stage2/)
     step 5  verify    base + stage 2                -> <output_folder>/verification/table.md, eer_vs_snr.png
 
-A YAML runs the steps that lead to its stage: ``stage2.yaml`` all five;
-``stage1.yaml`` or ``joint.yaml`` (a stage without a base) steps 1, 2 (its own
-stage) and 5. Step 1 always runs: the preparation itself reuses what it wrote
-when the folders and options are unchanged, and the training CSV it leaves is
-an input of every later step. The training steps are ``train.py`` (the
-recipe's, beside the YAML's folder) on ``stage1.yaml`` (beside
-``stage2.yaml``) and the YAML given; each override reaches every step whose
-YAML has the key. A step writes ``step.json`` beside its outputs: the digests
-of its inputs (and a stage's settings). It is skipped when its outputs exist
-and that record matches; it runs otherwise (an interrupted stage resumes from
-its checkpoints). A finished stage asked to train with other settings or on
-other data is kept as it is and the run stops, naming what differs. Steps that
-later runs share (the prepared data, a base's anchors) hold a lock of their
-folder, waited for: runs started together (an experiment's parallel jobs)
-make them once, and the later ones reuse them.
+A stage without a base (``stage1.yaml``, ``joint.yaml``) runs steps 1, 2 (its own stage) and 5; each override
+reaches every step whose YAML has the key. A step's ``step.json`` records its inputs' digests (and a stage's
+settings): it is skipped when its outputs exist and the record matches, and a finished stage asked to train
+otherwise stops the run, naming what differs. Shared steps (prepared data, anchors) lock their folder.
 """
 import contextlib
 import dataclasses
@@ -63,12 +52,8 @@ NOT_SETTINGS = {
 
 @dataclasses.dataclass
 class Step:
-    """One step: what it reads (``inputs``: name -> digest or value), where it writes, how it runs.
-
-    ``outputs`` are the files that must exist for the step to count as done;
-    ``finished`` (for a training step) tells whether its stage finished training;
-    ``speakers``: the training CSV's, to name a change of data.
-    """
+    """One step: ``inputs`` (name -> digest or value), the ``outputs`` that mark it done, how it ``run``s;
+    a training step's ``finished()`` and training ``speakers`` (to name a change of data)."""
 
     number: int
     name: str
@@ -126,12 +111,8 @@ def refuse_changed(step, recorded):
 
 
 def is_finished(values):
-    """Whether the stage in ``values["output_folder"]`` finished training under these settings.
-
-    Finished: its last end-of-epoch checkpoint reached ``number_of_epochs``, or
-    early stopping ended it and would end it under this ``early_stop_patience``
-    too (a larger patience continues it).
-    """
+    """Whether the stage's last end-of-epoch checkpoint reached ``number_of_epochs``, or early stopping ended
+    it and would under this ``early_stop_patience`` too (a larger one continues it)."""
     ckpt = Checkpointer(values["save_folder"]).find_checkpoint(ckpt_predicate=end_of_epoch)
     if ckpt is None:
         return False

@@ -52,13 +52,7 @@ def load_results(item):
 
 
 def markdown_table(header, rows):
-    """The one writer of results tables: Markdown, first column left-aligned, the others right.
-
-    >>> print(markdown_table(["system", "EER (%)"], [["base", "4.20"]]))
-    | system | EER (%) |
-    |---|---:|
-    | base | 4.20 |
-    """
+    """The one writer of results tables: Markdown, first column left-aligned, the others right."""
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 

@@ -1,7 +1,6 @@
 """What a stage reads besides its YAML: prepared rows as datasets, and stage 2's fixed anchor stores
 (``anchors.pt``, ``dev_anchors.pt``, ``replay_anchors.pt`` beside the ``anchors`` file, each embedded once by the
 frozen base; extraction leaves the global random state as it found it)."""
-import csv
 import functools
 import logging
 import pathlib
@@ -12,6 +11,7 @@ import torch
 from anchor_reg.anchors import load_or_extract
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.batching import collate_rows
+from anchor_reg.data.cache import read_csv
 from anchor_reg.errors import AudioError
 from anchor_reg.replay import ReplaySet
 
@@ -50,8 +50,7 @@ def rows_dataset(hparams, csv_file):
 
 def read_column(csv_file, column):
     """One column of a CSV, as a list of strings."""
-    with open(csv_file, newline="", encoding="utf-8") as f:
-        return [row[column] for row in csv.DictReader(f)]
+    return [row[column] for row in read_csv(csv_file)]
 
 
 def anchor_stores(hparams, base, train_data, train_ids, run_opts):

@@ -1,12 +1,11 @@
 """WiSE-FT at export: ``alpha * base + (1 - alpha) * adapted`` embedding weights of a stage 2 and its base
 (``auto``: the alpha of :data:`AUTO_GRID` with the lowest dev noisy -> anchor retrieval error)."""
-import csv
 import pathlib
 
 import torch
 
 from anchor_reg.anchors import AnchorStore
-from anchor_reg.data.audio import read_audio_checked
+from anchor_reg.data.cache import read_segment, read_utterances
 from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.errors import WiseError
 from anchor_reg.forgetting import interpolate_weights
@@ -56,11 +55,9 @@ def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRI
     prep = pathlib.Path(str(tree["prep_folder"]))
     copies = NoisyDevCopies(prep, tree["snr_low"], tree["snr_high"], tree.get("reverb", True), tree["data_seed"],
                             sample_rate=tree.get("sample_rate", 16000))
-    with open(prep / "dev.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    noisy = [copies(read_audio_checked(r["wav"], tree["sample_rate"], int(r["start"]), int(r["stop"])), r["ID"])
-             for r in rows]
-    own = store.rows([r["ID"] for r in rows])
+    rows = read_utterances(prep / "dev.csv")
+    noisy = [copies(read_segment(row, tree["sample_rate"]), utt_id) for utt_id, row in rows.items()]
+    own = store.rows(list(rows))
     errors = {}
     for alpha in grid:
         encoder.mods.embedding_model.load_state_dict(interpolate_weights(base_state, adapted_state, alpha))

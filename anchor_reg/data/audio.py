@@ -1,8 +1,5 @@
-"""The one audio reader and file checks of every preparation, data pipeline and evaluation.
-
-A bad file (missing, empty, truncated, corrupt, NaN/Inf samples, digitally silent, wrong sample rate,
-several channels) is reported with its path and its problem instead of a libsndfile traceback.
-"""
+"""The one audio reader and file checks of every preparation, data pipeline and evaluation: a bad file is
+reported with its path and problem (missing, corrupt, NaN/Inf, silent, wrong rate, several channels)."""
 
 import logging
 import os
@@ -30,23 +27,16 @@ def inspect_audio(path, sample_rate=16000):
 
 
 def read_audio_checked(path, sample_rate=16000, start=None, stop=None):
-    """Samples ``[start, stop)`` (default: all) of a mono file at ``sample_rate``, float32 ``(T,)``.
-
-    Raises :class:`AudioError` naming the file for the problems :func:`inspect_audio` finds (NaN/Inf only
-    within the samples read) and for a segment past the end.
-    """
+    """Samples ``[start, stop)`` (default: all) of a mono file at ``sample_rate``, float32 ``(T,)``; AudioError
+    naming the file for :func:`inspect_audio`'s problems and a segment past the end."""
     samples, problem = _read(path, sample_rate, start, stop)
     _raise_if(path, problem)
     return torch.from_numpy(samples)
 
 
 def validate_audio_files(paths, sample_rate=16000, skip_bad_files=False, report_path=None, mono=True):
-    """Checks every file, then raises one :class:`AudioError` listing all the bad ones, or
-    (``skip_bad_files``) logs them and writes ``path<TAB>problem`` lines to ``report_path`` (if given).
-
-    ``mono=False`` accepts several channels. Returns ``{path (str): duration in seconds}`` of the good
-    files, in input order.
-    """
+    """``{path (str): duration in seconds}`` of the good files, in input order; one AudioError listing the bad
+    ones, or (``skip_bad_files``) ``path<TAB>problem`` lines in ``report_path``."""
     durations, problems = {}, {}
     for path in paths:
         duration, problem = _check_file(path, sample_rate, mono)

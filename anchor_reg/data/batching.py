@@ -1,8 +1,5 @@
-"""Batches of rows padded by reflection, the same in training, anchor extraction and evaluation.
-
-A shorter row is extended by mirror images of itself, not zeros (whose extreme log filterbank energies
-ECAPA's convolutions carry into the last valid frames), so an anchor embeds exactly stage 2's clean input.
-"""
+"""Batches of rows padded by reflection (zeros' extreme log filterbank energies would leak into the last valid
+frames), the same in training, anchor extraction and evaluation."""
 import speechbrain as sb
 import torch
 
@@ -23,12 +20,8 @@ def random_crops(wavs, lens, crop_samples):
 
 
 def pad_by_reflection(wavs):
-    """Stacks non-empty (T_i,) waveforms into (B, max T_i), extending each by mirror images of itself.
-
-    >>> pad_by_reflection([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])])
-    tensor([[1., 2., 3.],
-            [4., 5., 5.]])
-    """
+    """Stacks non-empty (T_i,) waveforms into (B, max T_i), extending each by mirror images of itself
+    (``[4, 5]`` -> ``[4, 5, 5, 4, ...]``)."""
     longest = max(wav.numel() for wav in wavs)
     rows = []
     for wav in wavs:

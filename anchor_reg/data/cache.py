@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from anchor_reg.atomic import write_text_atomic
+from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.digest import content_digest
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,22 @@ def read_csv(path):
     """The rows of a CSV file, as dicts."""
     with open(path, newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
+
+
+def read_utterances(csv_path):
+    """``{ID: {"wav", "start", "stop" (int samples), "spk_id"}}`` of a prepared CSV, in file order."""
+    with open(csv_path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = {"ID", "wav", "start", "stop", "spk_id"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path} lacks the column(s) {sorted(missing)}.")
+        return {row["ID"]: {"wav": row["wav"], "start": int(float(row["start"])), "stop": int(float(row["stop"])),
+                            "spk_id": row["spk_id"]} for row in reader}
+
+
+def read_segment(row, sample_rate):
+    """Waveform (T,) of a :func:`read_utterances` row's [start, stop) segment, read as training reads it."""
+    return read_audio_checked(row["wav"], sample_rate, row["start"], row["stop"])
 
 
 def write_csv(rows, path, fields=CSV_FIELDS):

@@ -1,8 +1,5 @@
-"""Noisy copies of the dev rows (training speakers, held out of training): every stage's model selection.
-
-Each row is also scored corrupted by one condition drawn from the *training* noises, babble and rooms, a pure
-function of its ID and the seed: the same audio at every epoch, for every system and on a resume.
-"""
+"""Noisy copies of the dev rows for every stage's model selection: each row corrupted by one training-noise
+condition, a pure function of its ID and the seed (the same at every epoch, for every system)."""
 import pathlib
 
 from anchor_reg.corruption import Condition, Corruptor, additive_condition, stable_seed
@@ -15,11 +12,8 @@ def noise_types_in(csv_file):
 
 
 class NoisyDevCopies:
-    """``copy(wav (T,), row_id) -> (T,)``: the row corrupted by its fixed training-noise condition.
-
-    ``prep_folder`` holds ``noise_train.csv``, ``babble_train.csv`` and ``rir_train.csv``; the additive
-    conditions take every 5 dB step from ``snr_low`` to ``snr_high``, plus reverberation if ``reverb``.
-    """
+    """``copy(wav (T,), row_id) -> (T,)``: the row corrupted by its fixed condition (the training noises of
+    ``prep_folder`` at every 5 dB from ``snr_low`` to ``snr_high``, and reverberation if ``reverb``)."""
 
     def __init__(self, prep_folder, snr_low, snr_high, reverb, seed, sample_rate=16000):
         prep = pathlib.Path(prep_folder)

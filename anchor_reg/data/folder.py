@@ -1,12 +1,7 @@
 """Folders of speakers (``<data_folder>/<speaker>/<session>/<utt>.{wav,flac}``) to training CSVs and trials.
 
-Writes in ``save_folder`` (atomically): ``train.csv``, ``dev.csv`` (training speakers' rows), ``enrol.csv``,
-``test.csv`` (verification rows), ``trials.txt``, ``bad_files.txt`` (``skip_bad_files`` only) and, last,
-``prepare_opts.json``; a rerun with the same options and input files reuses them. Columns:
-:data:`~anchor_reg.data.cache.CSV_FIELDS` (start/stop in samples, stop exclusive).
-Training row IDs are ``<spk>--<session>--<utt>_<start>_<stop>``; verification row IDs are the path below
-the data folder without extension (``spk/session/utt``, in trials.txt with its extension) or, for a segment,
-``spk/session/utt@<start>-<stop>`` (the same in trials.txt).
+Training row IDs are ``<spk>--<session>--<utt>_<start>_<stop>`` (samples, stop exclusive); verification row
+IDs are the path below the data folder without extension, or ``spk/session/utt@<start>-<stop>`` for a segment.
 """
 
 import logging
@@ -48,21 +43,13 @@ class Utterance:
 def prepare_folder_of_speakers(data_folders, save_folder, *, seg_dur=3.0, dev_ratio=0.05,
                                verification_speakers=0.2, trial_list=None, trials_per_speaker=50, seed=1234,
                                sample_rate=16000, skip_bad_files=False, min_utt_dur=1.0, test_seg_dur=None):
-    """Prepares train/dev/enrol/test CSVs and trials from one folder of speakers or a list of them (corpora).
+    """Writes train/dev/enrol/test CSVs, trials.txt (and bad_files.txt) of one folder of speakers or a list of
+    them (corpora), atomically, the options record last (a rerun with the same options reuses them); returns
+    output name -> path.
 
-    Training utterances are cut into ``seg_dur`` segments (a last, shorter one kept if it lasts
-    ``min_utt_dur``); about ``dev_ratio`` of the rows go to dev.csv (whole utterances, or segments of a
-    speaker with one utterance; every speaker keeps a training row). ``verification_speakers`` (a number per
-    corpus, a fraction of each corpus with at least 2, or speaker ids) are held out, and ``trials_per_speaker``
-    target and as many nontarget trials are generated per speaker within each corpus, their utterances cut
-    into ``test_seg_dur`` segments when given. A ``trial_list`` (VoxCeleb format, paths below the data
-    folders, optionally ``@start-stop`` segments) replaces the last three. ``seed`` drives every draw.
+    ``verification_speakers`` (a number per corpus, a fraction of each, or ids) are held out for
+    ``trials_per_speaker`` target and nontarget trials per speaker, unless a ``trial_list`` names the trials.
     Bad audio raises one error listing every bad file, or (``skip_bad_files``) is left out and listed.
-
-    Returns
-    -------
-    dict
-        Output name (train, dev, enrol, test, trials, opts[, bad_files]) -> path.
     """
     folders = folder_list(data_folders)
     corpora = [scan_speaker_folder(folder) for folder in folders]

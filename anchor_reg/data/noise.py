@@ -1,10 +1,7 @@
-"""Noise, music, babble and RIR CSVs for speechbrain.augment's AddNoise/AddReverb.
+"""Noise, music, babble and RIR CSVs for speechbrain.augment's AddNoise/AddReverb (``ExtendedCSVDataset``).
 
-SpeechBrain 1.1.2 reads them with ``ExtendedCSVDataset``: ``ID``, ``duration``, then ``<name>,<name>_format,
-<name>_opts`` triplets (``noise_type`` is a ``string`` triplet), and loads every audio triplet as a whole
-file, ignoring start/stop. So files longer than ``seg_dur`` are cut into segments written as 16-bit wav
-files (SpeechBrain's ``augment.preparation`` would rewrite and delete the sources). Each preparation writes
-``<csv stem>_opts.json`` last and reuses its outputs when rerun with the same options and input files.
+SpeechBrain loads each file whole (ignoring start/stop), so files longer than ``seg_dur`` are cut into 16-bit
+wav segments; ``<csv stem>_opts.json``, written last, lets a rerun with the same options reuse the outputs.
 """
 
 import csv
@@ -40,11 +37,8 @@ def prepare_noise_files(root, files, save_csv, noise_type, *, seg_dur=5.0, segme
                         sample_rate=16000, skip_bad_files=False, first_channel=False):
     """Validates audio ``files`` (below ``root``) and writes their noise CSV; returns its path.
 
-    Row IDs are ``<noise_type>--<path below root without extension, / as -->``, plus ``_<start>_<stop>``
-    (samples) for the ``seg_dur`` segments of a longer file (written to ``segment_folder``, default
-    ``<csv stem>_segments``; a remainder shorter than ``min_dur`` is dropped). ``seg_dur=None`` keeps files
-    whole (RIRs). ``first_channel`` accepts multi-channel files and writes their first channel as mono.
-    Bad files raise, or (``skip_bad_files``) are listed in ``<csv stem>_bad_files.txt``.
+    A file longer than ``seg_dur`` (None: keep whole) becomes segments in ``segment_folder`` (a remainder
+    under ``min_dur`` dropped); ``first_channel`` writes a multi-channel file's first channel as mono.
     """
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
@@ -92,14 +86,8 @@ def prepare_noise_files(root, files, save_csv, noise_type, *, seg_dur=5.0, segme
 
 def prepare_musan(musan_folder, save_folder, *, seg_dur=5.0, n_babble=1000, babble_speakers=BABBLE_TALKERS,
                   seed=1234, sample_rate=16000, skip_bad_files=False):
-    """Writes ``noise.csv`` and ``music.csv`` (``seg_dur`` segments of MUSAN's noise/ and music/) and
-    ``babble.csv`` (``n_babble`` mixtures of ``musan/speech`` files, see :func:`prepare_babble`).
-
-    Returns
-    -------
-    dict
-        ``{"noise": csv path, "music": ..., "babble": ...}``.
-    """
+    """``{"noise", "music", "babble": csv path}``: ``seg_dur`` segments of MUSAN's noise/ and music/, and
+    ``n_babble`` mixtures of ``musan/speech`` files (:func:`prepare_babble`)."""
     musan_folder, save_folder = Path(musan_folder), Path(save_folder)
     for sub in ("noise", "music", "speech"):
         if not (musan_folder / sub).is_dir():
@@ -118,11 +106,8 @@ def prepare_musan(musan_folder, save_folder, *, seg_dur=5.0, n_babble=1000, babb
 
 
 def prepare_rirs_noises(rirs_folder, save_folder, *, sample_rate=16000, skip_bad_files=False):
-    """Writes ``rir.csv`` of RIRS_NOISES' simulated and real RIRs (not its isotropic noises); returns its path.
-
-    The real RIRs are those named in ``real_rirs_isotropic_noises/rir_list`` if present, else its wav files
-    without "noise" in their name; their first channel is kept (written to ``<save_folder>/rir_segments``).
-    """
+    """Writes ``rir.csv`` of RIRS_NOISES' simulated and real RIRs (first channel; not its isotropic noises);
+    returns its path."""
     rirs_folder = Path(rirs_folder)
     files = sorted(str(p) for p in (rirs_folder / "simulated_rirs").rglob("*.wav"))
     files += _real_rirs(rirs_folder / "real_rirs_isotropic_noises")
@@ -138,10 +123,8 @@ def prepare_babble(speech, save_folder, n_mixtures, speakers_per_mix=BABBLE_TALK
                    sample_rate=16000, skip_bad_files=False, name="babble"):
     """Mixes ``n_mixtures`` babble files of ``seg_dur`` seconds; returns the path of ``<save_folder>/babble.csv``.
 
-    ``speech`` is a speaker CSV (``wav,start,stop,spk_id``: talker = speaker) or a list of audio files (talker
-    = file). A mixture sums a random ``seg_dur`` window (looped if shorter) of k talkers, k uniform in
-    ``speakers_per_mix`` (fewest, most), each scaled to unit RMS, then peak-normalised to 0.9; the files are
-    ``<save_folder>/babble/<name>-NNNNN.wav`` (the row IDs: ``name`` keeps two babble sets' IDs apart).
+    ``speech``: a speaker CSV (talker = speaker) or audio files (talker = file). A mixture sums unit-RMS windows
+    of k talkers (k uniform in ``speakers_per_mix``), peak-normalised to 0.9.
     """
     save_folder = Path(save_folder)
     save_csv, opts_path = save_folder / "babble.csv", save_folder / "babble_opts.json"

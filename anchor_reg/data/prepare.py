@@ -1,13 +1,6 @@
-"""One call that prepares everything a training YAML needs in ``prep_folder``, whatever the ``dataset``.
-
-Speech: ``train.csv``, ``dev.csv``, ``enrol.csv``, ``test.csv``, ``trials.txt`` (and ``replay.csv`` when
-``replay_rows`` > 0). Training augmentation: ``noise_train.csv`` (noise + music), ``babble_train.csv``
-(babble of training speakers), ``rir_train.csv``. Evaluation: ``eval_noise.csv``, ``eval_music.csv``,
-``eval_babble.csv``, ``eval_rir.csv``, from files disjoint from the training ones and babble of speakers never
-trained on. ``dataset``: ``synthetic`` (generated into ``data_folder``), ``folder`` (folders of speakers,
-``noise_folders``, ``rir_folder``), ``unlabelled`` (audio at any depth, ``verification_folders``, same noise
-keys) or ``voxceleb`` (VoxCeleb, ``musan_folder``, ``rir_folder`` = RIRS_NOISES or a folder of RIRs).
-"""
+"""One call that prepares everything a training YAML needs in ``prep_folder``, whatever the ``dataset``:
+speech CSVs and trials, training noises (``*_train.csv``) and evaluation noises (``eval_*.csv``) from files
+disjoint from the training ones."""
 
 import logging
 import os
@@ -35,10 +28,7 @@ _SEGMENT_SUFFIX = re.compile(r"_\d+_\d+$")
 
 def prepare_data(hparams):
     """Prepares speech, noise and RIR CSVs in ``hparams["prep_folder"]``; returns output name -> path.
-
-    Raises :class:`~anchor_reg.errors.ConfigError` (one line naming the key or file) or
-    :class:`~anchor_reg.errors.AudioError` for a problem with the data or the data keys.
-    """
+    Raises ConfigError or AudioError naming the key or file."""
     dataset = hparams["dataset"]
     if dataset not in DATASETS:
         raise ConfigError(f"key 'dataset' must be one of {', '.join(DATASETS)}, got '{dataset}'")

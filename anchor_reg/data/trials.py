@@ -1,8 +1,5 @@
-"""Trial lists, VoxCeleb-format ``<1|0> <enrol> <test>`` lines: reading, writing, generating and mapping.
-
-An entry names a file below the data folder (``spk/session/utt.wav``) or a segment of one
-(``spk/session/utt@<start>-<stop>``, samples); without a .wav/.flac/.m4a extension it is a CSV row ID.
-"""
+"""Trial lists, VoxCeleb-format ``<1|0> <enrol> <test>`` lines: reading, writing, generating and mapping; an
+entry is a file below the data folder, a segment ``<file>@<start>-<stop>`` (samples) or a CSV row ID."""
 
 import logging
 import os
@@ -18,12 +15,8 @@ TRIAL_EXTENSIONS = (".wav", ".flac", ".m4a")
 
 
 def generate_trials(rows, trials_per_speaker, rng):
-    """Balanced ``(label, enrol, test)`` trials among one corpus' verification rows.
-
-    Each speaker with rows ``own`` (dicts with ``spk_id`` and ``trial_name``) gets ``n`` distinct target
-    pairs and ``n`` distinct nontarget pairs (its row, another speaker's), ``n = min(trials_per_speaker,
-    possible target pairs, possible nontarget pairs)``, drawn with ``rng`` (a ``random.Random``).
-    """
+    """Balanced ``(label, enrol, test)`` trials among one corpus' verification rows (``spk_id``, ``trial_name``):
+    per speaker, up to ``trials_per_speaker`` distinct target and as many nontarget pairs, drawn with ``rng``."""
     by_spk = defaultdict(list)
     for row in rows:
         by_spk[row["spk_id"]].append(row["trial_name"])
@@ -72,11 +65,8 @@ def read_trial_list(path):
 
 
 def map_trial_list(trials, by_id, n_samples, sample_rate, trial_list):
-    """(kept trials, enrol rows, test rows) for the entries of a trial list.
-
-    ``by_id`` maps utterance ids to :class:`~anchor_reg.data.folder.Utterance`; ``n_samples`` maps the
-    readable files' paths to their lengths, and trials naming another file (skipped as bad) are dropped.
-    """
+    """(kept trials, enrol rows, test rows) for the entries of a trial list; trials naming a file not in
+    ``n_samples`` (path -> length of the readable files) are dropped."""
     rows, bad_spans = {}, []
     for entry in sorted({name for _, e, t in trials for name in (e, t)}):
         utt_id, span = parse_trial_entry(entry)

@@ -60,11 +60,8 @@ def split_dev_by_file(rows, dev_ratio, seed):
 
 def prepare_unlabelled(data_folders, verification_folders, save_folder, *, seg_dur=3.0, dev_ratio=0.1,
                        seed=1234, sample_rate=16000, skip_bad_files=False, min_utt_dur=1.0, test_seg_dur=None):
-    """Prepares train/dev rows of unlabelled audio and trials among every speaker of ``verification_folders``.
-
-    ``dev_ratio`` is a fraction of the source files; the other arguments and the outputs are
-    :func:`~anchor_reg.data.folder.prepare_folder_of_speakers`'.
-    """
+    """:func:`~anchor_reg.data.folder.prepare_folder_of_speakers` for unlabelled audio (``dev_ratio``: of the
+    files); trials among every speaker of ``verification_folders``."""
     utterances = scan_unlabelled_folders(data_folders)
     corpora = [scan_speaker_folder(folder) for folder in verification_folders]
     verification = [u for corpus in corpora for u in corpus]

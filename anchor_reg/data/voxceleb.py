@@ -1,19 +1,5 @@
-"""VoxCeleb preparation from local files (nothing is downloaded).
-
-Each data folder (VoxCeleb1 and/or VoxCeleb2 dev) holds ``wav/idXXXXX/<video>/<nnnnn>.wav`` (16 kHz mono) and
-the trial list in ``meta/`` or itself. VoxCeleb2's m4a files must first be converted, e.g.::
-
-    cd /data/voxceleb2/dev/aac
-    find . -name '*.m4a' -print0 | while IFS= read -r -d '' f; do
-        out="/data/voxceleb2/wav/${f%.m4a}.wav"
-        mkdir -p "$(dirname "$out")"
-        ffmpeg -nostdin -loglevel error -y -i "$f" -ac 1 -ar 16000 "$out"
-    done
-
-Every speaker of the trial list (``veri_test2.txt`` = VoxCeleb1-O cleaned, ``veri_test.txt``,
-``list_test_all2.txt``, ``list_test_hard2.txt``) is left out of train/dev; the outputs are those of
-:func:`anchor_reg.data.folder.prepare_folder_of_speakers`.
-"""
+"""VoxCeleb preparation from local wav files (m4a converted first: recipes/VoxCeleb/README.md); every speaker
+of the trial list is left out of train/dev."""
 
 import os
 from pathlib import Path
@@ -23,11 +9,8 @@ from anchor_reg.data.folder import folder_list, prepare_folder_of_speakers
 
 def prepare_voxceleb(data_folders, save_folder, *, trial_list="veri_test2.txt", seg_dur=3.0, dev_ratio=0.01,
                      seed=1234, sample_rate=16000, skip_bad_files=False, min_utt_dur=1.0):
-    """Prepares train/dev/enrol/test CSVs and trials.txt for VoxCeleb.
-
-    ``trial_list`` is a path, or a file name looked up in each data folder and its ``meta/``; the other
-    arguments are :func:`~anchor_reg.data.folder.prepare_folder_of_speakers`' (whose outputs it returns).
-    """
+    """:func:`~anchor_reg.data.folder.prepare_folder_of_speakers` for VoxCeleb; ``trial_list``: a path, or a
+    file name looked up in each data folder and its ``meta/``."""
     folders = folder_list(data_folders)
     wav_folders = [voxceleb_wav_folder(folder) for folder in folders]
     return prepare_folder_of_speakers(
