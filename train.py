@@ -60,8 +60,7 @@ def dataio_prep(hparams, label_encoder_source=None):
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), label_pipeline)
     dev_keys = []
     if hparams["dev_noisy_copies"]:
-        noisy_copy = NoisyDevCopies(prep, hparams["snr_low"], hparams["snr_high"], hparams.get("reverb", True),
-                                    hparams["data_seed"], sample_rate=hparams["sample_rate"])
+        noisy_copy = NoisyDevCopies.of_stage(hparams)
 
         @sb.utils.data_pipeline.takes("id", "sig")
         @sb.utils.data_pipeline.provides("sig_noisy")

@@ -10,7 +10,7 @@ from anchor_reg.data.batching import random_crops
 from anchor_reg.embedding import embed
 from anchor_reg.forgetting import L2SP
 from anchor_reg.losses import anchor_distance
-from anchor_reg.retrieval import AnchorRetrievalStats
+from anchor_reg.retrieval import AnchorRetrievalStats, own_rows_error
 from anchor_reg.random_state import RandomState
 
 logger = logging.getLogger(__name__)
@@ -139,13 +139,17 @@ class SpeakerBrain(sb.core.Brain):
         """The dev statistics whose ``summarize("average")`` is the epoch's ``ErrorRate``."""
         return self.hparams.error_stats()
 
+    def dev_summary(self):
+        """``{"ErrorRate": the dev criterion}`` of the epoch (and its parts, if any); called under no_grad."""
+        return {"ErrorRate": self.error_metrics.summarize("average")}
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs train/valid statistics, anneals the learning rate, checkpoints (the best and the latest)."""
         terms = {name: round(total / max(count, 1), 4) for name, (total, count) in self.loss_terms.items()}
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss, **{f"loss_{k}": v for k, v in terms.items()}}
             return
-        stage_stats = {"loss": stage_loss, "ErrorRate": self.error_metrics.summarize("average")}
+        stage_stats = {"loss": stage_loss, **self.dev_summary()}
         if stage != sb.Stage.VALID:
             self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current},
                                                 test_stats=stage_stats)
@@ -302,6 +306,18 @@ class AnchorRegBrain(SpeakerBrain):
     def dev_criterion(self):
         """Classification error, or the noisy -> anchor retrieval error (:mod:`anchor_reg.retrieval`)."""
         return AnchorRetrievalStats(self.dev_anchors) if self.retrieval_criterion else super().dev_criterion()
+
+    def dev_summary(self):
+        """With broad dev rows (the replay set's ``dev``), the retrieval ErrorRate is the mean of the dev rows' error
+        and the broad rows' (their fixed noisy copies among their own anchors alone), both logged."""
+        summary = super().dev_summary()
+        if not (self.retrieval_criterion and self.replay is not None and self.replay.dev):
+            return summary
+        rows = [row for row in map(self.replay.dataset.__getitem__, self.replay.dev) if row["sig"] is not None]
+        noisy = [self.compute_embeddings(self.replay.dev_copies(row["sig"], row["id"])[None].to(self.device),
+                                         torch.ones(1, device=self.device)) for row in rows]
+        dev, broad = summary["ErrorRate"], own_rows_error(torch.cat(noisy), [r["id"] for r in rows], self.replay.store)
+        return {"ErrorRate": (dev + broad) / 2, "retrieval_dev": dev, "retrieval_broad": broad}
 
     def dev_statistics(self, predictions, batch):
         """Retrieval queries are the dev batch's noisy copies; label-free, the loss is the mean anchor distance."""

@@ -73,7 +73,7 @@ RANGES = {
     **dict.fromkeys(("anchor_objective", "replay_objective"), one_of(OBJECTIVES)),
     # counts
     **dict.fromkeys(("seed", "data_seed", "num_workers", "ckpt_interval_steps", "anchor_weight_warmup_epochs",
-                     "replay_rows", "num_train_speakers"), integer(0)),
+                     "replay_rows", "replay_dev_rows", "num_train_speakers"), integer(0)),
     **dict.fromkeys(("number_of_epochs", "stage1_epochs", "stage2_epochs", "early_stop_patience", "batch_size",
                      "anchor_batch_size", "eval_batch_size", "keep_checkpoints", "noisy_copies", "babble_mixtures",
                      "n_mels", "emb_dim", "cohort_size", "norm_topk"), integer(1)),

@@ -14,6 +14,11 @@ def retrieval_error(queries, own, gallery):
     return float((nearest != own.to(nearest.device)).float().mean())
 
 
+def own_rows_error(queries, ids, store):
+    """:func:`retrieval_error` of (Q, D) queries of rows ``ids`` among the anchors of those rows alone in ``store``."""
+    return retrieval_error(queries, torch.arange(len(ids)), store.embeddings[store.rows(ids)])
+
+
 class AnchorRetrievalStats:
     """Dev statistics (``append`` / ``summarize`` as ``error_stats``): the retrieval error against ``store``."""
 

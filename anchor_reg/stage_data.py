@@ -12,8 +12,9 @@ from anchor_reg.anchors import load_or_extract
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.data.batching import collate_rows
 from anchor_reg.data.cache import read_csv
+from anchor_reg.data.dev_copies import NoisyDevCopies
 from anchor_reg.errors import AudioError
-from anchor_reg.replay import ReplaySet
+from anchor_reg.replay import ReplaySet, broad_dev_ids
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def anchor_stores(hparams, base, train_data, train_ids, run_opts):
         replay_data = rows_dataset(hparams, replay_csv)
         replay_store = extract(replay_data, read_column(replay_csv, "ID"), replay_csv, folder / "replay_anchors.pt")
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        options["replay"] = ReplaySet(replay_data, replay_store, hparams["replay_rows"], hparams["seed"], rank)
+        dev_ids = broad_dev_ids(hparams)  # held-out broad dev rows: their anchors are in the replay store
+        options["replay"] = ReplaySet(replay_data, replay_store, hparams["replay_rows"], hparams["seed"], rank,
+                                      set(dev_ids), NoisyDevCopies.of_stage(hparams) if dev_ids else None)
         provenance["replay_anchors_digest"] = replay_store.digest()
     if hparams.get("l2sp_weight", 0) > 0:
         options["base_embedding"] = base.modules["embedding_model"]

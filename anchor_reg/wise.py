@@ -1,5 +1,5 @@
 """WiSE-FT at export: ``alpha * base + (1 - alpha) * adapted`` embedding weights of a stage 2 and its base
-(``auto``: the alpha of :data:`AUTO_GRID` with the lowest dev noisy -> anchor retrieval error)."""
+(``auto``: the alpha of :data:`AUTO_GRID` with the lowest dev criterion: noisy -> anchor retrieval error)."""
 import pathlib
 
 import torch
@@ -11,7 +11,8 @@ from anchor_reg.errors import WiseError
 from anchor_reg.forgetting import interpolate_weights
 from anchor_reg.model_folder import folder_fingerprint, savedir_of
 from anchor_reg.provenance import read_provenance
-from anchor_reg.retrieval import retrieval_error
+from anchor_reg.replay import broad_dev_ids
+from anchor_reg.retrieval import own_rows_error, retrieval_error
 
 AUTO_GRID = (0.0, 0.25, 0.5, 0.75)
 
@@ -44,26 +45,27 @@ def base_embedding_state(tree, checkpoint):
     return torch.load(folder / "embedding_model.ckpt", map_location="cpu", weights_only=True)
 
 
+@torch.no_grad()
 def dev_retrieval_errors(tree, encoder, base_state, adapted_state, grid=AUTO_GRID):
-    """``{alpha: retrieval error}`` of the interpolated weights loaded in turn into ``encoder`` (an
-    EncoderClassifier), on the stage's fixed noisy dev copies against ``dev_anchors.pt``."""
-    store_file = pathlib.Path(str(tree["anchors"])).parent / "dev_anchors.pt"
-    if not store_file.is_file():
-        raise WiseError(f"--wise_alpha=auto needs the dev rows' anchors {store_file} "
+    """``{alpha: the stage's dev retrieval error}`` of the interpolated weights loaded in turn into ``encoder`` (an
+    EncoderClassifier): its dev rows' against ``dev_anchors.pt`` (with broad dev rows, the mean with theirs)."""
+    folder, prep = pathlib.Path(str(tree["anchors"])).parent, pathlib.Path(str(tree["prep_folder"]))
+    if not (folder / "dev_anchors.pt").is_file():
+        raise WiseError(f"--wise_alpha=auto needs the dev rows' anchors {folder / 'dev_anchors.pt'} "
                         "(train the stage with dev_criterion: anchor_retrieval), or give a number")
-    store = AnchorStore.from_file(store_file)
-    prep = pathlib.Path(str(tree["prep_folder"]))
-    copies = NoisyDevCopies(prep, tree["snr_low"], tree["snr_high"], tree.get("reverb", True), tree["data_seed"],
-                            sample_rate=tree.get("sample_rate", 16000))
-    rows = read_utterances(prep / "dev.csv")
-    noisy = [copies(read_segment(row, tree["sample_rate"]), utt_id) for utt_id, row in rows.items()]
-    own = store.rows(list(rows))
+    store, dev = AnchorStore.from_file(folder / "dev_anchors.pt"), read_utterances(prep / "dev.csv")
+    parts = [(dev, list(dev), lambda queries: retrieval_error(queries, store.rows(list(dev)), store.embeddings))]
+    broad = broad_dev_ids(tree)
+    if broad:
+        replay_store = AnchorStore.from_file(folder / "replay_anchors.pt")
+        parts.append((read_utterances(prep / "replay.csv"), broad, lambda q: own_rows_error(q, broad, replay_store)))
+    copies = NoisyDevCopies.of_stage(tree)
+    parts = [([copies(read_segment(rows[i], tree["sample_rate"]), i) for i in ids], err) for rows, ids, err in parts]
     errors = {}
     for alpha in grid:
         encoder.mods.embedding_model.load_state_dict(interpolate_weights(base_state, adapted_state, alpha))
-        with torch.no_grad():
-            queries = torch.cat([encoder.encode_batch(wav.unsqueeze(0)).reshape(1, -1) for wav in noisy])
-        errors[alpha] = retrieval_error(queries, own, store.embeddings)
+        errors[alpha] = sum(error(torch.cat([encoder.encode_batch(wav.unsqueeze(0)).reshape(1, -1) for wav in wavs]))
+                            for wavs, error in parts) / len(parts)
     return errors
 
 
@@ -82,6 +84,7 @@ def card_section(tree, alpha, errors=None):
             "and adapted is the stage-2 checkpoint; the normaliser and the classifier are the adapted ones.\n")
     if errors:
         listed = ", ".join(f"{a:g}: {100 * e:.2f} %" for a, e in errors.items())
-        text += (f"\nalpha was chosen by the dev criterion (noisy -> anchor retrieval error of the dev rows; "
+        rows = "the dev rows and of the held-out replay rows (mean)" if broad_dev_ids(tree) else "the dev rows"
+        text += (f"\nalpha was chosen by the dev criterion (noisy -> anchor retrieval error of {rows}; "
                  f"ties to the larger alpha): {listed}.\n")
     return text

@@ -121,7 +121,50 @@ def test_adapt_yaml_trains_a_labelled_folder_with_replay_and_early_stopping_on_r
                 f"--replay_folders=[{tmp / 'replay'}]", f"--output_base={tmp / 'results'}", "--replay_rows=2",
                 "--number_of_epochs=2", "--batch_size=4", "--anchor_batch_size=4", "--seg_dur=1.5",
                 "--verification_speakers=3", "--babble_mixtures=4", "--num_workers=0",
-                "--evaluate_after_training=False", "--device=cpu", "--noprogressbar",
+                "--evaluate_after_training=False", "--device=cpu", "--noprogressbar", "--replay_dev_rows=1",
                 *[f"--{key}={value}" for key, value in flags.items()]])
     log = (tmp / "results" / "adapt" / "1986" / "stage2" / "train_log.txt").read_text().splitlines()
-    assert len(log) == 2 and all("loss_aam" in line and "loss_replay" in line for line in log)
+    assert len(log) == 2 and all("loss_aam" in line and "loss_replay" in line and "retrieval_broad" in line
+                                 for line in log)
+
+
+@pytest.mark.slow
+def test_label_free_replay_stage_logs_both_criterion_parts_and_wise_auto_uses_the_broad_part(adaptation_data):
+    import types
+
+    from anchor_reg.export import _load_training_yaml
+    from anchor_reg.replay import broad_dev_ids
+    from anchor_reg.wise import dev_retrieval_errors
+
+    tmp, options = adaptation_data
+    run_train("stage2.yaml", tmp, replay_rows=2, replay_folders=f"[{tmp / 'replay'}]", replay_dev_rows=1,
+              **dict(options, experiment_name="broad", number_of_epochs=2))
+    stage = tmp / "results" / "broad" / "1986" / "stage2"
+    log = (stage / "train_log.txt").read_text().splitlines()
+    assert len(log) == 2
+    for line in log:
+        valid = dict(item.split(": ") for item in line.split("valid ")[1:] if ": " in item)
+        parts = {key: float(value.rstrip(", ")) for key, value in valid.items()}
+        assert set(parts) == {"loss", "ErrorRate", "retrieval_dev", "retrieval_broad"}
+        assert parts["ErrorRate"] == pytest.approx((parts["retrieval_dev"] + parts["retrieval_broad"]) / 2, rel=0.02)
+    tree, _ = _load_training_yaml(stage / "hyperparams.yaml")
+    prep = pathlib.Path(str(tree["prep_folder"]))
+    held = broad_dev_ids(tree)
+    with open(prep / "replay.csv") as f:
+        replay_files = {row["ID"]: row["spk_id"] for row in csv.DictReader(f)}
+    assert held and {replay_files[i] for i in held} < set(replay_files.values())  # some files, not all
+    # an encoder that embeds every noisy copy as the first broad row's anchor: among the broad rows' anchors only
+    # that row is found, among the dev anchors only the dev row whose anchor is nearest it
+    anchors = stage.parent / "anchors"
+    target = AnchorStore.from_file(anchors / "replay_anchors.pt").lookup(held[:1])
+    encoder = types.SimpleNamespace(mods=types.SimpleNamespace(embedding_model=types.SimpleNamespace(
+        load_state_dict=lambda state: None)), encode_batch=lambda wav: target.reshape(1, 1, -1))
+    n_dev, n_broad = len(AnchorStore.from_file(anchors / "dev_anchors.pt")), len(held)
+    state = {"w": torch.zeros(1)}
+    errors = dev_retrieval_errors(tree, encoder, state, state, grid=(0.5,))
+    assert errors[0.5] == pytest.approx(((n_dev - 1) / n_dev + (n_broad - 1) / n_broad) / 2)
+    tree["replay_dev_rows"] = 0
+    assert dev_retrieval_errors(tree, encoder, state, state, grid=(0.5,))[0.5] == pytest.approx((n_dev - 1) / n_dev)
+    line = refused("stage2.yaml", tmp, replay_rows=2, replay_folders=f"[{tmp / 'replay'}]", replay_dev_rows=1000,
+                   **dict(options, experiment_name="broad_all"))
+    assert "replay_dev_rows: 1000 would hold out every replay row" in line

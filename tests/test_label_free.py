@@ -108,8 +108,10 @@ def test_adapt_yaml_loads_with_its_data_and_refuses_what_it_cannot_run(tmp_path)
     options = {"output_base": str(tmp_path), "data_folders": [str(tmp_path / "speech")], "channels": 16,
                "replay_folders": [str(tmp_path / "broad")]}
     hparams = load_hparams(adapt, options)
-    assert (hparams["dev_criterion"], hparams["replay_rows"], hparams["anchor_objective"]) == (
-        "anchor_retrieval", 16, "contrastive")
+    assert (hparams["dev_criterion"], hparams["replay_rows"], hparams["replay_dev_rows"],
+            hparams["anchor_objective"]) == ("anchor_retrieval", 16, 200, "contrastive")
+    with pytest.raises(ConfigError, match="replay_dev_rows"):
+        load_hparams(adapt, dict(options, replay_dev_rows=-1))
     with pytest.raises(ConfigError, match="key 'replay_folders' must be at least one folder of audio when replay_rows is 16"):
         load_hparams(adapt, dict(options, replay_folders=[]))
     with pytest.raises(ConfigError, match="key 'base_model' must be a base model"):

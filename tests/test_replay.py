@@ -1,11 +1,17 @@
 """Replay: rows drawn only from the replay set, deterministically, tied to their own anchors."""
+import types
+
+import pytest
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from anchor_reg.anchors import AnchorStore
 from anchor_reg.brains import AnchorRegBrain
-from anchor_reg.replay import ReplaySet
+from anchor_reg.corruption import stable_seed
+from anchor_reg.errors import ConfigError
+from anchor_reg.replay import ReplaySet, broad_dev_ids
+from anchor_reg.retrieval import retrieval_error
 from test_brains import IDS, make_batch, make_brain, make_hparams
 
 REPLAY_IDS = [f"broad--file{k // 2}_{k}" for k in range(10)]
@@ -75,3 +81,87 @@ def test_the_replay_store_lends_negatives_to_the_main_contrastive_objective(tmp_
     predictions = brain.compute_forward(make_batch(), sb.Stage.TRAIN)
     brain.extra_terms(predictions, make_batch())
     assert calls[:2] == [main, replay_store]  # the main objective's bank: K from each store
+
+
+def write_replay_csv(prep, files):
+    """replay.csv with ``files`` {source file: number of rows}; returns the row IDs by file."""
+    prep.mkdir(parents=True, exist_ok=True)
+    rows = {name: [f"{name}_{k}" for k in range(count)] for name, count in files.items()}
+    lines = ["ID,duration,wav,start,stop,spk_id"] + [f"{i},1.0,{name}.wav,0,16000,{name}"
+                                                       for name, ids in rows.items() for i in ids]
+    (prep / "replay.csv").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def test_broad_dev_rows_are_whole_files_held_out_by_seed_and_never_drawn(tmp_path):
+    files = write_replay_csv(tmp_path, {f"file{k}": 1 + k % 3 for k in range(12)})
+    values = {"prep_folder": str(tmp_path), "data_seed": 7, "replay_rows": 2, "replay_dev_rows": 5,
+              "dev_criterion": "anchor_retrieval"}
+    held = broad_dev_ids(values)
+    held_files = {name for name, ids in files.items() if set(ids) & set(held)}
+    assert set(held) == {i for name in held_files for i in files[name]}  # whole source files only
+    largest = max(len(files[name]) for name in held_files)
+    assert 5 <= len(held) < 5 + largest  # at least the rows asked, stopping at the first file that reaches them
+    assert broad_dev_ids(values) == held and broad_dev_ids(dict(values, data_seed=8)) != held
+    for off in ({"replay_dev_rows": 0}, {"replay_rows": 0}, {"dev_criterion": "classification"}):
+        assert broad_dev_ids(dict(values, **off)) == []
+    with pytest.raises(ConfigError, match="replay_dev_rows"):
+        broad_dev_ids(dict(values, replay_dev_rows=24))  # 24 rows in all: nothing left to train on
+
+    dataset = replay_dataset()
+    dev_ids = {"broad--file1_2", "broad--file1_3", "broad--file4_9"}
+    replay = ReplaySet(dataset, stores()[1], rows=4, seed=3, dev_ids=dev_ids)
+    assert [REPLAY_IDS[k] for k in replay.dev] == sorted(dev_ids)
+    drawn = {i for step in range(100) for i in replay.draw(epoch=1, step=step).id}
+    assert drawn == set(REPLAY_IDS) - dev_ids
+
+
+def test_replay_draws_without_held_out_rows_follow_the_documented_seeding():
+    replay = ReplaySet(replay_dataset(), stores()[1], rows=6, seed=3, rank=1)
+    generator = torch.Generator().manual_seed(stable_seed("replay", 3, 1, 2, 5))
+    expected = [REPLAY_IDS[k] for k in torch.randint(len(REPLAY_IDS), (6,), generator=generator)]
+    assert replay.draw(epoch=2, step=5).id == expected
+
+
+# hand-made 2-D embeddings: dev rows a, b, c (row b's noisy copy is nearer a's anchor: 1/3 wrong) ...
+DEV_ANCHORS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+DEV_QUERIES = torch.tensor([[0.9, 0.1], [0.8, 0.3], [-1.0, 0.2]])
+# ... and broad dev rows file0 and file1 (rows 0-3) among replay rows 0-9: row 2's noisy copy is nearer row 3's
+# anchor (1/4 wrong); row 3's is nearest the anchor of row 5, which is no broad dev row and so not in the gallery
+BROAD = ["broad--file0_0", "broad--file0_1", "broad--file1_2", "broad--file1_3"]
+REPLAY_ANCHORS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [0.3, -1.0],
+                               [0.5, -0.5], [-0.5, 0.5], [-0.5, -0.5], [0.2, 0.7]])
+BROAD_QUERIES = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.1, -0.9], [0.3, -1.0]])
+
+
+def criterion_brain(tmp_path, dev_ids):
+    hparams = make_hparams("stage2.yaml", tmp_path, dev_criterion="anchor_retrieval", replay_rows=2,
+                           replay_folders=["unused"], replay_dev_rows=4)
+    dev = AnchorStore.from_embeddings(["a", "b", "c"], ["a", "b", "c"], DEV_ANCHORS, {})
+    replay_store = AnchorStore.from_embeddings(REPLAY_IDS, REPLAY_IDS, REPLAY_ANCHORS, {})
+    tag = {row_id: k for k, row_id in enumerate(REPLAY_IDS)}  # each noisy copy carries its row's index
+    replay = ReplaySet(replay_dataset(), replay_store, 2, 1, dev_ids=dev_ids,
+                       dev_copies=lambda wav, row_id: torch.full((400,), float(tag[row_id])))
+    brain = make_brain(AnchorRegBrain, hparams, anchors=stores()[0], dev_anchors=dev, replay=replay)
+    brain.compute_embeddings = lambda wavs, lens: BROAD_QUERIES[int(wavs[0, 0])].reshape(1, 1, 2)
+    brain.on_stage_start(sb.Stage.VALID, 1)
+    brain.error_metrics.append(["a", "b", "c"], DEV_QUERIES)
+    logged, saved = [], []
+    brain.hparams.train_logger = types.SimpleNamespace(log_stats=lambda **k: logged.append(k["valid_stats"]))
+    brain.checkpointer = types.SimpleNamespace(save_and_keep_only=lambda **k: saved.append(k["meta"]["ErrorRate"]))
+    brain.train_stats = {"loss": 0.0}
+    brain.on_stage_end(sb.Stage.VALID, 0.5, epoch=1)
+    return logged[0], saved[0]
+
+
+def test_with_broad_dev_rows_the_criterion_is_the_mean_of_both_retrieval_errors(tmp_path):
+    stats, best = criterion_brain(tmp_path, set(BROAD))
+    assert stats == {"loss": 0.5, "ErrorRate": pytest.approx((1 / 3 + 1 / 4) / 2),
+                     "retrieval_dev": pytest.approx(1 / 3), "retrieval_broad": pytest.approx(1 / 4)}
+    assert best == stats["ErrorRate"]  # early stopping and the best checkpoint follow the mean
+
+
+def test_without_broad_dev_rows_the_criterion_and_its_log_are_the_dev_rows_alone(tmp_path):
+    stats, best = criterion_brain(tmp_path, frozenset())
+    assert list(stats) == ["loss", "ErrorRate"] and stats["ErrorRate"] == best
+    assert stats["ErrorRate"] == retrieval_error(DEV_QUERIES, torch.tensor([0, 1, 2]), DEV_ANCHORS)

@@ -26,6 +26,12 @@ class NoisyDevCopies:
         self.corrupt = Corruptor(noise_csvs, prep / "rir_train.csv", seed, sample_rate)
         self.seed = seed
 
+    @classmethod
+    def of_stage(cls, v):
+        """The copies of a stage's values (``prep_folder``, ``snr_low``, ``snr_high``, ``reverb``, ``data_seed``)."""
+        return cls(v["prep_folder"], v["snr_low"], v["snr_high"], v.get("reverb", True), v["data_seed"],
+                   sample_rate=v.get("sample_rate", 16000))
+
     def condition_of(self, row_id):
         """The row's fixed :class:`Condition`."""
         return self.conditions[stable_seed(row_id, "dev", self.seed) % len(self.conditions)]
