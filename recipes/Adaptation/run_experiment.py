@@ -17,6 +17,7 @@ Systems (:data:`SYSTEMS`: each a dict of train.py overrides on its YAML)::
     anchors_replay     + replay: every batch also pulls rows of the broad corpora to their own fixed anchors
     labelfree          no labels: each clean and noisy crop pulled to its own anchor
     labelfree_replay   label-free + replay
+    labelfree_replay_broaddev  label-free + replay, its dev criterion also on 200 held-out broad rows
     l2sp               fine-tuning with L2-SP toward the base's weights
     wiseft             ft_lambda0 exported as α·base + (1-α)·adapted, α chosen on the dev criterion
     joint_ft           fine-tuning with an online clean/noisy consistency term (no fixed anchors)
@@ -99,6 +100,7 @@ SYSTEMS = {
     "anchors_replay": ("stage2.yaml", {**CONTRASTIVE, **REPLAY}),
     "labelfree": ("stage2.yaml", dict(LABEL_FREE)),
     "labelfree_replay": ("stage2.yaml", {**LABEL_FREE, **REPLAY}),
+    "labelfree_replay_broaddev": ("stage2.yaml", {**LABEL_FREE, **REPLAY, "replay_dev_rows": 200}),
     "l2sp": ("stage2.yaml", {**NO_ANCHORS, "l2sp_weight": 0.01}),
     "wiseft": None,
     "joint_ft": ("stage2.yaml", {**NO_ANCHORS, "consistency_weight": 1.0}),
@@ -113,6 +115,7 @@ PAIRS = (
     ("anchors_replay", "ft_lambda0"),
     ("anchors_replay_equal_rows", "anchors"),
     ("labelfree_replay", "labelfree"),
+    ("labelfree_replay_broaddev", "labelfree_replay"),
     ("l2sp", "ft_lambda0"),
     ("wiseft", "ft_lambda0"),
     ("joint_ft", "ft_lambda0"),
