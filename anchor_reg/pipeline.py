@@ -1,17 +1,7 @@
-"""The chain as numbered steps that hand over files::
-
-    python -m anchor_reg.pipeline hparams/stage2.yaml [--key=value ...]
-
-    step 1  prepare   data folders                  -> <prep_folder>/train.csv, trials.txt, noise lists (always)
-    step 2  stage 1   train.csv                     -> <output_root>/stage1/   (when base_model is that folder)
-    step 3  anchors   base model + train.csv        -> <anchors> (anchors.pt)
-    step 4  stage 2   base + anchors + train.csv    -> <output_folder> (<output_root>/stage2/)
-    step 5  verify    base + stage 2                -> <output_folder>/verification/table.md, eer_vs_snr.png
-
-A stage without a base (``stage1.yaml``, ``joint.yaml``) runs steps 1, 2 (its own stage) and 5; each override
-reaches every step whose YAML has the key. A step's ``step.json`` records its inputs' digests (and a stage's
-settings): it is skipped when its outputs exist and the record matches, and a finished stage asked to train
-otherwise stops the run, naming what differs. Shared steps (prepared data, anchors) lock their folder.
+"""The chain as numbered steps that hand over files (``python -m anchor_reg.pipeline hparams/stage2.yaml``):
+1 prepare, 2 stage 1 (when ``base_model`` is its folder), 3 anchors, 4 stage 2, 5 verify; a stage without a base
+runs 1, itself and 5. A step's ``step.json`` records its inputs' digests: it is skipped when the record matches,
+and a finished stage asked to train otherwise stops the run. Table of the files: docs/REFERENCE.md.
 """
 import contextlib
 import dataclasses
