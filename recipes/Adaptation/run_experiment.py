@@ -18,6 +18,7 @@ Systems (:data:`SYSTEMS`: each a dict of train.py overrides on its YAML)::
     labelfree          no labels: each clean and noisy crop pulled to its own anchor
     labelfree_replay   label-free + replay
     labelfree_replay_broaddev  label-free + replay, its dev criterion also on 200 held-out broad rows
+    anchors_replay_broaddev    anchors_replay selected by that criterion: hparams/adapt.yaml's labelled default
     l2sp               fine-tuning with L2-SP toward the base's weights
     wiseft             ft_lambda0 exported as α·base + (1-α)·adapted, α chosen on the dev criterion
     joint_ft           fine-tuning with an online clean/noisy consistency term (no fixed anchors)
@@ -101,6 +102,8 @@ SYSTEMS = {
     "labelfree": ("stage2.yaml", dict(LABEL_FREE)),
     "labelfree_replay": ("stage2.yaml", {**LABEL_FREE, **REPLAY}),
     "labelfree_replay_broaddev": ("stage2.yaml", {**LABEL_FREE, **REPLAY, "replay_dev_rows": 200}),
+    "anchors_replay_broaddev": ("stage2.yaml", {**CONTRASTIVE, **REPLAY, "dev_criterion": "anchor_retrieval",
+                                                "replay_dev_rows": 200}),
     "l2sp": ("stage2.yaml", {**NO_ANCHORS, "l2sp_weight": 0.01}),
     "wiseft": None,
     "joint_ft": ("stage2.yaml", {**NO_ANCHORS, "consistency_weight": 1.0}),
@@ -116,6 +119,7 @@ PAIRS = (
     ("anchors_replay_equal_rows", "anchors"),
     ("labelfree_replay", "labelfree"),
     ("labelfree_replay_broaddev", "labelfree_replay"),
+    ("anchors_replay_broaddev", "anchors_replay"),
     ("l2sp", "ft_lambda0"),
     ("wiseft", "ft_lambda0"),
     ("joint_ft", "ft_lambda0"),
