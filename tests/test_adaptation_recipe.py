@@ -205,20 +205,24 @@ def test_per_corpus_table_has_a_column_pair_per_corpus(recipe):
     assert row_of(table, "base") == "| base | 1 | 3.00 | 9.00 | 7.00 | 12.00 | 5.00 | 20.00 |"
 
 
-def test_frontier_plot_has_one_point_per_run_and_marks_the_base(recipe, tmp_path, monkeypatch):
+def test_frontier_plot_has_a_panel_per_size_one_point_per_run_and_marks_the_base(recipe, tmp_path, monkeypatch):
     figures = []
     save = recipe.save_figure
     monkeypatch.setattr(recipe, "save_figure", lambda figure, path: (figures.append(figure), save(figure, path))[1])
     collected = collected_by_hand(recipe)
     path = recipe.plot_frontier(collected, tmp_path / "frontier.png")
     assert path.is_file() and path.stat().st_size > 0
-    axis = figures[0].axes[0]
-    points = {container.get_label(): container for container in axis.containers}
-    assert len(points) == len(collected) - 1  # every run but the base, with seed error bars
-    anchors = points["anchors (14 spk, n=3)"].lines[0]
+    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    assert set(panels) == {"14 adaptation speakers", "5 adaptation speakers"}
+    points = {title: {c.get_label(): c for c in axis.containers} for title, axis in panels.items()}
+    assert set(points["14 adaptation speakers"]) == {"anchors (n=3)", "ft_lambda0 (n=3)"}
+    assert set(points["5 adaptation speakers"]) == {"anchors (n=2)"}  # every run but the base, with seed bars
+    anchors = points["14 adaptation speakers"]["anchors (n=3)"].lines[0]
     assert anchors.get_xdata()[0] == pytest.approx(5.5) and anchors.get_ydata()[0] == pytest.approx(15.0)
-    base = [line for line in axis.lines if line.get_label() == "base"]
-    assert len(base) == 1 and base[0].get_xdata()[0] == 5.0 and base[0].get_ydata()[0] == 20.0
+    for axis in panels.values():
+        base = [line for line in axis.lines if line.get_label() == "base"]
+        assert len(base) == 1 and base[0].get_xdata()[0] == 5.0 and base[0].get_ydata()[0] == 20.0
+        assert axis.get_ylim()[0] <= 15.0  # the rule's corrupted limit (0.75 x 20) stays in view
 
 
 # -------------------------------------------------------------- end to end ----

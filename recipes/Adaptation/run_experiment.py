@@ -886,35 +886,44 @@ def paired_table(collected, run_name, sizes):
 
 
 def plot_frontier(collected, path):
-    """frontier.png: clean EER (x) vs corrupted mean EER (y), one point per run with seed sd bars; the base
-    marked, and the rule's corner (clean <= base + 0.5, corrupted <= 0.75 x base) shaded."""
+    """frontier.png: clean EER (x) vs corrupted mean EER (y), one panel per adaptation size, one point per system
+    with seed sd bars; the base marked, and the rule's limits (clean <= base + 0.5, corrupted <= 0.75 x base)
+    drawn, the corner that meets the rule shaded."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 5))
     sizes = sorted({entry["speakers"] for entry in collected.values() if entry["speakers"]}, reverse=True)
-    markers = dict(zip(sizes, "osD^v"))
+    figure, axes = plt.subplots(1, max(len(sizes), 1), figsize=(6 * max(len(sizes), 1), 5.5), sharey=True,
+                                squeeze=False)
     systems = list(dict.fromkeys(entry["system"] for entry in collected.values() if entry["system"] != "base"))
-    colours = {system: f"C{k % 10}" for k, system in enumerate(systems)}
-    for run, entry in collected.items():
-        seeds = entry["seeds"]
-        (x, x_sd), (y, y_sd) = across_seeds(seeds, lambda s: s["clean"]), across_seeds(seeds, lambda s: s["corrupted"])
-        if run == "base":
+    colours = {system: plt.cm.tab20(k % 20) for k, system in enumerate(systems)}
+    base = collected.get("base")
+    seeds = [stats for entry in collected.values() for stats in entry["seeds"].values()]
+    cleans, corrupted = [s["clean"] for s in seeds], [s["corrupted"] for s in seeds]
+    if base:  # the rule's corrupted limit stays in view
+        corrupted.append(RULE_CORRUPTED_RATIO * across_seeds(base["seeds"], lambda s: s["corrupted"])[0])
+    for axis, size in zip(axes[0], sizes):
+        if base:
+            (x, _), (y, _) = (across_seeds(base["seeds"], lambda s, k=k: s[k]) for k in ("clean", "corrupted"))
             axis.plot(x, y, marker="*", markersize=16, color="black", linestyle="none", label="base")
             axis.axvline(x + RULE_CLEAN_MARGIN, color="grey", linestyle=":", linewidth=1)
             axis.axhline(RULE_CORRUPTED_RATIO * y, color="grey", linestyle=":", linewidth=1)
             axis.fill_between([0, x + RULE_CLEAN_MARGIN], 0, RULE_CORRUPTED_RATIO * y, color="green", alpha=0.08,
                               label="meets the rule")
-            continue
-        axis.errorbar(x, y, xerr=x_sd, yerr=y_sd, marker=markers[entry["speakers"]], color=colours[entry["system"]],
-                      capsize=3, linestyle="none", label=f"{entry['system']} ({entry['speakers']} spk, n={len(seeds)})")
-    axis.set_xlabel("clean EER (%)")
-    axis.set_ylabel("corrupted mean EER (%)")
-    axis.set_title("Adaptation without forgetting: the trade-off (mean ± sd over seeds)")
-    axis.grid(alpha=0.3)
-    points = [v for entry in collected.values() for s in entry["seeds"].values() for v in (s["clean"], s["corrupted"])]
-    axis.set_xlim(left=0)
-    axis.set_ylim(bottom=0, top=max(points) * 1.1 if points else None)
-    axis.legend(fontsize="x-small", loc="best")
+        for entry in (e for e in collected.values() if e["speakers"] == size):
+            (x, x_sd), (y, y_sd) = (across_seeds(entry["seeds"], lambda s, k=k: s[k]) for k in ("clean", "corrupted"))
+            axis.errorbar(x, y, xerr=x_sd, yerr=y_sd, marker="o", color=colours[entry["system"]], capsize=3,
+                          linestyle="none", label=f"{entry['system']} (n={len(entry['seeds'])})")
+        axis.set_title(f"{size} adaptation speakers")
+        axis.set_xlabel("clean EER (%)")
+        axis.grid(alpha=0.3)
+        if cleans:
+            axis.set_xlim(0.9 * min(cleans), 1.1 * max(cleans))
+            axis.set_ylim(0.95 * min(corrupted), 1.12 * max(corrupted))
+    axes[0][0].set_ylabel("corrupted mean EER (%)")
+    legend = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(legend.values(), legend.keys(), loc="center right", fontsize="small")
+    figure.suptitle("Adaptation without forgetting: the trade-off (mean ± sd over seeds)")
+    figure.tight_layout(rect=(0, 0, 0.8, 1))
     return save_figure(figure, path)
 
 
