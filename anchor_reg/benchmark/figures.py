@@ -69,19 +69,19 @@ def figure(name, value, description, interval=None, **details):
     return result
 
 
+def paired_step_ratio(work, brains, steps):
+    """Times ``fit_batch`` on ``work.batch`` of two brains (``{name: brain}``) in ``steps`` paired, interleaved rounds;
+    returns ``(timings, ratio, interval)``, the ratio being the first's over the second's (:func:`ratio_figure_value`)."""
+    timings = interleaved({name: (lambda b=b: b.fit_batch(work.batch)) for name, b in brains.items()}, steps,
+                          work.device, seed=SEED)
+    return (timings, *ratio_figure_value(timings, *brains))
+
+
 def bench_anchor_term(work, sizes):
     """Figure 1: ``AnchorRegBrain.fit_batch`` / ``SpeakerBrain.fit_batch`` on the same modules, batch and Augmenter."""
     batch = work.batch
-    timings = interleaved(
-        {
-            "with_anchor": lambda: work.stage2.fit_batch(batch),
-            "without_anchor": lambda: work.stage2_without_anchor.fit_batch(batch),
-        },
-        sizes["steps"],
-        work.device,
-        seed=SEED,
-    )
-    ratio, interval = ratio_figure_value(timings, "with_anchor", "without_anchor")
+    timings, ratio, interval = paired_step_ratio(
+        work, {"with_anchor": work.stage2, "without_anchor": work.stage2_without_anchor}, sizes["steps"])
     rows = rows_through_network(work.stage2, batch)  # also leaves the Augmenter's state for this batch
     emb = torch.randn(rows, 1, EMB_DIM, device=work.device, requires_grad=True)
 
@@ -110,16 +110,8 @@ def bench_contrastive_term(work, sizes):
     loss = work.yaml("stage2.yaml", anchor_objective="contrastive",
                      contrastive_negatives=CONTRASTIVE_NEGATIVES)["anchor_loss"]
     contrastive = work.brain(AnchorRegBrain, anchors=work.store, anchor_loss=loss)
-    timings = interleaved(
-        {
-            "contrastive": lambda: contrastive.fit_batch(batch),
-            "without_anchor": lambda: work.stage2_without_anchor.fit_batch(batch),
-        },
-        sizes["steps"],
-        work.device,
-        seed=SEED,
-    )
-    ratio, interval = ratio_figure_value(timings, "contrastive", "without_anchor")
+    timings, ratio, interval = paired_step_ratio(
+        work, {"contrastive": contrastive, "without_anchor": work.stage2_without_anchor}, sizes["steps"])
     rows = rows_through_network(contrastive, batch)
     emb = torch.randn(rows, 1, EMB_DIM, device=work.device, requires_grad=True)
 
@@ -154,13 +146,8 @@ def bench_live_teacher(work, sizes):
     for name, augmenter in (("clean_and_noisy", work.hparams["wav_augment"]), ("noisy_only", noisy_only)):
         live = work.brain(AnchorRegBrain, anchors=teacher, wav_augment=augmenter)
         fixed = work.brain(AnchorRegBrain, anchors=work.store, wav_augment=augmenter)
-        timings = interleaved(
-            {"live_teacher": lambda: live.fit_batch(batch), "fixed_anchors": lambda: fixed.fit_batch(batch)},
-            sizes["steps"],
-            work.device,
-            seed=SEED,
-        )
-        ratio, interval = ratio_figure_value(timings, "live_teacher", "fixed_anchors")
+        timings, ratio, interval = paired_step_ratio(work, {"live_teacher": live, "fixed_anchors": fixed},
+                                                     sizes["steps"])
         results[name] = dict(
             value=ratio, interval=interval,
             rows_through_net=rows_through_network(fixed, batch), teacher_rows=len(batch.id),
@@ -559,14 +546,8 @@ def bench_replay(work, sizes):
     rows = len(work.batch.id)
     replay_rows = rows
     with_replay, without_replay = work.label_free_brains(replay_rows)
-    batch = work.batch
-    timings = interleaved(
-        {"with_replay": lambda: with_replay.fit_batch(batch), "without_replay": lambda: without_replay.fit_batch(batch)},
-        sizes["steps"],
-        work.device,
-        seed=SEED,
-    )
-    step_ratio, step_interval = ratio_figure_value(timings, "with_replay", "without_replay")
+    timings, step_ratio, step_interval = paired_step_ratio(
+        work, {"with_replay": with_replay, "without_replay": without_replay}, sizes["steps"])
     cost, interval = transformed(step_ratio, step_interval, lambda ratio: replay_row_cost(ratio, rows, replay_rows))
     replay_drawn = with_replay.replay.draw(with_replay.hparams.epoch_counter.current, with_replay.step)
     return figure(
@@ -574,7 +555,7 @@ def bench_replay(work, sizes):
         "label-free stage-2 step: time per replay row added / time per training row (R = B replay rows), "
         "of the centre of the paired rounds' ratios", interval,
         batch_rows=rows, replay_rows=replay_rows, replay_rows_drawn=len(replay_drawn.id),
-        rows_through_net=rows_through_network(without_replay, batch),
+        rows_through_net=rows_through_network(without_replay, work.batch),
         step_ratio=step_ratio,
         replay_terms=sorted(with_replay.loss_terms), plain_terms=sorted(without_replay.loss_terms), timings=timings,
     )
