@@ -150,8 +150,7 @@ class DevRows:
         rows = read_rows(prep / "dev.csv")
         if store_ids is not None:
             rows = [row for row in rows if audio_key(row) in store_ids]
-        copies = NoisyDevCopies(prep, values["snr_low"], values["snr_high"], values.get("reverb", True),
-                                values["data_seed"], sample_rate=values["sample_rate"])
+        copies = NoisyDevCopies.of_stage({**values, "prep_folder": prep})
         self.noisy = [copies(read_audio_checked(row["wav"], values["sample_rate"], int(row["start"]), int(row["stop"])),
                              row["ID"]) for row in rows]
         ids = [store_ids[audio_key(row)] if store_ids else row["ID"] for row in rows]
