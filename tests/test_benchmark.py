@@ -457,16 +457,32 @@ def test_the_live_teacher_returns_the_frozen_base_embeddings_of_the_clean_crops(
 
 
 def test_a_terminated_benchmark_removes_its_work_folder(tmp_path):
-    """SIGTERM (a job scheduler's stop) exits 143 and leaves no anchor_reg_benchmark_* folder behind."""
+    """SIGTERM (a job scheduler's stop) exits 143, leaves no anchor_reg_benchmark_* folder and no process behind."""
     env = dict(os.environ, TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "anchor_reg.benchmark", "--quick",
                                 "--output", str(tmp_path / "out.json")], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(tmp_path.glob("anchor_reg_benchmark_*")) and time.time() < deadline:
         time.sleep(0.2)
     assert list(tmp_path.glob("anchor_reg_benchmark_*")), "the benchmark never made its work folder"
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    _, stderr = process.communicate(timeout=60)  # returns once every process holding its stderr has ended
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert not list(tmp_path.glob("anchor_reg_benchmark_*"))
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_sigterm_during_an_import_that_catches_everything_still_stops_the_benchmark(tmp_path):
+    """pydoc.locate (HyperPyYAML's import) turns any exception into ErrorDuringImport: the stop must not be one."""
+    (tmp_path / "stops_itself.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\nvalue = 1\n")
+    script = ("import pydoc, sys\nimport anchor_reg.benchmark.cli as cli\n"
+              "cli.run_benchmarks = lambda options, work, log: pydoc.locate('stops_itself.value')\n"
+              "cli.main(['--output', sys.argv[1]])\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.json")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     assert not list(tmp_path.glob("anchor_reg_benchmark_*"))
     assert not (tmp_path / "out.json").exists()

@@ -1,9 +1,11 @@
 """The benchmark's command line: sizes, the run over :data:`~anchor_reg.benchmark.figures.FIGURES`, table and JSON."""
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -152,12 +154,29 @@ def parse_args(argv=None):
     return options
 
 
+def stop(work, status):
+    """SIGTERM handler: ends the worker processes, removes the work folder, exits with ``status`` at once.
+
+    Exits with ``os._exit``: an exception raised from a handler can be caught by
+    whatever code it interrupts (``pydoc.locate``, which HyperPyYAML imports
+    through, turns it into an ``ErrorDuringImport``) and the run would go on.
+    """
+    for child in multiprocessing.active_children():  # the synthetic corpus's pool writes into ``work``
+        child.kill()
+        child.join()
+    shutil.rmtree(work, ignore_errors=True)
+    os._exit(status)
+
+
 def main(argv=None):
     """Runs the benchmark, prints the table, writes the JSON."""
     options = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the work folder is removed
-    with tempfile.TemporaryDirectory(prefix="anchor_reg_benchmark_") as work:
+    work = tempfile.mkdtemp(prefix="anchor_reg_benchmark_")
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop(work, 128 + signum))
+    try:
         results = run_benchmarks(options, work, log=lambda message: print(message, file=sys.stderr, flush=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     write_json(results, options.output)
     print(format_table(results))
     print(f"\nwrote {options.output}")
