@@ -98,7 +98,10 @@ class AnchorStore:
         encoded = [i.encode("utf-8") for i in ids]
         if not len(self.ids):
             return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        pos = np.minimum(np.searchsorted(self.hashes, id_hashes(encoded)), len(self.ids) - 1)
+        hashes = id_hashes(encoded)
+        order = np.argsort(hashes)  # ascending queries: each binary search starts where the last one ended
+        pos = np.empty(len(ids), np.int64)
+        pos[order] = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.ids) - 1)
         query = np.array(encoded, dtype=bytes)
         fits = np.char.str_len(query) <= self.ids.itemsize
         found = fits & (self.ids[pos] == query.astype(self.ids.dtype))

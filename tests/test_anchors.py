@@ -27,6 +27,16 @@ def test_lookup_returns_each_rows_normalised_anchor():
     assert not store.lookup(query).requires_grad
 
 
+def test_a_long_shuffled_query_gets_its_anchors_in_its_own_order():
+    store, ids, _, emb = make_store(n=500, seed=3)
+    picks = torch.randint(0, 500, (300,), generator=torch.Generator().manual_seed(1))  # repeats included
+    expected = F.normalize(emb[picks], dim=-1)
+    assert torch.allclose(store.lookup([ids[i] for i in picks]), expected, atol=1e-6)
+    missing = [ids[7], "spk9--s1--nope", ids[3], "spk8--s1--none"]
+    with pytest.raises(AnchorStoreError, match=r"2 of 4 IDs have no anchor \(e.g. \['spk9--s1--nope', 'spk8--s1--none'\]"):
+        store.lookup(missing)
+
+
 def test_speaker_centroids_are_renormalised_means():
     store, ids, speakers, emb = make_store()
     normed = F.normalize(emb, dim=-1)

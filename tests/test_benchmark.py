@@ -12,6 +12,7 @@ import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -179,11 +180,12 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
     sizes = dict(cli.QUICK, **TINY_SIZES, steps=1)
     work = workload.Workload(workload.prepare(tmp_path, options, sizes), options, scratch=tmp_path)
     figures.bench_anchor_term(work, sizes)
-    # one warm-up + one timed step per variant
-    assert calls == ["AnchorRegBrain", "SpeakerBrain"] * 2
+    # one warm-up + one timed step per variant in each block (one round never decides: every block runs)
+    steps = 1 + figures.ROUND_BLOCKS
+    assert calls == ["AnchorRegBrain", "SpeakerBrain"] * steps
     # AnchorRegBrain's own anchor objective ran in each step, and in each call of the term alone (1 + 20)
     total, count = work.stage2.loss_terms["anchor"]
-    assert count == 2 + 1 + 20 and total > 0 and "anchor" not in work.stage2_without_anchor.loss_terms
+    assert count == steps + 1 + 20 and total > 0 and "anchor" not in work.stage2_without_anchor.loss_terms
     calls.clear()
     banks = []
     forward = ContrastiveAnchorLoss.forward
@@ -194,7 +196,7 @@ def test_the_timed_steps_are_the_brains_own_fit_batch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ContrastiveAnchorLoss, "forward", contrastive_spy)
     contrastive = figures.bench_contrastive_term(work, sizes)
-    assert calls == ["AnchorRegBrain", "SpeakerBrain"] * 2
+    assert calls == ["AnchorRegBrain", "SpeakerBrain"] * steps
     # each contrastive step drew a bank of 1024 stored anchors of speakers not in the batch
     assert len(banks) >= 2 and contrastive["details"]["negatives"] == 1024
     for speakers, bank_speakers, bank in banks[:2]:
@@ -242,11 +244,13 @@ def test_the_replay_figure_times_a_label_free_step_with_and_without_replay(tmp_p
 
     monkeypatch.setattr(type(with_replay), "replay_term", spy)
     out = figures.bench_replay(work, sizes)
-    assert calls == [2, 2]  # one warm-up and one timed step with replay (R = B = 2 rows); none without
+    # one warm-up and, in each block, one timed step with replay (R = B = 2 rows); none without
+    assert calls == [2] * (1 + figures.ROUND_BLOCKS)
     timings = out["details"]["timings"]
-    (with_s,), (without_s,) = timings["with_replay"]["times_s"], timings["without_replay"]["times_s"]
-    # R = B: the replay rows' extra time over the time of the batch's rows
-    assert out["value"] == pytest.approx((with_s - without_s) / without_s) and out["target"] == "<= 1.5"
+    logs = [math.log(a / b) for a, b in zip(timings["with_replay"]["times_s"], timings["without_replay"]["times_s"])]
+    centre = statistics.median([(x + y) / 2 for i, x in enumerate(logs) for y in logs[i:]])
+    # R = B: the replay rows' extra time over the time of the batch's rows, at the centre of the step ratios
+    assert out["value"] == pytest.approx(math.exp(centre) - 1) and out["target"] == "<= 1.5"
 
 
 def test_voxceleb2_ids_are_unique_and_shaped_like_voxceleb2():
@@ -331,6 +335,64 @@ def test_ratio_verdicts_on_synthetic_timings_of_known_spread(ratio, spread_fract
     # four rounds never give a verdict, however clear
     value, out = spread.ratio_figure_value(synthetic_timings(1.0, 0.01, rounds=4, seed=0), "a", "b")
     assert spread.verdict("<=", 1.05, value, out) == "unresolved"
+
+
+def blocks_of_synthetic_timings(monkeypatch, ratio, spread_fraction):
+    """Replaces ``figures.interleaved`` by blocks of :func:`synthetic_timings` (their centre: exactly ``ratio``);
+    returns the list of each call's (rounds, warmup, seed)."""
+    calls = []
+
+    def fake_interleaved(variants, repeats, device, warmup=1, seed=None):
+        calls.append((repeats, warmup, seed))
+        return synthetic_timings(ratio, spread_fraction, repeats, seed=len(calls))
+
+    monkeypatch.setattr(figures, "interleaved", fake_interleaved)
+    return calls
+
+
+def test_a_step_ratio_is_timed_block_by_block_until_its_verdict_is_decided(monkeypatch):
+    work = argparse.Namespace(batch=None, device="cpu")
+    brains = {"a": None, "b": None}
+    # far below its <= 1.05 target: one block of 16 rounds decides
+    calls = blocks_of_synthetic_timings(monkeypatch, 0.80, 0.05)
+    timings, ratio, interval = figures.paired_step_ratio(work, brains, 16, "anchor_term_overhead")
+    assert calls == [(16, 1, figures.SEED)] and len(timings["a"]["times_s"]) == 16
+    assert spread.verdict("<=", 1.05, ratio, interval) == "PASS"
+    # at its target: every block is timed, each continuing the seeds, and the figure stays unresolved
+    calls = blocks_of_synthetic_timings(monkeypatch, 1.05, 0.05)
+    timings, ratio, interval = figures.paired_step_ratio(work, brains, 16, "anchor_term_overhead")
+    assert calls == [(16, 1 if b == 0 else 0, figures.SEED + 16 * b) for b in range(figures.ROUND_BLOCKS)]
+    assert interval["samples"] == 16 * figures.ROUND_BLOCKS == len(timings["a"]["times_s"])
+    assert spread.verdict("<=", 1.05, ratio, interval) == "unresolved"
+    times = sorted(timings["a"]["times_s"])
+    assert timings["a"]["median_s"] == pytest.approx((times[31] + times[32]) / 2)
+    assert interval["coverage"] >= 1 - (1 - spread.CONFIDENCE) / figures.ROUND_BLOCKS
+    # a transformed ratio stops on the figure's verdict: ratio 1.5, at the target itself, is a replay cost
+    # 2 (1.5 - 1) = 1, clear of <= 1.5
+    calls = blocks_of_synthetic_timings(monkeypatch, 1.50, 0.05)
+    figures.paired_step_ratio(work, brains, 16, "replay_row_cost", lambda r: 2 * (r - 1))
+    assert len(calls) == 1
+    # a figure without a target is one block at the plain confidence
+    calls = blocks_of_synthetic_timings(monkeypatch, 1.05, 0.05)
+    _, _, interval = figures.paired_step_ratio(work, brains, 16, None)
+    assert len(calls) == 1 and spread.CONFIDENCE <= interval["coverage"] < 0.95
+
+
+def test_the_looks_of_a_blockwise_figure_together_err_no_more_often_than_one_interval():
+    """A true ratio exactly at the target: any PASS or FAIL is an error, at most 1 - CONFIDENCE of the runs."""
+    wrong, runs = 0, 300
+    for seed in range(runs):
+        rng = random.Random(seed)
+        logs = []
+        for block in range(figures.ROUND_BLOCKS):
+            logs += [math.log(1.05) + rng.gauss(0, 0.05) for _ in range(16)]
+            confidence = 1 - (1 - spread.CONFIDENCE) / figures.ROUND_BLOCKS
+            centre, interval = spread.centre_interval(logs, confidence)
+            decided = spread.verdict("<=", math.log(1.05), centre, interval)
+            if decided != "unresolved":
+                wrong += 1
+                break
+    assert wrong / runs <= 1 - spread.CONFIDENCE
 
 
 def test_signed_rank_coverage_is_the_count_of_sign_patterns_with_a_small_positive_rank_sum():

@@ -1,4 +1,5 @@
 """Clocks and memory probes of the benchmark: interleaved medians, peak resident and private memory, mappings."""
+import os
 import resource
 import statistics
 import sys
@@ -22,6 +23,15 @@ def timed(function, device):
     function()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def flush_to_disk(path):
+    """Returns once the file at ``path`` is on the disk (``fsync``), not only in the page cache."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def interleaved(variants, repeats, device, warmup=1, seed=None):
