@@ -346,8 +346,7 @@ def bench_anchor_store(work, sizes, batch=512):
         flush_to_disk(path)
 
     # each write ends on the disk: without it a write's time depends on how much the last one left to flush
-    writes = interleaved({"save": save, "raw": write_same_bytes}, repeats=sizes["store_writes"],
-                         device="cpu", warmup=0)
+    writes = interleaved({"save": save, "raw": write_same_bytes}, repeats=sizes["store_writes"], device="cpu")
     raw_path.unlink()
     save_ratio, save_interval = ratio_figure_value(writes, "save", "raw")
     del store
