@@ -31,10 +31,14 @@ def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
     return content_digest(part for name, path in files.items() if path.is_file() for part in (name, path))
 
 
-def id_hashes(encoded_ids):
+def id_hashes(encoded_ids, hasher=hashlib.blake2b(digest_size=8)):
     """(N,) uint64 blake2b hashes of byte IDs (stable across runs and machines)."""
-    digests = b"".join([hashlib.blake2b(i, digest_size=8).digest() for i in encoded_ids])
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)  # each digest read little-endian
+    digests = []
+    for i in encoded_ids:  # copying an empty hasher is cheaper than building one with its options
+        h = hasher.copy()
+        h.update(i)
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)  # each digest read little-endian
 
 
 def check_anchor_type(anchor_type):
@@ -102,9 +106,7 @@ class AnchorStore:
         order = np.argsort(hashes)  # ascending queries: each binary search starts where the last one ended
         pos = np.empty(len(ids), np.int64)
         pos[order] = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.ids) - 1)
-        query = np.array(encoded, dtype=bytes)
-        fits = np.char.str_len(query) <= self.ids.itemsize
-        found = fits & (self.ids[pos] == query.astype(self.ids.dtype))
+        found = np.fromiter(map(bytes.__eq__, self.ids[pos].tolist(), encoded), bool, len(ids))
         return pos, found
 
     def rows(self, ids):
