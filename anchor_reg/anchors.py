@@ -31,14 +31,10 @@ def checkpoint_fingerprint(ckpt_dir, names=BASE_MODULES):
     return content_digest(part for name, path in files.items() if path.is_file() for part in (name, path))
 
 
-def id_hashes(encoded_ids, hasher=hashlib.blake2b(digest_size=8)):
+def id_hashes(encoded_ids):
     """(N,) uint64 blake2b hashes of byte IDs (stable across runs and machines)."""
-    digests = []
-    for i in encoded_ids:  # copying an empty hasher is cheaper than building one with its options
-        h = hasher.copy()
-        h.update(i)
-        digests.append(h.digest())
-    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)  # each digest read little-endian
+    digests = b"".join([hashlib.blake2b(i, digest_size=8).digest() for i in encoded_ids])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)  # each digest read little-endian
 
 
 def check_anchor_type(anchor_type):
@@ -104,8 +100,7 @@ class AnchorStore:
             return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
         hashes = id_hashes(encoded)
         order = np.argsort(hashes)  # ascending queries: each binary search starts where the last one ended
-        pos = np.empty(len(ids), np.int64)
-        pos[order] = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.ids) - 1)
+        pos = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.ids) - 1)[np.argsort(order)]
         found = np.fromiter(map(bytes.__eq__, self.ids[pos].tolist(), encoded), bool, len(ids))
         return pos, found
 
@@ -220,10 +215,8 @@ class AnchorStore:
         except Exception as err:  # corrupt, truncated, or not an anchor store (torch's text is not for users)
             raise unreadable(path, type(err).__name__) from err
         if version != FORMAT_VERSION:
-            raise AnchorStoreError(
-                f"anchor store {path} has format {version}, this version of anchor_reg reads format "
-                f"{FORMAT_VERSION}; delete it (or pass --reextract_anchors=True) to re-extract"
-            )
+            raise AnchorStoreError(f"anchor store {path} has format {version}, this version of anchor_reg reads "
+                                   f"format {FORMAT_VERSION}; delete it (or pass --reextract_anchors=True) to re-extract")
         try:
             ids = byte_strings(payload["ids"].numpy())  # (N,) fixed-width bytes, the file's pages
             hashes = payload["hashes"].numpy().view(np.uint64)

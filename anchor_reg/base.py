@@ -13,11 +13,12 @@ from speechbrain.utils.fetching import fetch
 
 from anchor_reg.checkpointer import best_checkpoint
 from anchor_reg.checks import tag_of
-from anchor_reg.config import model_nodes, resolve
+from anchor_reg.config import check_writable, model_nodes, resolve
 from anchor_reg.embedding import embed
 from anchor_reg.errors import ConfigError, ExportError, ProvenanceError, one_line
 from anchor_reg.export import export_model
 from anchor_reg.heads import set_head_to_centroids
+from anchor_reg.lock import waiting_lock
 from anchor_reg.model_folder import folder_fingerprint, savedir_of
 from anchor_reg.provenance import read_provenance
 
@@ -88,6 +89,13 @@ def load_base(source, pretrained_folder):
     savedir = savedir_of(source, pretrained_folder)
     if kind != "hub":
         source = str(folder.resolve())
+    check_writable(savedir.parent, key="pretrained_folder")
+    with waiting_lock(savedir.parent / f".{savedir.name}.lock"):  # runs started at once share the savedir
+        return _load_into(source, kind, folder, savedir)
+
+
+def _load_into(source, kind, folder, savedir):
+    """:func:`load_base` once ``savedir`` is this process's to write."""
     if kind == "stage":
         try:
             export_model(source, savedir, overwrite=True)

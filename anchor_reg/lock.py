@@ -1,5 +1,5 @@
-"""One training run per stage folder: an exclusive ``flock`` on ``<folder>/.stage.lock`` (dropped by the kernel
-however its holder exits, SIGKILL too), taken by the main process only."""
+"""Exclusive ``flock``s, dropped by the kernel however their holder exits (SIGKILL too): one run per stage
+folder (``<folder>/.stage.lock``, refused while held); one writer at a time of a shared folder (waited for)."""
 import contextlib
 import fcntl
 import os
@@ -51,3 +51,11 @@ def _acquire(path):
         if same_file:
             return fd
         os.close(fd)  # locked a file its holder had already removed: lock the new one
+
+
+@contextlib.contextmanager
+def waiting_lock(path):
+    """Holds an exclusive ``flock`` on the file ``path`` (in an existing folder), waiting while another holds it."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -5,7 +5,6 @@ and a finished stage asked to train otherwise stops the run. Table of the files:
 """
 import contextlib
 import dataclasses
-import fcntl
 import importlib.util
 import json
 import logging
@@ -24,6 +23,7 @@ from anchor_reg.stage_data import anchor_stores
 from anchor_reg.checkpointer import best_checkpoint, end_of_epoch
 from anchor_reg.config import ConfigError, check_writable, keys_of, parse_overrides, plain_values, resolve
 from anchor_reg.epoch_counter import stops_under
+from anchor_reg.lock import waiting_lock
 from anchor_reg.provenance import ProvenanceError, rows_digest
 from anchor_reg.report import verification_report
 
@@ -129,17 +129,13 @@ def recipe_script(hparams_file):
     return module
 
 
-@contextlib.contextmanager
 def shared_step(folder, key):
     """Holds ``<folder>/.step.lock`` (an exclusive ``flock``, waited for) on the main process: a step whose
     outputs several runs read is made by one of them; the others wait, then reuse it."""
     if not if_main_process():  # the other ranks are the same run
-        yield
-        return
+        return contextlib.nullcontext()
     check_writable(folder, key=key)
-    with open(pathlib.Path(folder) / ".step.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return waiting_lock(pathlib.Path(folder) / ".step.lock")
 
 
 def run(hparams_file, overrides, run_opts, script=None):

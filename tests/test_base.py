@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -14,9 +15,12 @@ from speechbrain.inference.speaker import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpointer
 
 from anchor_reg.anchors import AnchorStore
+from anchor_reg.base import load_base
 from anchor_reg.brains import AnchorRegBrain
 from anchor_reg.data.audio import read_audio_checked
 from anchor_reg.export import export_model
+from anchor_reg.lock import waiting_lock
+from anchor_reg.model_folder import savedir_of
 from anchor_reg.provenance import read_provenance
 from anchor_reg.errors import ConfigError
 from tiny import REPO, run_train, tiny_command
@@ -119,6 +123,30 @@ def test_hub_id_loads_offline_from_the_cache_with_the_same_anchors(exported):
     assert (tmp / "results" / "pretrained_models" / "anchor-reg_tiny-ecapa" / "embedding_model.ckpt").exists()
     assert list(hub.ids) == list(folder.ids)
     assert torch.allclose(hub.embeddings, folder.embeddings, atol=1e-6)
+
+
+def test_runs_loading_one_base_at_once_write_its_savedir_one_at_a_time(exported, tmp_path):
+    """Stage-2 jobs of one base started together (seeds in parallel) share its savedir: one writes at a time."""
+    _, export = exported
+    pretrained = tmp_path / "pretrained_models"
+    savedir = savedir_of(export, pretrained)
+    loaded = []
+    with waiting_lock(pretrained / f".{savedir.name}.lock"):  # another run is loading the base
+        worker = threading.Thread(target=lambda: loaded.append(load_base(export, pretrained)))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not savedir.exists()  # it waits and writes nothing meanwhile
+    worker.join(timeout=120)
+    assert len(loaded) == 1 and (savedir / "embedding_model.ckpt").is_file()
+    # four processes loading it into a fresh folder at once all get it
+    script = "import sys; from anchor_reg.base import load_base; load_base(sys.argv[1], sys.argv[2])"
+    fresh = tmp_path / "fresh"
+    jobs = [subprocess.Popen([sys.executable, "-c", script, str(export), str(fresh)], cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-2000:]
 
 
 def test_new_speakers_get_a_head_of_normalised_anchor_centroids_at_step_0(exported, monkeypatch):
