@@ -130,6 +130,7 @@ def test_runs_loading_one_base_at_once_write_its_savedir_one_at_a_time(exported,
     _, export = exported
     pretrained = tmp_path / "pretrained_models"
     savedir = savedir_of(export, pretrained)
+    pretrained.mkdir()
     loaded = []
     with waiting_lock(pretrained / f".{savedir.name}.lock"):  # another run is loading the base
         worker = threading.Thread(target=lambda: loaded.append(load_base(export, pretrained)))
