@@ -575,6 +575,7 @@ def bench_replay(work, sizes):
     rows = len(work.batch.id)
     replay_rows = rows
     with_replay, without_replay = work.label_free_brains(replay_rows)
+
     def to_figure(ratio):
         return replay_row_cost(ratio, rows, replay_rows)
 
